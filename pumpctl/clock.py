@@ -1,0 +1,164 @@
+"""Clocks: SimClock jumps from deadline to deadline; SystemClock runs in real time.
+
+Nothing else in pumpctl reads wall time or sleeps; the same controller runs on both.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(order=True)
+class TimerHandle:
+    """A scheduled callback; ``cancel()`` makes it a no-op."""
+
+    when_s: float
+    seq: int
+    callback: Callable[[], None] = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        """Do not run this callback."""
+        self.cancelled = True
+
+
+class Clock(Protocol):
+    """Time source and scheduler shared by controller, watchdog, drivers and sim."""
+
+    def now(self) -> float:
+        """Seconds since the clock's epoch."""
+        ...
+
+    def call_at(self, when_s: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` at ``when_s`` (never earlier)."""
+        ...
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` ``delay_s`` seconds from now."""
+        ...
+
+    def run(self, until_s: float | None = None) -> None:
+        """Run callbacks until ``until_s`` (or until none are left)."""
+        ...
+
+    def wall_epoch(self) -> float:
+        """Unix time that corresponds to ``now() == 0`` (for timestamps in logs)."""
+        ...
+
+
+class _HeapClock:
+    """Shared heap of (time, sequence, callback); the sequence makes ties deterministic."""
+
+    def __init__(self) -> None:
+        self._heap: list[TimerHandle] = []
+        self._seq = 0
+
+    def _push(self, when_s: float, callback: Callable[[], None]) -> TimerHandle:
+        self._seq += 1
+        handle = TimerHandle(when_s, self._seq, callback)
+        heapq.heappush(self._heap, handle)
+        return handle
+
+    def pending(self) -> int:
+        """Number of live timers."""
+        return sum(1 for h in self._heap if not h.cancelled)
+
+
+class SimClock(_HeapClock):
+    """Event-driven virtual time: ``run`` jumps straight to the next deadline."""
+
+    def __init__(self, start_s: float = 0.0, wall_epoch_s: float = 0.0) -> None:
+        super().__init__()
+        self._now_s = start_s
+        self._wall_epoch_s = wall_epoch_s
+
+    def now(self) -> float:
+        return self._now_s
+
+    def wall_epoch(self) -> float:
+        return self._wall_epoch_s
+
+    def call_at(self, when_s: float, callback: Callable[[], None]) -> TimerHandle:
+        return self._push(max(when_s, self._now_s), callback)
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> TimerHandle:
+        return self._push(self._now_s + max(delay_s, 0.0), callback)
+
+    def run(self, until_s: float | None = None) -> None:
+        heap = self._heap
+        while heap:
+            handle = heap[0]
+            if until_s is not None and handle.when_s > until_s:
+                break
+            heapq.heappop(heap)
+            if handle.cancelled:
+                continue
+            self._now_s = handle.when_s
+            handle.callback()
+        if until_s is not None and until_s > self._now_s:
+            self._now_s = until_s
+
+    def advance(self, delta_s: float) -> None:
+        """Run everything due in the next ``delta_s`` seconds (handy in tests)."""
+        self.run(self._now_s + delta_s)
+
+
+class SystemClock(_HeapClock):
+    """Real time, optionally ``speed`` times faster; callbacks run on the caller's thread."""
+
+    def __init__(self, speed: float = 1.0) -> None:
+        super().__init__()
+        if speed <= 0:
+            raise ValueError("speed must be > 0")
+        self.speed = speed
+        self._t0_mono = time.monotonic()
+        self._t0_wall = time.time()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self.stopped = False
+
+    def now(self) -> float:
+        return (time.monotonic() - self._t0_mono) * self.speed
+
+    def wall_epoch(self) -> float:
+        return self._t0_wall
+
+    def call_at(self, when_s: float, callback: Callable[[], None]) -> TimerHandle:
+        with self._lock:
+            handle = self._push(when_s, callback)
+        self._wake.set()
+        return handle
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> TimerHandle:
+        return self.call_at(self.now() + max(delay_s, 0.0), callback)
+
+    def stop(self) -> None:
+        """Make ``run`` return as soon as it wakes."""
+        self.stopped = True
+        self._wake.set()
+
+    def run(self, until_s: float | None = None) -> None:
+        while not self.stopped:
+            with self._lock:
+                while self._heap and self._heap[0].cancelled:
+                    heapq.heappop(self._heap)
+                next_s = self._heap[0].when_s if self._heap else None
+            now_s = self.now()
+            if until_s is not None and now_s >= until_s:
+                return
+            if next_s is not None and next_s <= now_s:
+                with self._lock:
+                    handle = heapq.heappop(self._heap)
+                if not handle.cancelled:
+                    handle.callback()
+                continue
+            if next_s is None and until_s is None:
+                return
+            target_s = min(t for t in (next_s, until_s) if t is not None)
+            self._wake.clear()
+            self._wake.wait(timeout=min((target_s - now_s) / self.speed, 0.5))

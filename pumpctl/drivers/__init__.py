@@ -1,0 +1,1 @@
+"""Pump drivers: one protocol (``base.PumpDriver``), a simulated pump and the NE-1000."""

@@ -1,0 +1,181 @@
+"""The driver protocol every pump implements, and the status types it returns.
+
+Template methods (as in python-can): the public methods check arguments against the
+pump model's limits and then call the ``_do_*`` hooks a concrete driver implements.
+Drivers never retry a command that changes delivery blindly: after a lost reply they
+read the pump back (``status``) before deciding.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from pumpctl.errors import PumpCommandError
+
+
+class PumpAlarm(enum.StrEnum):
+    """Alarms a pump itself can report (technical and flow-stopping)."""
+
+    OCCLUSION = "occlusion"
+    AIR_IN_LINE = "air_in_line"
+    POWER_LOSS = "power_loss"  # running on battery, mains lost
+    BATTERY_LOW = "battery_low"
+    BATTERY_DEPLETED = "battery_depleted"
+    RESET = "reset"  # pump was reset / power-cycled (NE-1000 A?R)
+    STALL = "stall"  # motor stall (NE-1000 A?S)
+    SAFE_TIMEOUT = "safe_timeout"  # safe-mode heartbeat missed (NE-1000 A?T)
+    PROGRAM_ERROR = "program_error"  # NE-1000 A?E
+    OUT_OF_RANGE = "out_of_range"  # NE-1000 A?O
+    VTBI_COMPLETE = "vtbi_complete"
+    PUMP_FAILURE = "pump_failure"
+
+
+#: Alarms during which the pump delivers nothing.
+FLOW_STOPPING_ALARMS = frozenset(
+    {
+        PumpAlarm.OCCLUSION,
+        PumpAlarm.AIR_IN_LINE,
+        PumpAlarm.BATTERY_DEPLETED,
+        PumpAlarm.RESET,
+        PumpAlarm.STALL,
+        PumpAlarm.SAFE_TIMEOUT,
+        PumpAlarm.PUMP_FAILURE,
+    }
+)
+
+
+class RunState(enum.StrEnum):
+    """What the pump mechanism is doing."""
+
+    STOPPED = "stopped"
+    RUNNING = "running"  # infusing at the programmed rate
+    KVO = "kvo"  # VTBI done, keep-vein-open trickle
+    PAUSED = "paused"
+    ALARM = "alarm"  # stopped by an alarm
+
+
+@dataclass(frozen=True, slots=True)
+class PumpIdentity:
+    """Who answered: model, firmware and bus address."""
+
+    model: str
+    firmware: str
+    address: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PumpStatus:
+    """One read-back of the pump. Volumes are since the last ``clear_volume``."""
+
+    run_state: RunState
+    rate_ml_per_h: float
+    vtbi_ml: float | None
+    volume_infused_ml: float
+    alarms: frozenset[PumpAlarm] = field(default_factory=frozenset)
+    on_battery: bool = False
+    battery_min_left: float | None = None
+
+    @property
+    def running(self) -> bool:
+        """True while the mechanism delivers the programmed rate."""
+        return self.run_state is RunState.RUNNING
+
+    @property
+    def vtbi_left_ml(self) -> float | None:
+        """Volume still to be infused before VTBI complete."""
+        if self.vtbi_ml is None:
+            return None
+        return max(self.vtbi_ml - self.volume_infused_ml, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """Rate range and resolution of a pump model (from its profile)."""
+
+    min_ml_per_h: float
+    max_ml_per_h: float
+    resolution_ml_per_h: float
+    max_vtbi_ml: float = 9999.0
+
+
+class PumpDriver(ABC):
+    """One pump channel. Concrete drivers implement the ``_do_*`` hooks."""
+
+    def __init__(self, limits: RateLimits) -> None:
+        self.limits = limits
+
+    # -- public API (checks, then hooks) ---------------------------------
+    def identify(self) -> PumpIdentity:
+        """Model, firmware and address of the pump."""
+        return self._do_identify()
+
+    def set_rate(self, rate_ml_per_h: float) -> None:
+        """Program the rate; works while running (the new rate applies at once)."""
+        lim = self.limits
+        if not (lim.min_ml_per_h <= rate_ml_per_h <= lim.max_ml_per_h):
+            raise PumpCommandError(
+                f"rate {rate_ml_per_h} mL/h is outside this pump's range "
+                f"{lim.min_ml_per_h}-{lim.max_ml_per_h} mL/h"
+            )
+        steps = rate_ml_per_h / lim.resolution_ml_per_h
+        if abs(steps - round(steps)) > 1e-6:
+            raise PumpCommandError(
+                f"rate {rate_ml_per_h} mL/h is not a multiple of the pump's resolution "
+                f"{lim.resolution_ml_per_h} mL/h"
+            )
+        self._do_set_rate(rate_ml_per_h)
+
+    def set_vtbi(self, vtbi_ml: float) -> None:
+        """Program the volume to be infused (counted from the last ``clear_volume``)."""
+        if not (0 < vtbi_ml <= self.limits.max_vtbi_ml):
+            raise PumpCommandError(
+                f"VTBI {vtbi_ml} mL is outside 0-{self.limits.max_vtbi_ml} mL (0 excluded)"
+            )
+        self._do_set_vtbi(vtbi_ml)
+
+    def start(self) -> None:
+        """Start infusing. Idempotent: a running pump is left as it is."""
+        self._do_start()
+
+    def stop(self) -> None:
+        """Stop infusing."""
+        self._do_stop()
+
+    def clear_volume(self) -> None:
+        """Zero the infused-volume counter (at a bag change)."""
+        self._do_clear_volume()
+
+    def status(self) -> PumpStatus:
+        """Read the pump back."""
+        return self._do_status()
+
+    def close(self) -> None:
+        """Release the link; the pump keeps its last safe state."""
+        self._do_close()
+
+    # -- hooks ------------------------------------------------------------
+    @abstractmethod
+    def _do_identify(self) -> PumpIdentity: ...
+
+    @abstractmethod
+    def _do_set_rate(self, rate_ml_per_h: float) -> None: ...
+
+    @abstractmethod
+    def _do_set_vtbi(self, vtbi_ml: float) -> None: ...
+
+    @abstractmethod
+    def _do_start(self) -> None: ...
+
+    @abstractmethod
+    def _do_stop(self) -> None: ...
+
+    @abstractmethod
+    def _do_clear_volume(self) -> None: ...
+
+    @abstractmethod
+    def _do_status(self) -> PumpStatus: ...
+
+    def _do_close(self) -> None:
+        return None
