@@ -1,0 +1,634 @@
+"""Load and strictly validate pump settings (drug library entries) and pump model profiles.
+
+Every error names the file, the key, the value and what is allowed. The version of a
+setting is a content hash of its normalised contents (comments and layout do not count),
+shown wherever the setting is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from pumpctl.drivers.base import RateLimits
+from pumpctl.errors import InputError
+
+SCHEMA_VERSION = 1
+_PKG_DIR = Path(__file__).resolve().parent
+
+
+def profiles_dir() -> Path:
+    """The ``firmware_profiles/`` shipped with pumpctl (package copy or source tree)."""
+    for cand in (_PKG_DIR / "firmware_profiles", _PKG_DIR.parent / "firmware_profiles"):
+        if cand.is_dir():
+            return cand
+    raise InputError("cannot find pumpctl's firmware_profiles/ directory")
+
+
+# ---------------------------------------------------------------------------
+# A small strict schema language
+# ---------------------------------------------------------------------------
+class _Spec:
+    required = True
+
+    def check(self, value: Any, where: str) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Num(_Spec):
+    """A number within [lo, hi] (``integer`` for whole numbers only)."""
+
+    def __init__(
+        self,
+        lo: float,
+        hi: float,
+        *,
+        integer: bool = False,
+        lo_open: bool = False,
+        required: bool = True,
+    ) -> None:
+        self.lo, self.hi, self.integer, self.lo_open, self.required = lo, hi, integer, lo_open, required
+
+    def allowed(self) -> str:
+        kind = "a whole number" if self.integer else "a number"
+        lo = f"> {self.lo:g}" if self.lo_open else f">= {self.lo:g}"
+        return f"{kind} {lo} and <= {self.hi:g}"
+
+    def check(self, value: Any, where: str) -> Any:
+        ok_type = isinstance(value, int) if self.integer else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok_type:
+            raise InputError(f"{where} = {value!r} has the wrong type; allowed: {self.allowed()}")
+        if not math.isfinite(value):
+            raise InputError(f"{where} = {value!r} is not finite; allowed: {self.allowed()}")
+        too_low = value <= self.lo if self.lo_open else value < self.lo
+        if too_low or value > self.hi:
+            raise InputError(f"{where} = {value!r} is out of range; allowed: {self.allowed()}")
+        return value
+
+
+class Str(_Spec):
+    """A non-empty string, optionally one of ``choices``."""
+
+    def __init__(self, choices: tuple[str, ...] = (), *, required: bool = True) -> None:
+        self.choices, self.required = choices, required
+
+    def check(self, value: Any, where: str) -> Any:
+        allowed = " or ".join(repr(c) for c in self.choices) if self.choices else "a non-empty string"
+        if not isinstance(value, str) or not value.strip():
+            raise InputError(f"{where} = {value!r} has the wrong type; allowed: {allowed}")
+        if self.choices and value not in self.choices:
+            raise InputError(f"{where} = {value!r} is not allowed; allowed: {allowed}")
+        return value
+
+
+class Bool(_Spec):
+    """true or false."""
+
+    def __init__(self, *, required: bool = True) -> None:
+        self.required = required
+
+    def check(self, value: Any, where: str) -> Any:
+        if not isinstance(value, bool):
+            raise InputError(f"{where} = {value!r} has the wrong type; allowed: true or false")
+        return value
+
+
+class NumList(_Spec):
+    """A non-empty list of distinct numbers, each checked by ``item``."""
+
+    def __init__(self, item: Num, *, required: bool = True) -> None:
+        self.item, self.required = item, required
+
+    def check(self, value: Any, where: str) -> Any:
+        if not isinstance(value, list) or not value:
+            raise InputError(
+                f"{where} = {value!r} has the wrong type; allowed: a non-empty list of "
+                f"numbers, each {self.item.allowed()}"
+            )
+        for i, v in enumerate(value):
+            self.item.check(v, f"{where}[{i}]")
+        if len(set(value)) != len(value):
+            raise InputError(f"{where} = {value!r} repeats a value; allowed: distinct values")
+        return value
+
+
+class Table(_Spec):
+    """A TOML table with a fixed set of keys; unknown keys are errors."""
+
+    def __init__(self, fields: dict[str, _Spec], *, required: bool = True) -> None:
+        self.fields, self.required = fields, required
+
+    def check(self, value: Any, where: str) -> Any:
+        if not isinstance(value, dict):
+            raise InputError(f"{where} = {value!r} has the wrong type; allowed: a table")
+        prefix = f"{where}." if where else ""
+        for key in value:
+            if key not in self.fields:
+                raise InputError(
+                    f"unknown key '{prefix}{key}'; allowed keys here: {', '.join(self.fields)}"
+                )
+        for key, spec in self.fields.items():
+            if key not in value:
+                if spec.required:
+                    raise InputError(f"missing key '{prefix}{key}'")
+                continue
+            spec.check(value[key], f"{prefix}{key}")
+        return value
+
+
+def _key_where(where: str) -> str:
+    return f"key '{where}'"
+
+
+# ---------------------------------------------------------------------------
+# Schemas
+# ---------------------------------------------------------------------------
+LIMIT_LEVELS = ("lower_hard", "lower_soft", "upper_soft", "upper_hard")
+LIMIT_UNITS = ("mg_per_day", "mg_per_kg_per_day", "mg_per_kg_per_h")
+
+_LIMIT_FIELDS: dict[str, _Spec] = {
+    f"{level}_{unit}": Num(0, 1e6, lo_open=True, required=False)
+    for level in LIMIT_LEVELS
+    for unit in LIMIT_UNITS
+}
+
+DRUG_SCHEMA = Table(
+    {
+        "schema_version": Num(1, 1, integer=True),
+        "kind": Str(("drug_setting",)),
+        "name": Str(),
+        "care_area": Str(required=False),
+        "drug": Table(
+            {
+                "name": Str(),
+                "diluent": Str(),
+                "syringe_mg": Num(0, 10000, lo_open=True),
+                "syringe_ml": Num(0, 100, lo_open=True),
+                "restricted_formulary": Bool(),
+            }
+        ),
+        "build": Table(
+            {
+                "bag_sizes_ml": NumList(Num(1, 5000, integer=True)),
+                "default_bag_ml": Num(1, 5000, integer=True),
+                "intervals_h": NumList(Num(1, 24, integer=True)),
+                "default_interval_h": Num(1, 24, integer=True),
+                "concentration_min_mg_per_ml": Num(0, 1000, lo_open=True),
+                "concentration_max_mg_per_ml": Num(0, 1000, lo_open=True),
+                "rate_resolution_ml_per_h": Num(0.001, 10),
+            }
+        ),
+        "patient": Table(
+            {
+                "weight_min_kg": Num(0.1, 1000),
+                "weight_max_kg": Num(0.1, 1000),
+                "reference_weight_kg": Num(0.1, 1000),
+            }
+        ),
+        "limits": Table(_LIMIT_FIELDS),
+        "handling": Table(
+            {
+                "light_protection": Bool(),
+                "hand_delivery": Bool(),
+                "compounding_window_min": Num(1, 24 * 60),
+                "bag_change_interval_min_h": Num(1, 24),
+                "bag_change_interval_max_h": Num(1, 24),
+            }
+        ),
+        "watchdog": Table(
+            {
+                "pharmacy_request_min": Num(1, 24 * 60),
+                "not_at_bedside_min": Num(1, 24 * 60),
+                "prepare_change_min": Num(1, 24 * 60),
+                "escalate_min": Num(0, 24 * 60, lo_open=True),
+                "silence_max_min": Num(0, 2, lo_open=True),
+            }
+        ),
+    }
+)
+
+PUMP_SCHEMA = Table(
+    {
+        "schema_version": Num(1, 1, integer=True),
+        "kind": Str(("pump_model",)),
+        "name": Str(),
+        "model": Str(),
+        "rate": Table(
+            {
+                "min_ml_per_h": Num(0, 10000, lo_open=True),
+                "max_ml_per_h": Num(0, 10000, lo_open=True),
+                "resolution_ml_per_h": Num(0.001, 10),
+                "max_vtbi_ml": Num(1, 100000),
+            }
+        ),
+        "accuracy": Table(
+            {
+                "stated_pct": Num(0, 50),
+                "bias_pct": Num(-50, 50),
+                "ripple_pct": Num(0, 50),
+                "ripple_period_s": Num(0, 3600),
+                "startup_tau_min": Num(0, 60),
+            }
+        ),
+        "reservoir": Table({"change": Str(("running", "stopped")), "buffer_ml": Num(0, 50)}),
+        "vtbi_complete": Table(
+            {"action": Str(("kvo", "stop")), "kvo_ml_per_h": Num(0, 50)}
+        ),
+        "occlusion": Table(
+            {
+                "threshold_mmhg": Num(1, 2000),
+                "time_to_alarm_s": Num(0, 3600),
+                "bolus_after_release_ml": Num(0, 10),
+            }
+        ),
+        "air": Table({"detect_ul": Num(0, 10000)}),
+        "battery": Table({"capacity_min": Num(0, 24 * 60), "low_warning_min": Num(0, 24 * 60)}),
+        "serial": Table(
+            {
+                "protocol": Str(("none", "newera")),
+                "baud": Num(300, 115200, integer=True, required=False),
+                "address": Num(0, 99, integer=True, required=False),
+                "syringe_diameter_mm": Num(0.1, 100, required=False),
+                "safe_timeout_s": Num(0, 255, integer=True, required=False),
+            }
+        ),
+    }
+)
+
+
+# ---------------------------------------------------------------------------
+# Loaded objects
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Limit:
+    """One dose limit: level (e.g. ``upper_hard``), value and unit."""
+
+    level: str
+    value: Decimal
+    unit: str
+
+    def label(self) -> str:
+        """Human text such as ``2 mg/kg/h``."""
+        unit = self.unit.replace("_per_", "/").replace("mg/kg/h", "mg/kg/h")
+        return f"{self.value.normalize():f} {unit}"
+
+    def mg_per_day(self, weight_kg: Decimal) -> Decimal:
+        """The limit as mg/day for a patient of ``weight_kg``."""
+        if self.unit == "mg_per_day":
+            return self.value
+        if self.unit == "mg_per_kg_per_day":
+            return self.value * weight_kg
+        return self.value * weight_kg * 24
+
+
+@dataclass(frozen=True)
+class DrugSetting:
+    """A validated drug library entry such as "anakinra IV infusion"."""
+
+    path: str
+    version: str
+    raw: dict[str, Any]
+
+    def _d(self, *keys: str) -> Decimal:
+        node: Any = self.raw
+        for k in keys:
+            node = node[k]
+        return Decimal(str(node))
+
+    @property
+    def name(self) -> str:
+        return str(self.raw["name"])
+
+    @property
+    def drug(self) -> str:
+        return str(self.raw["drug"]["name"])
+
+    @property
+    def syringe_mg(self) -> Decimal:
+        return self._d("drug", "syringe_mg")
+
+    @property
+    def syringe_ml(self) -> Decimal:
+        return self._d("drug", "syringe_ml")
+
+    @property
+    def bag_sizes_ml(self) -> tuple[int, ...]:
+        return tuple(sorted(self.raw["build"]["bag_sizes_ml"]))
+
+    @property
+    def default_bag_ml(self) -> int:
+        return int(self.raw["build"]["default_bag_ml"])
+
+    @property
+    def intervals_h(self) -> tuple[int, ...]:
+        return tuple(self.raw["build"]["intervals_h"])
+
+    @property
+    def default_interval_h(self) -> int:
+        return int(self.raw["build"]["default_interval_h"])
+
+    @property
+    def conc_min_mg_per_ml(self) -> Decimal:
+        return self._d("build", "concentration_min_mg_per_ml")
+
+    @property
+    def conc_max_mg_per_ml(self) -> Decimal:
+        return self._d("build", "concentration_max_mg_per_ml")
+
+    @property
+    def rate_resolution_ml_per_h(self) -> Decimal:
+        return self._d("build", "rate_resolution_ml_per_h")
+
+    @property
+    def weight_min_kg(self) -> Decimal:
+        return self._d("patient", "weight_min_kg")
+
+    @property
+    def weight_max_kg(self) -> Decimal:
+        return self._d("patient", "weight_max_kg")
+
+    @property
+    def limits(self) -> dict[str, Limit]:
+        """Configured limits by level."""
+        out: dict[str, Limit] = {}
+        for key, value in self.raw["limits"].items():
+            for level in LIMIT_LEVELS:
+                if key.startswith(level + "_"):
+                    out[level] = Limit(level, Decimal(str(value)), key[len(level) + 1 :])
+        return out
+
+    @property
+    def restricted_formulary(self) -> bool:
+        return bool(self.raw["drug"]["restricted_formulary"])
+
+    @property
+    def compounding_window_min(self) -> float:
+        return float(self.raw["handling"]["compounding_window_min"])
+
+    @property
+    def light_protection(self) -> bool:
+        return bool(self.raw["handling"]["light_protection"])
+
+    @property
+    def watchdog_min(self) -> dict[str, float]:
+        """Watchdog lead times and the silence cap, minutes."""
+        return {k: float(v) for k, v in self.raw["watchdog"].items()}
+
+
+@dataclass(frozen=True)
+class PumpModel:
+    """A validated pump model profile."""
+
+    path: str
+    version: str
+    name: str
+    model: str
+    limits: RateLimits
+    stated_accuracy_pct: float
+    bias_pct: float
+    ripple_pct: float
+    ripple_period_s: float
+    startup_tau_s: float
+    reservoir_change: str
+    buffer_ml: float
+    vtbi_action: str
+    kvo_ml_per_h: float
+    occlusion_time_to_alarm_s: float
+    bolus_after_release_ml: float
+    air_detect_ul: float
+    battery_capacity_min: float
+    battery_low_min: float
+    serial: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+def _normalise(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _normalise(v) for k, v in sorted(node.items())}
+    if isinstance(node, list):
+        return [_normalise(v) for v in node]
+    if isinstance(node, int) and not isinstance(node, bool):
+        return float(node)
+    return node
+
+
+def content_version(raw: dict[str, Any]) -> str:
+    """Content hash of the normalised setting: the library version."""
+    canon = json.dumps(_normalise(raw), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text; allowed: a TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML: {exc}") from None
+
+
+def resolve(name_or_path: str, *, pump: bool = False) -> Path:
+    """A path, or the name of a file in the shipped ``firmware_profiles/`` (``.toml`` optional)."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    base = profiles_dir() / ("pumps" if pump else "")
+    stem = name_or_path[:-5] if name_or_path.endswith(".toml") else name_or_path
+    cand = base / f"{stem}.toml"
+    if cand.exists() and "/" not in name_or_path:
+        return cand
+    shipped = sorted(q.stem for q in base.glob("*.toml"))
+    raise InputError(
+        f"no {'pump profile' if pump else 'setting'} '{name_or_path}': not a file, "
+        f"and the shipped ones are: {', '.join(shipped)}"
+    )
+
+
+def _fail(path: Path, exc: InputError) -> InputError:
+    return InputError(f"{path}: {exc}")
+
+
+def _check_drug(raw: dict[str, Any]) -> None:
+    """Cross-checks that a per-key schema cannot express."""
+    b, p, h, w = raw["build"], raw["patient"], raw["handling"], raw["watchdog"]
+    if b["default_bag_ml"] not in b["bag_sizes_ml"]:
+        raise InputError(
+            f"key 'build.default_bag_ml' = {b['default_bag_ml']} is not one of "
+            f"build.bag_sizes_ml {b['bag_sizes_ml']}"
+        )
+    if b["default_interval_h"] not in b["intervals_h"]:
+        raise InputError(
+            f"key 'build.default_interval_h' = {b['default_interval_h']} is not one of "
+            f"build.intervals_h {b['intervals_h']}"
+        )
+    cmin = Decimal(str(b["concentration_min_mg_per_ml"]))
+    cmax = Decimal(str(b["concentration_max_mg_per_ml"]))
+    if cmin > cmax:
+        raise InputError(
+            f"key 'build.concentration_min_mg_per_ml' = {cmin} is above "
+            f"build.concentration_max_mg_per_ml = {cmax}; allowed: min <= max"
+        )
+    syringe_mg = Decimal(str(raw["drug"]["syringe_mg"]))
+    for bag in b["bag_sizes_ml"]:
+        k = max(1, -(-(cmin * bag) // syringe_mg))  # fewest syringes reaching cmin
+        if k * syringe_mg / bag > cmax:
+            raise InputError(
+                f"key 'build.bag_sizes_ml' has {bag} mL, which cannot hold a whole number "
+                f"of {syringe_mg} mg syringes within {cmin}-{cmax} mg/mL"
+            )
+    lo_h, hi_h = h["bag_change_interval_min_h"], h["bag_change_interval_max_h"]
+    for iv in b["intervals_h"]:
+        if not lo_h <= iv <= hi_h:
+            raise InputError(
+                f"key 'build.intervals_h' has {iv} h, outside handling.bag_change_interval "
+                f"{lo_h}-{hi_h} h"
+            )
+    if not p["weight_min_kg"] < p["weight_max_kg"]:
+        raise InputError(
+            f"key 'patient.weight_min_kg' = {p['weight_min_kg']} is not below "
+            f"patient.weight_max_kg = {p['weight_max_kg']}"
+        )
+    if not p["weight_min_kg"] <= p["reference_weight_kg"] <= p["weight_max_kg"]:
+        raise InputError(
+            f"key 'patient.reference_weight_kg' = {p['reference_weight_kg']} is outside "
+            f"patient.weight_min_kg-weight_max_kg"
+        )
+    # Limits: at most one unit per level, both upper limits present, ordered.
+    lim = raw["limits"]
+    by_level: dict[str, tuple[str, Any]] = {}
+    for key, value in lim.items():
+        level = next(lv for lv in LIMIT_LEVELS if key.startswith(lv + "_"))
+        if level in by_level:
+            raise InputError(
+                f"key 'limits.{key}' sets {level} a second time (also limits.{by_level[level][0]})"
+                "; allowed: one unit per limit"
+            )
+        by_level[level] = (key, value)
+    for needed in ("upper_soft", "upper_hard"):
+        if needed not in by_level:
+            raise InputError(
+                f"missing key 'limits.{needed}_<unit>'; allowed units: {', '.join(LIMIT_UNITS)}"
+            )
+    ref = Decimal(str(p["reference_weight_kg"]))
+    order = [lv for lv in LIMIT_LEVELS if lv in by_level]
+    values = {
+        lv: Limit(lv, Decimal(str(by_level[lv][1])), by_level[lv][0][len(lv) + 1 :])
+        for lv in order
+    }
+    for lower, upper in zip(order, order[1:], strict=False):
+        a, c = values[lower], values[upper]
+        same = a.unit == c.unit
+        va = a.value if same else a.mg_per_day(ref)
+        vc = c.value if same else c.mg_per_day(ref)
+        if va >= vc:
+            at = "" if same else f" (compared at the {ref} kg reference weight)"
+            raise InputError(
+                f"key 'limits.{by_level[lower][0]}' = {by_level[lower][1]} is not below "
+                f"limits.{by_level[upper][0]} = {by_level[upper][1]}{at}; allowed: "
+                "lower hard < lower soft < upper soft < upper hard"
+            )
+    leads = ["pharmacy_request_min", "not_at_bedside_min", "prepare_change_min", "escalate_min"]
+    for a_key, b_key in zip(leads, leads[1:], strict=False):
+        if not w[a_key] > w[b_key]:
+            raise InputError(
+                f"key 'watchdog.{b_key}' = {w[b_key]} is not below watchdog.{a_key} = "
+                f"{w[a_key]}; allowed: lead times that shrink toward the bag end"
+            )
+
+
+def load_setting(name_or_path: str | Path) -> DrugSetting:
+    """Load and validate a drug setting; raise ``InputError`` naming file and key."""
+    path = resolve(str(name_or_path))
+    raw = _read_toml(path)
+    try:
+        DRUG_SCHEMA.check(raw, "")
+        _check_drug(raw)
+    except InputError as exc:
+        raise _fail(path, exc) from None
+    return DrugSetting(str(path), content_version(raw), raw)
+
+
+def load_pump(name_or_path: str | Path) -> PumpModel:
+    """Load and validate a pump model profile."""
+    path = resolve(str(name_or_path), pump=True)
+    raw = _read_toml(path)
+    try:
+        PUMP_SCHEMA.check(raw, "")
+        r = raw["rate"]
+        if not r["min_ml_per_h"] < r["max_ml_per_h"]:
+            raise InputError(
+                f"key 'rate.min_ml_per_h' = {r['min_ml_per_h']} is not below rate.max_ml_per_h"
+            )
+        bat = raw["battery"]
+        if bat["capacity_min"] and bat["low_warning_min"] >= bat["capacity_min"]:
+            raise InputError(
+                f"key 'battery.low_warning_min' = {bat['low_warning_min']} is not below "
+                f"battery.capacity_min = {bat['capacity_min']}"
+            )
+        if raw["serial"]["protocol"] == "newera":
+            for key in ("baud", "address", "safe_timeout_s"):
+                if key not in raw["serial"]:
+                    raise InputError(f"missing key 'serial.{key}' (needed by protocol 'newera')")
+            if raw["serial"]["baud"] not in (300, 1200, 2400, 9600, 19200):
+                raise InputError(
+                    f"key 'serial.baud' = {raw['serial']['baud']} is not allowed; allowed: "
+                    "300, 1200, 2400, 9600, 19200"
+                )
+    except InputError as exc:
+        raise _fail(path, exc) from None
+    a, res, occ = raw["accuracy"], raw["reservoir"], raw["occlusion"]
+    return PumpModel(
+        path=str(path),
+        version=content_version(raw),
+        name=raw["name"],
+        model=raw["model"],
+        limits=RateLimits(
+            float(r["min_ml_per_h"]),
+            float(r["max_ml_per_h"]),
+            float(r["resolution_ml_per_h"]),
+            float(r["max_vtbi_ml"]),
+        ),
+        stated_accuracy_pct=float(a["stated_pct"]),
+        bias_pct=float(a["bias_pct"]),
+        ripple_pct=float(a["ripple_pct"]),
+        ripple_period_s=float(a["ripple_period_s"]),
+        startup_tau_s=float(a["startup_tau_min"]) * 60.0,
+        reservoir_change=res["change"],
+        buffer_ml=float(res["buffer_ml"]),
+        vtbi_action=raw["vtbi_complete"]["action"],
+        kvo_ml_per_h=float(raw["vtbi_complete"]["kvo_ml_per_h"]),
+        occlusion_time_to_alarm_s=float(occ["time_to_alarm_s"]),
+        bolus_after_release_ml=float(occ["bolus_after_release_ml"]),
+        air_detect_ul=float(raw["air"]["detect_ul"]),
+        battery_capacity_min=float(bat["capacity_min"]),
+        battery_low_min=float(bat["low_warning_min"]),
+        serial=dict(raw["serial"]),
+    )
+
+
+def load_any(path: str | Path) -> DrugSetting | PumpModel:
+    """Load a file as a drug setting or a pump profile, by its ``kind``."""
+    p = Path(path)
+    raw = _read_toml(p)
+    kind = raw.get("kind")
+    if kind == "pump_model":
+        return load_pump(p)
+    if kind == "drug_setting":
+        return load_setting(p)
+    raise InputError(
+        f"{p}: key 'kind' = {kind!r} is not allowed; allowed: 'drug_setting' or 'pump_model'"
+    )
