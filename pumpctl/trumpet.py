@@ -343,8 +343,14 @@ def plot_trumpet(result: TrumpetResult, path: str | Path, *,
     if w.size:
         ax_tr.set_xticks(w)
         ax_tr.set_xlim(0, float(w.max()) + 2)
+    # Room above the data for the legend, so it never hides a curve or the stated band.
+    band_pct = abs(float(stated_pct)) if stated_pct is not None else 0.0
+    values = [*result.ep_max_pct, *result.ep_min_pct, result.overall_error_pct, 0.0]
+    y_lo, y_hi = min(*values, -band_pct), max(*values, band_pct)
+    y_span = (y_hi - y_lo) or 1.0
+    ax_tr.set_ylim(y_lo - 0.1 * y_span, y_hi + 0.45 * y_span)
     ax_tr.grid(True, alpha=0.3)
-    ax_tr.legend(loc="best", fontsize=9)
+    ax_tr.legend(loc="upper right", fontsize=9)
 
     out = Path(path)
     fig.savefig(out, format="png", dpi=110)
