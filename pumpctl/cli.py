@@ -17,6 +17,7 @@ from pumpctl.errors import PumpctlError
 COMMAND_MODULES = (
     "pumpctl.commands.build",
     "pumpctl.commands.setting",
+    "pumpctl.commands.trumpet",
 )
 
 

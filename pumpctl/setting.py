@@ -53,7 +53,13 @@ class Num(_Spec):
         lo_open: bool = False,
         required: bool = True,
     ) -> None:
-        self.lo, self.hi, self.integer, self.lo_open, self.required = lo, hi, integer, lo_open, required
+        self.lo, self.hi, self.integer, self.lo_open, self.required = (
+            lo,
+            hi,
+            integer,
+            lo_open,
+            required,
+        )
 
     def allowed(self) -> str:
         kind = "a whole number" if self.integer else "a number"
@@ -79,7 +85,9 @@ class Str(_Spec):
         self.choices, self.required = choices, required
 
     def check(self, value: Any, where: str) -> Any:
-        allowed = " or ".join(repr(c) for c in self.choices) if self.choices else "a non-empty string"
+        allowed = (
+            " or ".join(repr(c) for c in self.choices) if self.choices else "a non-empty string"
+        )
         if not isinstance(value, str) or not value.strip():
             raise InputError(f"{where} = {value!r} has the wrong type; allowed: {allowed}")
         if self.choices and value not in self.choices:
@@ -237,9 +245,7 @@ PUMP_SCHEMA = Table(
             }
         ),
         "reservoir": Table({"change": Str(("running", "stopped")), "buffer_ml": Num(0, 50)}),
-        "vtbi_complete": Table(
-            {"action": Str(("kvo", "stop")), "kvo_ml_per_h": Num(0, 50)}
-        ),
+        "vtbi_complete": Table({"action": Str(("kvo", "stop")), "kvo_ml_per_h": Num(0, 50)}),
         "occlusion": Table(
             {
                 "threshold_mmhg": Num(1, 2000),
@@ -526,8 +532,7 @@ def _check_drug(raw: dict[str, Any]) -> None:
     ref = Decimal(str(p["reference_weight_kg"]))
     order = [lv for lv in LIMIT_LEVELS if lv in by_level]
     values = {
-        lv: Limit(lv, Decimal(str(by_level[lv][1])), by_level[lv][0][len(lv) + 1 :])
-        for lv in order
+        lv: Limit(lv, Decimal(str(by_level[lv][1])), by_level[lv][0][len(lv) + 1 :]) for lv in order
     }
     for lower, upper in zip(order, order[1:], strict=False):
         a, c = values[lower], values[upper]

@@ -1,0 +1,53 @@
+"""``pumpctl setting check|install``: validate and install pump settings and profiles."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pumpctl.errors import InputError
+from pumpctl.setting import DrugSetting, load_any
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``setting`` sub-command group."""
+    p = sub.add_parser("setting", help="check or install pump settings and pump profiles")
+    ssub = p.add_subparsers(dest="setting_command", required=True, parser_class=type(p))
+    c = ssub.add_parser("check", help="validate files and print each one's version")
+    c.add_argument("files", nargs="+", metavar="FILE")
+    c.set_defaults(func=check)
+    i = ssub.add_parser("install", help="record a setting (and its version) in the event log")
+    i.add_argument("file", metavar="FILE")
+    i.add_argument("--db", required=True, metavar="PATH")
+    i.add_argument("--operator", required=True, metavar="ID")
+    i.set_defaults(func=install)
+
+
+def check(args: argparse.Namespace) -> int:
+    """Validate every file; print ``OK kind name version`` or one error line each."""
+    failed = 0
+    for f in args.files:
+        try:
+            item = load_any(f)
+        except InputError as exc:
+            print(f"pumpctl setting check: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        kind = "setting" if isinstance(item, DrugSetting) else "pump"
+        print(f"OK  {f}  {kind} '{item.name}'  version {item.version}")
+    return 2 if failed else 0
+
+
+def install(args: argparse.Namespace) -> int:
+    """Validate a drug setting and record it in the event log before it can be used."""
+    from pumpctl.eventlog import EventLog
+
+    item = load_any(args.file)
+    if not isinstance(item, DrugSetting):
+        raise InputError(f"{args.file}: is a pump profile; allowed: a drug setting to install")
+    if not args.operator.strip():
+        raise InputError("--operator is empty; allowed: an operator id")
+    with EventLog(args.db) as log:
+        log.install_setting(item, operator=args.operator)
+    print(f"installed '{item.name}' version {item.version} in {args.db} by {args.operator}")
+    return 0

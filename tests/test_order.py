@@ -1,0 +1,258 @@
+"""The pharmacy build: the protocol's worked examples, rounding traps, fallbacks, limits."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pumpctl.cli import main
+from pumpctl.errors import InputError, OverrideRequiredError, RefusedError
+from pumpctl.order import Order, build, round_half_up
+
+
+def order(dose: str, weight: str = "70", **kw: object) -> Order:
+    return Order(Decimal(dose), Decimal(weight), **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("dose", "bag", "interval", "mg", "rate"),
+    [
+        ("300", 100, 8, 100, "12.5"),  # protocol worked example
+        ("600", 100, 8, 200, "12.5"),  # dose change keeps the rate
+        ("400", 100, 6, 100, "16.7"),  # q6h rounds nearer
+    ],
+)
+def test_protocol_worked_examples(setting, dose, bag, interval, mg, rate):
+    b = build(order(dose, bag_ml=bag), setting)
+    assert (b.interval_h, b.mg_per_bag, b.bag_ml, b.rate_ml_per_h) == (
+        interval,
+        Decimal(mg),
+        bag,
+        Decimal(rate),
+    )
+    assert b.vtbi_ml == bag
+    assert b.limit == "ok"
+
+
+def test_round_half_up_is_not_bankers():
+    assert round_half_up(Decimal("2.5")) == 3
+    assert round_half_up(Decimal("0.5")) == 1
+    assert round_half_up(Decimal("6.25"), Decimal("0.1")) == Decimal("6.3")
+    assert round_half_up(Decimal("31.25"), Decimal("0.1")) == Decimal("31.3")
+
+
+@pytest.mark.parametrize(
+    ("dose", "interval", "mg", "achieved"),
+    [
+        ("350", 8, 100, 300),  # 300 and 400 tie at 50 mg: keep q8h
+        ("750", 6, 200, 800),  # q8h 250 mg -> 2.5 -> 3 syringes (900); q6h 800 nearer
+        ("450", 6, 100, 400),  # q8h 1.5 -> 2 syringes (600); q6h 400 nearer
+        ("250", 8, 100, 300),  # below one syringe a bag: still one
+        ("1", 8, 100, 300),
+        ("1050", 8, 400, 1200),  # 3.5 -> 4 syringes (banker's would give 4 too: 1200 vs q6h)
+        ("900", 8, 300, 900),
+        ("1400", 8, 500, 1500),  # q8h 466.7 -> 500 (1500, 100 off); q6h 350 -> 400 (1600)
+    ],
+)
+def test_interval_choice_and_half_up(setting, dose, interval, mg, achieved):
+    b = build(order(dose, bag_ml=250 if int(dose) > 1000 else 100), setting)
+    assert (b.interval_h, b.mg_per_bag, b.achieved_mg_per_day) == (
+        interval,
+        Decimal(mg),
+        Decimal(achieved),
+    )
+    assert b.deviation_pct == (Decimal(achieved) - Decimal(dose)) / Decimal(dose) * 100
+
+
+def test_rate_half_up_and_real_duration(setting):
+    b = build(order("300", bag_ml=50), setting)
+    assert b.rate_ml_per_h == Decimal("6.3")  # 50/8 = 6.25 -> 6.3, not 6.2
+    assert b.bag_duration_h == Decimal(50) / Decimal("6.3")
+    assert any("really lasts" in m for m in b.messages)
+
+
+def test_final_volume_and_real_concentration(setting):
+    b = build(order("600"), setting)
+    assert b.syringes_per_bag == 2
+    assert b.final_volume_ml == Decimal("101.34")
+    assert b.real_concentration_mg_per_ml == Decimal(200) / Decimal("101.34")
+    assert b.concentration_mg_per_ml == 2
+
+
+def test_bag_size_fallback_nearest_fitting(setting):
+    b = build(order("300", bag_ml=250), setting)  # 100 mg / 250 mL = 0.4 mg/mL
+    assert b.bag_ml == 100
+    assert b.ordered_bag_ml == 250
+    assert any("using 100 mL" in m for m in b.messages)
+
+
+def test_large_dose_falls_back_to_bigger_bag(setting):
+    b = build(order("1800", weight="100", bag_ml=50), setting)  # 600 mg/bag: 12 mg/mL in 50
+    assert b.bag_ml == 250  # 100 mL gives 6 mg/mL, 250 mL gives 2.4
+    assert b.concentration_mg_per_ml == Decimal("2.4")
+
+
+def test_other_interval_when_no_size_fits(setting):
+    # 4500 mg/day: q8h 1500 mg/bag needs 300 mL at 5 mg/mL; q6h 1100 mg fits 250 mL.
+    o = order("4500", weight="150", bag_ml=250, override_reason="MAS refractory", operator="rn1")
+    b = build(o, setting)
+    assert (b.interval_h, b.mg_per_bag, b.bag_ml) == (6, Decimal(1100), 250)
+    assert any("tried q6h" in m for m in b.messages)
+
+
+def test_refused_when_no_size_fits_at_either_interval(setting):
+    with pytest.raises(RefusedError, match="needs more than 250 mL at 5 mg/mL"):
+        build(order("6000", weight="300", bag_ml=250), setting)
+
+
+def test_forced_interval_is_kept(setting):
+    b = build(order("400", interval_h=8), setting)
+    assert (b.interval_h, b.mg_per_bag, b.achieved_mg_per_day) == (8, 100, 300)
+
+
+@pytest.mark.parametrize(
+    ("dose", "weight", "limit"),
+    [
+        ("2400", "70", "ok"),  # at the soft limit: inclusive
+        ("2700", "70", "soft"),
+        ("2400", "50", "ok"),  # exactly 2 mg/kg/h: inclusive
+        ("2400", "49", "hard"),
+        ("1500", "30", "hard"),  # 2.08 mg/kg/h
+        ("3000", "100", "soft"),
+    ],
+)
+def test_limits_by_weight(setting, dose, weight, limit):
+    o = order(dose, weight=weight, bag_ml=250, override_reason="needed", operator="dr1")
+    if limit == "hard":
+        with pytest.raises(RefusedError, match="hard limit"):
+            build(o, setting)
+    else:
+        assert build(o, setting).limit == limit
+
+
+def test_soft_limit_needs_reason(setting):
+    with pytest.raises(OverrideRequiredError):
+        build(order("3000", weight="100", bag_ml=250), setting)
+    with pytest.raises(InputError, match="operator"):
+        build(order("3000", weight="100", bag_ml=250, override_reason="x"), setting)
+
+
+def test_limit_checked_on_achieved_not_ordered(setting):
+    b = build(order("2450", bag_ml=250), setting)  # achieved 2400: not above soft
+    assert b.achieved_mg_per_day == 2400 and b.limit == "ok"
+
+
+@pytest.mark.parametrize(
+    ("dose", "weight", "bag"),
+    [
+        ("0", "70", 100),
+        ("-5", "70", 100),
+        ("300", "0", 100),
+        ("300", "5000", 100),
+        ("300", "70", 75),
+    ],
+)
+def test_absurd_input(setting, dose, weight, bag):
+    with pytest.raises(InputError):
+        build(order(dose, weight=weight, bag_ml=bag), setting)
+
+
+@given(dose=st.integers(1, 2400), weight=st.integers(60, 200), bag=st.sampled_from([50, 100, 250]))
+def test_build_invariants(setting, dose, weight, bag):
+    b = build(order(str(dose), weight=str(weight), bag_ml=bag), setting)
+    assert b.mg_per_bag % 100 == 0 and b.mg_per_bag >= 100
+    assert 1 <= b.mg_per_bag / b.bag_ml <= 5
+    assert b.achieved_mg_per_day == b.bags_per_day * b.mg_per_bag
+    assert abs(b.rate_ml_per_h - Decimal(b.bag_ml) / b.interval_h) <= Decimal("0.05")
+    other = 6 if b.interval_h == 8 else 8
+    from pumpctl.order import mg_per_bag_for
+
+    alt = (24 // other) * mg_per_bag_for(Decimal(dose), 24 // other, Decimal(100))
+    if not any("tried" in m or "using" in m for m in b.messages):
+        assert abs(b.achieved_mg_per_day - dose) <= abs(alt - dose)
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_json_fields(capsys):
+    code, out, _ = run_cli(
+        capsys,
+        "build",
+        "--dose-mg-per-day",
+        "600",
+        "--weight-kg",
+        "70",
+        "--bag-ml",
+        "100",
+        "--json",
+    )
+    assert code == 0
+    d = json.loads(out)
+    for key in [
+        "ordered_mg_per_day",
+        "achieved_mg_per_day",
+        "deviation_pct",
+        "interval_h",
+        "bags_per_day",
+        "mg_per_bag",
+        "syringes_per_bag",
+        "bag_ml",
+        "final_volume_ml",
+        "concentration_mg_per_ml",
+        "real_concentration_mg_per_ml",
+        "rate_ml_per_h",
+        "vtbi_ml",
+        "bag_duration_h",
+        "dose_mg_per_kg_per_h",
+        "limit",
+        "setting_version",
+        "messages",
+    ]:
+        assert key in d, key
+    assert d["rate_ml_per_h"] == 12.5 and d["mg_per_bag"] == 200 and d["limit"] == "ok"
+    assert d["setting_version"].startswith("sha256:")
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["--dose-mg-per-day", "abc", "--weight-kg", "70"], 2),
+        (["--dose-mg-per-day", "300", "--weight-kg", "nan"], 2),
+        (["--dose-mg-per-day", "300", "--weight-kg", "70", "--bag-ml", "75"], 2),
+        (["--dose-mg-per-day", "300", "--weight-kg", "70", "--interval-h", "12"], 2),
+        (["--dose-mg-per-day", "300"], 2),
+        (["--dose-mg-per-day", "1500", "--weight-kg", "30"], 3),
+        (["--dose-mg-per-day", "3000", "--weight-kg", "100"], 4),
+        (["--dose-mg-per-day", "3000", "--weight-kg", "100", "--override-reason", "x"], 2),
+        (
+            [
+                "--dose-mg-per-day",
+                "3000",
+                "--weight-kg",
+                "100",
+                "--override-reason",
+                "MAS",
+                "--operator",
+                "dr1",
+            ],
+            0,
+        ),
+    ],
+)
+def test_cli_exit_codes(capsys, argv, code):
+    try:
+        got = main(["build", *argv])
+    except SystemExit as exc:  # argparse: missing or malformed flag
+        got = exc.code
+    err = capsys.readouterr().err
+    assert got == code
+    if code:
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

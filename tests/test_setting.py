@@ -1,0 +1,98 @@
+"""Setting and pump-profile validation: every broken file names the key; versions are stable."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from pumpctl.cli import main
+from pumpctl.errors import InputError
+from pumpctl.setting import load_pump, load_setting, profiles_dir
+
+SETTING = profiles_dir() / "anakinra_continuous.toml"
+LVP = profiles_dir() / "pumps" / "generic_lvp.toml"
+
+
+def mutate(tmp_path: Path, src: Path, old: str, new: str) -> Path:
+    text = src.read_text()
+    assert re.search(old, text, re.M), old
+    out = tmp_path / src.name
+    out.write_text(re.sub(old, new, text, count=1, flags=re.M))
+    return out
+
+
+def test_shipped_files_load(setting, lvp, ne1000_model):
+    assert setting.name == "anakinra IV infusion"
+    assert str(setting.syringe_ml) == "0.67" and setting.bag_sizes_ml == (50, 100, 250)
+    assert setting.limits["upper_hard"].unit == "mg_per_kg_per_h"
+    assert lvp.reservoir_change == "running" and ne1000_model.reservoir_change == "stopped"
+
+
+def test_version_ignores_comments_and_layout(tmp_path):
+    text = SETTING.read_text()
+    other = tmp_path / "s.toml"
+    other.write_text("# a comment\n" + text.replace(" = ", "=") + "\n\n")
+    assert load_setting(other).version == load_setting(SETTING).version
+    changed = mutate(
+        tmp_path, SETTING, r"^compounding_window_min = 60", "compounding_window_min = 59"
+    )
+    assert load_setting(changed).version != load_setting(SETTING).version
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        (r"^syringe_mg = 100", 'syringe_mg = "100"', "drug.syringe_mg"),
+        (r"^\[drug\]", "[drug]\ncolour = 'red'", "drug.colour"),
+        (r"^upper_soft_mg_per_day = 2400", "upper_soft_mg_per_day = 99999", "limits.upper_soft"),
+        (r"^syringe_ml = 0.67", "", "drug.syringe_ml"),
+        (r"^name = \"anakinra\"", "name = [unclosed", "TOML"),
+        (
+            r"^concentration_min_mg_per_ml = 1.0",
+            "concentration_min_mg_per_ml = -1",
+            "concentration_min",
+        ),
+        (r"^bag_sizes_ml = .*", "bag_sizes_ml = [50, 100, 7]", "bag_sizes_ml"),
+        (r"^default_bag_ml = 100", "default_bag_ml = 75", "default_bag_ml"),
+        (r"^escalate_min = 10", "escalate_min = 20", "watchdog.escalate_min"),
+        (r"^silence_max_min = 2", "silence_max_min = 5", "watchdog.silence_max_min"),
+        (r"^schema_version = 1", "schema_version = 2", "schema_version"),
+        (r"^upper_hard_mg_per_kg_per_h = 2", "", "limits.upper_hard"),
+        (r"^light_protection = true", "light_protection = 1", "handling.light_protection"),
+    ],
+)
+def test_broken_setting_names_the_key(tmp_path, capsys, old, new, key):
+    bad = mutate(tmp_path, SETTING, old, new)
+    with pytest.raises(InputError, match=re.escape(key)) as exc:
+        load_setting(bad)
+    assert str(bad) in str(exc.value)
+    assert main(["setting", "check", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and key in err[0]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        (r"^change = \"running\"", 'change = "sideways"', "reservoir.change"),
+        (r"^min_ml_per_h = 0.1", "min_ml_per_h = 1000.0", "rate.min_ml_per_h"),
+        (r"^bias_pct = 0.8", "bias_pct = 80", "accuracy.bias_pct"),
+        (r"^\[air\]", "[air]\nsensor = 1", "air.sensor"),
+    ],
+)
+def test_broken_pump_profile_names_the_key(tmp_path, old, new, key):
+    with pytest.raises(InputError, match=re.escape(key)):
+        load_pump(mutate(tmp_path, LVP, old, new))
+
+
+def test_check_prints_versions(capsys):
+    assert main(["setting", "check", str(SETTING), str(LVP)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("version sha256:") == 2
+
+
+def test_unknown_setting_name_lists_shipped():
+    with pytest.raises(InputError, match="anakinra_continuous"):
+        load_setting("no_such_setting")
