@@ -95,6 +95,16 @@ class Str(_Spec):
         return value
 
 
+class Anything(_Spec):
+    """Any value; the caller checks it further (lists of tables)."""
+
+    def __init__(self, *, required: bool = True) -> None:
+        self.required = required
+
+    def check(self, value: Any, where: str) -> Any:
+        return value
+
+
 class Bool(_Spec):
     """true or false."""
 

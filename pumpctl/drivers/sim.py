@@ -51,6 +51,8 @@ class SimDriver(PumpDriver):
     def _check_link(self) -> None:
         if not self.link_up:
             raise CommunicationError("no reply from the simulated pump (link down)")
+        if self.physics.powered_off:
+            raise CommunicationError("no reply from the simulated pump (no power)")
 
     def _cmd(self, fn: Callable[[float], object]) -> None:
         self._check_link()
@@ -92,6 +94,6 @@ class SimDriver(PumpDriver):
         self.reschedule()
         raised = result if isinstance(result, list) else []
         alarms = [a for a in raised if isinstance(a, PumpAlarm)]
-        if alarms and self.listener is not None:
+        if self.listener is not None:  # even with no alarm: the pump's state has changed
             self.listener(alarms)
         return result

@@ -34,6 +34,7 @@ class Segment:
     actual_ml: float  # what reached the patient
     drug_mg: float
     occluded: bool = False
+    cause: str = ""
 
 
 @dataclass(slots=True)
@@ -61,6 +62,8 @@ class PumpPhysics:
     mains_on: bool = True
     battery_min_left: float = 0.0
     rate_saved: bool = True
+    air_present: bool = False
+    cause: str = "not started"  # why the mechanism is not delivering, for gap reports
     segments: list[Segment] = field(default_factory=list)
     keep_segments: bool = True
     _run_start_s: float = 0.0
@@ -223,12 +226,13 @@ class PumpPhysics:
                 and last.mode is mode
                 and last.rate_ml_per_h == nominal
                 and last.occluded == occl
+                and last.cause == self.cause
             ):
                 last.end_s = t1_s
                 last.actual_ml += vol
                 last.drug_mg += mg
             else:
-                segs.append(Segment(t0, t1_s, mode, nominal, vol, mg, occl))
+                segs.append(Segment(t0, t1_s, mode, nominal, vol, mg, occl, self.cause))
         self.t_s = t1_s
 
     def advance(self, t1_s: float) -> list[PumpAlarm]:
@@ -257,6 +261,7 @@ class PumpPhysics:
             self.counted_ml = self.vtbi_ml or self.counted_ml
             self.alarms.add(PumpAlarm.VTBI_COMPLETE)
             raised.append(PumpAlarm.VTBI_COMPLETE)
+            self.cause = "bag_empty"
             if self.model.vtbi_action == "kvo" and self.model.kvo_ml_per_h > 0:
                 self.mode = RunState.KVO
             else:
@@ -274,6 +279,7 @@ class PumpPhysics:
         return raised
 
     def _alarm_stop(self, alarm: PumpAlarm, raised: list[PumpAlarm]) -> None:
+        self.cause = alarm.value
         self.alarms.add(alarm)
         raised.append(alarm)
         self.mode = RunState.ALARM
@@ -307,6 +313,10 @@ class PumpPhysics:
             raise PumpCommandError("no rate programmed")
         if self.occluded_since_s is not None:
             raise PumpCommandError("cannot start: the line is still occluded")
+        if self.air_present:
+            raise PumpCommandError("cannot start: air in the line")
+        if not self.mains_on and self.model.battery_capacity_min <= 0:
+            raise PumpCommandError("cannot start: no power")
         if self._source_ml() <= _EPS_ML:
             raise PumpCommandError("cannot start: no fluid in the reservoir")
         if not self.mains_on and self.battery_min_left <= 0:
@@ -316,6 +326,7 @@ class PumpPhysics:
         self.alarms -= FLOW_STOPPING_ALARMS | {PumpAlarm.VTBI_COMPLETE}
         was_flowing = self.mode is RunState.KVO
         self.mode = RunState.RUNNING
+        self.cause = ""
         if not was_flowing:
             self._run_start_s = t_s
 
@@ -324,6 +335,7 @@ class PumpPhysics:
         self.advance(t_s)
         if self.mode is not RunState.ALARM:
             self.mode = RunState.STOPPED
+            self.cause = "stopped"
 
     def connect_bag(self, t_s: float, content_ml: float, conc_mg_per_ml: float, label: str) -> None:
         """Spike a new reservoir; the drip chamber refills from it."""
@@ -343,6 +355,13 @@ class PumpPhysics:
         left = self._bag.content_ml if self._bag else 0.0
         self._bag = None
         return left
+
+    @property
+    def powered_off(self) -> bool:
+        """No mains and no battery to run on: the pump is dark."""
+        return not self.mains_on and (
+            self.model.battery_capacity_min <= 0 or self.battery_min_left <= 0
+        )
 
     def bag_content_ml(self) -> float:
         """What is left in the connected reservoir (0 if none)."""
@@ -371,15 +390,21 @@ class PumpPhysics:
             self.drug_mg_total += bolus * conc
         return bolus
 
-    def inject_air(self, t_s: float) -> None:
+    def inject_air(self, t_s: float) -> list[PumpAlarm]:
         """An air bubble reaches the detector: the pump stops with an alarm."""
         self.advance(t_s)
-        if self.model.air_detect_ul > 0 and self.mode in (RunState.RUNNING, RunState.KVO):
-            self._alarm_stop(PumpAlarm.AIR_IN_LINE, [])
+        self.air_present = True
+        if self.mode in (RunState.RUNNING, RunState.KVO):
+            raised: list[PumpAlarm] = []
+            alarm = PumpAlarm.AIR_IN_LINE if self.model.air_detect_ul > 0 else PumpAlarm.STALL
+            self._alarm_stop(alarm, raised)
+            return raised
+        return []
 
     def clear_air(self, t_s: float) -> None:
-        """The nurse has removed the air; the alarm clears on the next start."""
+        """The air has been removed from the line; the pump may be restarted."""
         self.advance(t_s)
+        self.air_present = False
 
     def power_off(self, t_s: float) -> list[PumpAlarm]:
         """Mains lost: run on battery, or stop if the pump has none."""
@@ -388,6 +413,7 @@ class PumpPhysics:
         if self.model.battery_capacity_min <= 0 or self.battery_min_left <= 0:
             was_running = self.mode in (RunState.RUNNING, RunState.KVO)
             self.mode = RunState.STOPPED
+            self.cause = "power_loss"
             self.rate_saved = self.rate_saved and not was_running
             return []
         self.alarms.add(PumpAlarm.POWER_LOSS)
@@ -403,6 +429,7 @@ class PumpPhysics:
             if not self.rate_saved:
                 self.rate_ml_per_h = 0.0
             self.mode = RunState.ALARM
+            self.cause = "power_loss"
             return [PumpAlarm.RESET]
         self.battery_min_left = float(self.model.battery_capacity_min)
         return []

@@ -1,0 +1,133 @@
+"""The pump state machine (on ``transitions``): idle, priming, infusing, bag_change, alarm.
+
+Guards enforce the protocol. Each guard asks the controller a question and gets back
+``None`` (allowed) or the reason it is not; a refused request never raises: the
+machine keeps its state and ``refusal`` says why.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Protocol
+
+from transitions import Machine, MachineError
+
+
+class State(enum.Enum):
+    """States of one pump channel."""
+
+    IDLE = "idle"
+    PRIMING = "priming"
+    INFUSING = "infusing"
+    BAG_CHANGE = "bag_change"
+    ALARM = "alarm"
+
+
+class Facts(Protocol):
+    """What the guards need to know; the controller answers. ``None`` means allowed."""
+
+    def why_not_program(self) -> str | None: ...
+    def why_not_prime(self) -> str | None: ...
+    def why_not_start(self) -> str | None: ...
+    def why_not_bag_change(self) -> str | None: ...
+    def why_not_hang(self) -> str | None: ...
+    def why_not_resume(self) -> str | None: ...
+
+
+_FLOWING = [State.PRIMING, State.INFUSING, State.BAG_CHANGE]
+
+#: (trigger, sources, dest, guard name on Facts or None)
+TRANSITIONS: list[tuple[str, list[State] | State, State, str | None]] = [
+    ("prime", State.IDLE, State.PRIMING, "why_not_prime"),
+    ("primed", State.PRIMING, State.IDLE, None),
+    ("start", State.IDLE, State.INFUSING, "why_not_start"),
+    ("begin_bag_change", State.INFUSING, State.BAG_CHANGE, "why_not_bag_change"),
+    ("finish_bag_change", State.BAG_CHANGE, State.INFUSING, "why_not_hang"),
+    ("fault", _FLOWING, State.ALARM, None),
+    ("resume", State.ALARM, State.INFUSING, "why_not_resume"),
+    ("stop", [*_FLOWING, State.ALARM], State.IDLE, None),
+]
+
+
+class PumpMachine:
+    """The machine for one channel; ``request(trigger)`` fires it or explains why not."""
+
+    state: State
+
+    def __init__(self, facts: Facts, initial: State = State.IDLE) -> None:
+        self.facts = facts
+        self.refusal: str | None = None
+        self._machine = Machine(
+            model=self,
+            states=State,
+            initial=initial,
+            auto_transitions=False,
+            ignore_invalid_triggers=False,
+        )
+        for trigger, source, dest, guard in TRANSITIONS:
+            conditions: list[Callable[[], bool]] = []
+            if guard is not None:
+                conditions.append(self._guard(guard))
+            self._machine.add_transition(trigger, source, dest, conditions=conditions)
+
+    def _guard(self, name: str) -> Callable[[], bool]:
+        def check() -> bool:
+            reason = getattr(self.facts, name)()
+            if reason is not None:
+                self.refusal = reason
+                return False
+            return True
+
+        check.__name__ = name
+        return check
+
+    def allowed(self, trigger: str) -> list[State]:
+        """States from which ``trigger`` is defined."""
+        for t, source, _dest, _g in TRANSITIONS:
+            if t == trigger:
+                return source if isinstance(source, list) else [source]
+        return []
+
+    def check(self, trigger: str) -> str | None:
+        """Would ``trigger`` be accepted now? ``None`` if so, else the reason (fires nothing)."""
+        for t, source, _dest, guard in TRANSITIONS:
+            if t != trigger:
+                continue
+            sources = source if isinstance(source, list) else [source]
+            if self.state not in sources:
+                ok_in = ", ".join(s.value for s in sources)
+                return f"'{trigger}' is not allowed while {self.state.value}; allowed in: {ok_in}"
+            return getattr(self.facts, guard)() if guard else None
+        return f"unknown request '{trigger}'"
+
+    def request(self, trigger: str) -> str | None:
+        """Fire ``trigger``; return ``None`` on success or the reason it was refused."""
+        self.refusal = None
+        if trigger not in {t[0] for t in TRANSITIONS}:
+            return f"unknown request '{trigger}'"
+        if self.state not in self.allowed(trigger):
+            ok_in = ", ".join(s.value for s in self.allowed(trigger))
+            return f"'{trigger}' is not allowed while {self.state.value}; allowed in: {ok_in}"
+        try:
+            done = getattr(self, trigger)()
+        except MachineError as exc:  # defensive: should be caught by the check above
+            return str(exc.value)
+        if not done:
+            return self.refusal or f"'{trigger}' refused"
+        return None
+
+    def force(self, state: State) -> None:
+        """Set the state on resume from the log (no guards: the log already passed them)."""
+        self._machine.set_state(state)
+
+
+def mermaid() -> str:
+    """The machine as a mermaid state diagram (no graphviz needed)."""
+    lines = ["stateDiagram-v2", "    direction LR", "    [*] --> idle"]
+    for trigger, source, dest, guard in TRANSITIONS:
+        sources = source if isinstance(source, list) else [source]
+        label = trigger + (f" [{guard.removeprefix('why_not_')} ok]" if guard else "")
+        for s in sources:
+            lines.append(f"    {s.value} --> {dest.value}: {label}")
+    return "\n".join(lines)

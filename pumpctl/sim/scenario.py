@@ -1,0 +1,360 @@
+"""QA scenario files (TOML): strict loading, distributions, per-run sampling.
+
+A number may be a distribution for campaigns, e.g. ``{dist = "lognormal", median = 5,
+p95 = 20}``; ``uniform`` (min, max), ``normal`` (mean, sd) and ``triangular`` (min, mode,
+max) are also accepted. Each draw is clipped at zero (times cannot be negative).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pumpctl.errors import InputError
+from pumpctl.setting import Anything, Num, Str, Table, _Spec
+
+FAULT_KINDS = (
+    "occlusion",
+    "air_in_line",
+    "pharmacy_late",
+    "nurse_absent",
+    "power_loss",
+    "comm_loss",
+)
+_Z95 = 1.6448536269514722
+
+
+@dataclass(frozen=True)
+class Dist:
+    """A number or a distribution of numbers."""
+
+    kind: str  # fixed, lognormal, uniform, normal, triangular
+    a: float = 0.0
+    b: float = 0.0
+    c: float = 0.0
+
+    def sample(self, rng: random.Random) -> float:
+        """One draw (the fixed value itself for ``fixed``)."""
+        k = self.kind
+        if k == "fixed":
+            return self.a
+        if k == "lognormal":  # a = median, b = p95
+            sigma = math.log(self.b / self.a) / _Z95
+            return rng.lognormvariate(math.log(self.a), sigma)
+        if k == "uniform":
+            return rng.uniform(self.a, self.b)
+        if k == "normal":
+            return max(rng.gauss(self.a, self.b), 0.0)
+        return rng.triangular(self.a, self.c, self.b)  # a = min, b = max, c = mode
+
+    @property
+    def is_fixed(self) -> bool:
+        return self.kind == "fixed"
+
+    def to_json(self) -> Any:
+        """The value, or a dict describing the distribution."""
+        if self.kind == "fixed":
+            return self.a
+        names = {
+            "lognormal": ("median", "p95"),
+            "uniform": ("min", "max"),
+            "normal": ("mean", "sd"),
+            "triangular": ("min", "max", "mode"),
+        }[self.kind]
+        return {"dist": self.kind, **dict(zip(names, (self.a, self.b, self.c), strict=False))}
+
+
+class DistSpec(_Spec):
+    """A number in [lo, hi], or a distribution table whose parameters lie in [lo, hi]."""
+
+    def __init__(self, lo: float, hi: float, *, required: bool = True) -> None:
+        self.num = Num(lo, hi)
+        self.required = required
+        self.lo, self.hi = lo, hi
+
+    def check(self, value: Any, where: str) -> Any:
+        if not isinstance(value, dict):
+            self.num.check(value, where)
+            return value
+        kind = value.get("dist")
+        params = {
+            "lognormal": ("median", "p95"),
+            "uniform": ("min", "max"),
+            "normal": ("mean", "sd"),
+            "triangular": ("min", "mode", "max"),
+        }
+        if kind not in params:
+            raise InputError(
+                f"{where}.dist = {kind!r} is not allowed; allowed: "
+                + ", ".join(repr(k) for k in params)
+            )
+        Table({"dist": Str(tuple(params)), **{p: self.num for p in params[kind]}}).check(
+            value, where
+        )
+        if kind == "lognormal" and not 0 < value["median"] < value["p95"]:
+            raise InputError(f"{where}: lognormal needs 0 < median < p95, got {value}")
+        if kind == "uniform" and not value["min"] <= value["max"]:
+            raise InputError(f"{where}: uniform needs min <= max, got {value}")
+        if kind == "triangular" and not value["min"] <= value["mode"] <= value["max"]:
+            raise InputError(f"{where}: triangular needs min <= mode <= max, got {value}")
+        return value
+
+
+def to_dist(value: Any) -> Dist:
+    """A checked TOML value as a ``Dist``."""
+    if not isinstance(value, dict):
+        return Dist("fixed", float(value))
+    k = value["dist"]
+    if k == "lognormal":
+        return Dist(k, float(value["median"]), float(value["p95"]))
+    if k == "uniform":
+        return Dist(k, float(value["min"]), float(value["max"]))
+    if k == "normal":
+        return Dist(k, float(value["mean"]), float(value["sd"]))
+    return Dist(k, float(value["min"]), float(value["max"]), float(value["mode"]))
+
+
+SCENARIO_SCHEMA = Table(
+    {
+        "scenario": Table(
+            {
+                "name": Str(required=False),
+                "description": Str(required=False),
+                "duration_h": Num(0, 24 * 30, lo_open=True),
+                "seed": Num(0, 2**63 - 1, integer=True),
+                "setting": Str(),
+                "pump": Str(),
+            }
+        ),
+        "patient": Table({"weight_kg": Num(0, 1000, lo_open=True)}),
+        "order": Table(
+            {
+                "dose_mg_per_day": Num(0, 1e6, lo_open=True),
+                "bag_ml": Num(1, 5000, integer=True, required=False),
+                "interval_h": Num(1, 24, integer=True, required=False),
+                "override_reason": Str(required=False),
+                "operator": Str(required=False),
+            }
+        ),
+        "titrations": Anything(required=False),  # checked item by item below
+        "pharmacy": Table(
+            {"compound_min": DistSpec(0, 24 * 60), "deliver_min": DistSpec(0, 24 * 60)},
+            required=False,
+        ),
+        "nurse": Table(
+            {
+                "response_min": DistSpec(0, 24 * 60),
+                "swap_s": DistSpec(0, 3600),
+                "prime_min": DistSpec(0, 120, required=False),
+                "hang_lead_s": Num(0, 600, required=False),
+            },
+            required=False,
+        ),
+        "faults": Anything(required=False),
+        "expect": Table(
+            {
+                "max_interrupted_s": Num(0, 1e9, required=False),
+                "dose_tolerance_pct": Num(0, 100, required=False),
+                "alarms": Anything(required=False),
+                "no_alarms": Anything(required=False),
+                "bags": Num(0, 10000, integer=True, required=False),
+                "min_interruptions": Num(0, 10000, integer=True, required=False),
+            },
+            required=False,
+        ),
+    }
+)
+
+_TITRATION = Table(
+    {
+        "at_h": Num(0, 24 * 30),
+        "dose_mg_per_day": Num(0, 1e6, lo_open=True),
+        "bag_ml": Num(1, 5000, integer=True, required=False),
+        "override_reason": Str(required=False),
+        "operator": Str(required=False),
+    }
+)
+_FAULT = Table(
+    {
+        "at_h": DistSpec(0, 24 * 30),
+        "kind": Str(FAULT_KINDS),
+        "duration_min": DistSpec(0, 24 * 60 * 30),
+    }
+)
+
+
+@dataclass(frozen=True)
+class Titration:
+    """A dose change at ``at_h``."""
+
+    at_h: float
+    dose_mg_per_day: float
+    bag_ml: int | None = None
+    override_reason: str | None = None
+    operator: str | None = None
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault at ``at_h`` lasting ``duration_min`` (either may be a distribution)."""
+
+    kind: str
+    at_h: Dist
+    duration_min: Dist
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated QA scenario."""
+
+    path: str
+    name: str
+    duration_h: float
+    seed: int
+    setting: str
+    pump: str
+    weight_kg: float
+    dose_mg_per_day: float
+    bag_ml: int | None
+    interval_h: int | None
+    override_reason: str | None
+    operator: str | None
+    titrations: tuple[Titration, ...]
+    compound_min: Dist
+    deliver_min: Dist
+    response_min: Dist
+    swap_s: Dist
+    prime_min: Dist
+    hang_lead_s: float
+    faults: tuple[Fault, ...]
+    max_interrupted_s: float
+    dose_tolerance_pct: float
+    expect_alarms: tuple[str, ...]
+    expect_no_alarms: tuple[str, ...]
+    expect_bags: int | None
+    expect_min_interruptions: int | None
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def has_distributions(self) -> bool:
+        """True when a campaign would draw different values run to run."""
+        dists = [
+            self.compound_min,
+            self.deliver_min,
+            self.response_min,
+            self.swap_s,
+            self.prime_min,
+        ]
+        dists += [f.at_h for f in self.faults] + [f.duration_min for f in self.faults]
+        return any(not d.is_fixed for d in dists)
+
+    def resolve_path(self, value: str) -> str:
+        """A setting/pump reference: a shipped name, or a path relative to the scenario."""
+        p = Path(value)
+        if not p.is_absolute() and ("/" in value or value.endswith(".toml")):
+            rel = Path(self.path).parent / p
+            if rel.exists():
+                return str(rel)
+        return value
+
+
+def _list_of(value: Any, where: str, spec: Table) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise InputError(f"{where} = {value!r} has the wrong type; allowed: [[{where}]] tables")
+    for i, item in enumerate(value):
+        spec.check(item, f"{where}[{i}]")
+    return value
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Load and validate a scenario; every error names the file, key, value and what is allowed."""
+    from pumpctl.alarms import KINDS
+
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{p}: no such file") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{p}: not UTF-8 text; allowed: a TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{p}: not valid TOML: {exc}") from None
+    try:
+        SCENARIO_SCHEMA.check(raw, "")
+        titrations = _list_of(raw.get("titrations", []), "titrations", _TITRATION)
+        faults = _list_of(raw.get("faults", []), "faults", _FAULT)
+        exp = raw.get("expect", {})
+        lists: dict[str, tuple[str, ...]] = {}
+        for key in ("alarms", "no_alarms"):
+            kinds = exp.get(key, [])
+            if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+                raise InputError(f"key 'expect.{key}' = {kinds!r}; allowed: a list of alarm kinds")
+            for i, k in enumerate(kinds):
+                if k not in KINDS:
+                    raise InputError(
+                        f"key 'expect.{key}[{i}]' = {k!r} is not an alarm kind; allowed: "
+                        + ", ".join(KINDS)
+                    )
+            lists[key] = tuple(kinds)
+        dur = raw["scenario"]["duration_h"]
+        for i, t in enumerate(titrations):
+            if t["at_h"] > dur:
+                raise InputError(
+                    f"key 'titrations[{i}].at_h' = {t['at_h']} is after the end of the "
+                    f"scenario; allowed: 0-{dur} h"
+                )
+        for i, f in enumerate(faults):
+            at = f["at_h"]
+            if not isinstance(at, dict) and at > dur:
+                raise InputError(
+                    f"key 'faults[{i}].at_h' = {at} is after the end of the scenario; "
+                    f"allowed: 0-{dur} h"
+                )
+    except InputError as exc:
+        raise InputError(f"{p}: {exc}") from None
+    sc, ph, nu = raw["scenario"], raw.get("pharmacy", {}), raw.get("nurse", {})
+    o = raw["order"]
+    return Scenario(
+        path=str(p),
+        name=sc.get("name", p.stem),
+        duration_h=float(sc["duration_h"]),
+        seed=int(sc["seed"]),
+        setting=sc["setting"],
+        pump=sc["pump"],
+        weight_kg=float(raw["patient"]["weight_kg"]),
+        dose_mg_per_day=float(o["dose_mg_per_day"]),
+        bag_ml=o.get("bag_ml"),
+        interval_h=o.get("interval_h"),
+        override_reason=o.get("override_reason"),
+        operator=o.get("operator"),
+        titrations=tuple(
+            Titration(
+                float(t["at_h"]),
+                float(t["dose_mg_per_day"]),
+                t.get("bag_ml"),
+                t.get("override_reason"),
+                t.get("operator"),
+            )
+            for t in titrations
+        ),
+        compound_min=to_dist(ph.get("compound_min", 10)),
+        deliver_min=to_dist(ph.get("deliver_min", 15)),
+        response_min=to_dist(nu.get("response_min", 2)),
+        swap_s=to_dist(nu.get("swap_s", 60)),
+        prime_min=to_dist(nu.get("prime_min", 2)),
+        hang_lead_s=float(nu.get("hang_lead_s", 5)),
+        faults=tuple(
+            Fault(f["kind"], to_dist(f["at_h"]), to_dist(f["duration_min"])) for f in faults
+        ),
+        max_interrupted_s=float(exp.get("max_interrupted_s", 0)),
+        dose_tolerance_pct=float(exp.get("dose_tolerance_pct", 5)),
+        expect_alarms=lists["alarms"],
+        expect_no_alarms=lists["no_alarms"],
+        expect_bags=exp.get("bags"),
+        expect_min_interruptions=exp.get("min_interruptions"),
+        raw=raw,
+    )
