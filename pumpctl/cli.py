@@ -18,6 +18,9 @@ COMMAND_MODULES = (
     "pumpctl.commands.build",
     "pumpctl.commands.setting",
     "pumpctl.commands.trumpet",
+    "pumpctl.commands.run",
+    "pumpctl.commands.log",
+    "pumpctl.commands.diagram",
 )
 
 

@@ -111,22 +111,37 @@ class SimClock(_HeapClock):
 class SystemClock(_HeapClock):
     """Real time, optionally ``speed`` times faster; callbacks run on the caller's thread."""
 
-    def __init__(self, speed: float = 1.0) -> None:
+    def __init__(self, speed: float = 1.0, epoch_wall_s: float | None = None) -> None:
         super().__init__()
         if speed <= 0:
             raise ValueError("speed must be > 0")
         self.speed = speed
         self._t0_mono = time.monotonic()
-        self._t0_wall = time.time()
+        now_wall = time.time()
+        # ``epoch_wall_s`` continues an earlier run: now() counts from that wall time.
+        self._t0_wall = now_wall if epoch_wall_s is None else epoch_wall_s
+        self._offset_s = (now_wall - self._t0_wall) * speed
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self.stopped = False
 
     def now(self) -> float:
-        return (time.monotonic() - self._t0_mono) * self.speed
+        return self._offset_s + (time.monotonic() - self._t0_mono) * self.speed
 
     def wall_epoch(self) -> float:
         return self._t0_wall
+
+    def run_pending(self) -> int:
+        """Run every callback that is due now and return how many ran (never blocks)."""
+        ran = 0
+        while True:
+            with self._lock:
+                if not self._heap or self._heap[0].when_s > self.now():
+                    return ran
+                handle = heapq.heappop(self._heap)
+            if not handle.cancelled:
+                handle.callback()
+                ran += 1
 
     def call_at(self, when_s: float, callback: Callable[[], None]) -> TimerHandle:
         with self._lock:

@@ -744,3 +744,111 @@ def _order_json(order: Order) -> dict[str, Any]:
     for k, v in asdict(order).items():
         out[k] = float(v) if isinstance(v, Decimal) else v
     return out
+
+
+def restore(ctl: Controller, operator: str = "system") -> dict[str, Any]:
+    """Rebuild a controller from its event log after a restart, then read the pump back.
+
+    Nothing is sent to the pump unless the log and the pump disagree in a way that needs
+    a person; the pump is never restarted or reprogrammed here. Returns what was found.
+    """
+    from pumpctl.order import Order
+
+    events = ctl.log.events()
+    state = State.IDLE
+    bags: dict[int, Bag] = {}
+    fired: dict[int, set[str]] = {}
+    by_id: dict[int, Alarm] = {}
+    for ev in events:
+        d, t = ev.detail, ev.t_s
+        if ev.event in ("program", "titration"):
+            o = d["order"]
+            order = Order(
+                Decimal(str(o["dose_mg_per_day"])),
+                Decimal(str(o["weight_kg"])),
+                bag_ml=o.get("bag_ml"),
+                interval_h=o.get("interval_h"),
+                override_reason=o.get("override_reason"),
+                operator=o.get("operator"),
+            )
+            b = build(order, ctl.setting)
+            ctl.order, ctl.order_build = order, b
+            if ev.event == "program":
+                ctl.build = b
+                ctl.next_bag = bag_from_build(1, b)
+                bags[1] = ctl.next_bag
+        elif ev.event == "override":
+            ctl.override_logged = True
+        elif ev.event == "pharmacy_request":
+            n = d["bag"]
+            if n not in bags:
+                assert ctl.order_build is not None
+                bags[n] = bag_from_build(n, ctl.order_build)
+            bags[n].requested_s = t
+        elif ev.event == "bag_compounded":
+            n = d["bag"]
+            if ctl.order_build is not None:
+                fresh = bag_from_build(n, ctl.order_build)
+                fresh.requested_s = bags[n].requested_s if n in bags else None
+                bags[n] = fresh
+                ctl._bag_builds[n] = ctl.order_build
+            bags[n].compounded_s = t
+        elif ev.event == "bag_at_bedside":
+            bags[d["bag"]].delivered_s = t
+        elif ev.event == "bag_hung":
+            n = d["bag"]
+            if n - 1 in bags and bags[n - 1].hung_s is not None:
+                bags[n - 1].ended_s = t
+            bags[n].hung_s = t
+            bags[n].light_protected = bool(d.get("light_protected"))
+            ctl.build = ctl._bag_builds.get(n, ctl.build)
+        elif ev.event == "state":
+            state = State(d["to"])
+            if d.get("trigger") == "primed":
+                ctl.line_primed = True
+            if state is State.INFUSING:
+                ctl.watchdog.gap_close(t)
+        elif ev.event == "watchdog":
+            fired.setdefault(d["bag"], set()).add(d["stage"])
+        elif ev.event == "alarm":
+            a = ctl.alarms.raise_(d["kind"], t, d.get("bag"), d.get("detail", ""))
+            by_id[a.id] = a
+        elif ev.event == "alarm_acknowledged":
+            a2 = ctl.alarms.get(d["id"])
+            if a2 is not None:
+                a2.acknowledged_s, a2.acknowledged_by = t, ev.operator
+        elif ev.event == "alarm_cleared":
+            a3 = ctl.alarms.get(d["id"])
+            if a3 is not None:
+                a3.cleared_s = t
+        elif ev.event == "gap_start":
+            ctl.watchdog.gap_open(t, d["cause"])
+    hung = [b for b in bags.values() if b.hung_s is not None]
+    ctl.bags = sorted(hung, key=lambda b: b.n)
+    pending = [b for b in bags.values() if b.hung_s is None]
+    ctl.next_bag = (
+        max(pending, key=lambda b: b.n)
+        if pending
+        else (bag_from_build(len(hung) + 1, ctl.order_build) if ctl.order_build else None)
+    )
+    ctl.machine.force(state)
+    st = ctl._refresh_status()
+    found = {
+        "state": state.value,
+        "bags_hung": len(ctl.bags),
+        "next_bag": ctl.next_bag.status if ctl.next_bag else None,
+        "pump": None if st is None else st.run_state.value,
+        "volume_infused_ml": None if st is None else round(st.volume_infused_ml, 4),
+        "active_alarms": [a.kind for a in ctl.alarms.active()],
+        "events_read": len(events),
+    }
+    ctl._log("resume", found, operator)
+    cur = ctl.current_bag
+    if cur is not None:
+        ctl.watchdog.bag_n = cur.n
+        ctl.watchdog.fired = set(fired.get(cur.n, set()))
+    if st is not None and state in (State.INFUSING, State.BAG_CHANGE) and not st.running:
+        ctl._handle_pump_alarm(next(iter(st.alarms), PumpAlarm.PUMP_FAILURE))
+    else:
+        ctl._project()
+    return found

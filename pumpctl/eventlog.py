@@ -154,6 +154,7 @@ class EventLog:
     def __init__(self, path: str | Path, wall_epoch_s: float = 0.0) -> None:
         self.path = str(path)
         self.wall_epoch_s = wall_epoch_s
+        self.speed = 1.0  # sim seconds per wall second, for wall-clock stamps
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -173,7 +174,7 @@ class EventLog:
         operator: str = "system",
     ) -> Event:
         """Insert and commit one event; returns it with its sequence number."""
-        wall = _utc(self.wall_epoch_s + t_s)
+        wall = _utc(self.wall_epoch_s + t_s / self.speed)
         text = json.dumps(detail or {}, sort_keys=True, default=str)
         cur = self.db.execute(
             "INSERT INTO events (t_s, wall_utc, pump, state, event, detail, operator) "

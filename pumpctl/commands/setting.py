@@ -47,7 +47,9 @@ def install(args: argparse.Namespace) -> int:
         raise InputError(f"{args.file}: is a pump profile; allowed: a drug setting to install")
     if not args.operator.strip():
         raise InputError("--operator is empty; allowed: an operator id")
-    with EventLog(args.db) as log:
+    from pumpctl.clock import SystemClock
+
+    with EventLog(args.db, wall_epoch_s=SystemClock().wall_epoch()) as log:
         log.install_setting(item, operator=args.operator)
     print(f"installed '{item.name}' version {item.version} in {args.db} by {args.operator}")
     return 0

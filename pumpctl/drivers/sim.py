@@ -9,7 +9,6 @@ call raises ``CommunicationError`` while the pump itself carries on.
 from __future__ import annotations
 
 from collections.abc import Callable
-
 from pumpctl.clock import Clock, TimerHandle
 from pumpctl.drivers.base import PumpAlarm, PumpDriver, PumpIdentity, PumpStatus
 from pumpctl.errors import CommunicationError
@@ -54,10 +53,9 @@ class SimDriver(PumpDriver):
         if self.physics.powered_off:
             raise CommunicationError("no reply from the simulated pump (no power)")
 
-    def _cmd(self, fn: Callable[[float], object]) -> None:
+    def _cmd(self, action: str, *args: object) -> None:
         self._check_link()
-        fn(self.clock.now())
-        self.reschedule()
+        self._apply(action, *args)
 
     # -- hooks ------------------------------------------------------------
     def _do_identify(self) -> PumpIdentity:
@@ -65,35 +63,38 @@ class SimDriver(PumpDriver):
         return PumpIdentity(model=self.model.name, firmware="sim-1", address=0)
 
     def _do_set_rate(self, rate_ml_per_h: float) -> None:
-        self._cmd(lambda t: self.physics.set_rate(t, rate_ml_per_h))
+        self._cmd("set_rate", rate_ml_per_h)
 
     def _do_set_vtbi(self, vtbi_ml: float) -> None:
-        self._cmd(lambda t: self.physics.set_vtbi(t, vtbi_ml))
+        self._cmd("set_vtbi", vtbi_ml)
 
     def _do_start(self) -> None:
-        self._cmd(self.physics.start)
+        self._cmd("start")
 
     def _do_stop(self) -> None:
-        self._cmd(self.physics.stop)
+        self._cmd("stop")
 
     def _do_clear_volume(self) -> None:
-        self._cmd(self.physics.clear_volume)
+        self._cmd("clear_volume")
 
     def _do_status(self) -> PumpStatus:
         self._check_link()
         return self.physics.status(self.clock.now())
 
-    def acknowledge(self, alarm: PumpAlarm) -> None:
-        """Clear a notice on the pump (VTBI complete, battery low, reset)."""
-        self._cmd(lambda t: self.physics.acknowledge(t, alarm))
-
     # -- the physical world (not over the link): bags, faults, power -------
-    def fault(self, fn: Callable[[float], object]) -> object:
-        """Apply a physical event at the current time and tell the listener of alarms."""
-        result = fn(self.clock.now())
-        self.reschedule()
+    def world(self, action: str, *args: object) -> object:
+        """Apply a physical event (``connect_bag``, ``occlude``, ``power_off``...) now.
+
+        Every physics change, command or world event, goes through ``_apply`` so a
+        journaled driver can record it and replay it after a restart.
+        """
+        result = self._apply(action, *args)
         raised = result if isinstance(result, list) else []
-        alarms = [a for a in raised if isinstance(a, PumpAlarm)]
         if self.listener is not None:  # even with no alarm: the pump's state has changed
-            self.listener(alarms)
+            self.listener([a for a in raised if isinstance(a, PumpAlarm)])
+        return result
+
+    def _apply(self, action: str, *args: object) -> object:
+        result = getattr(self.physics, action)(self.clock.now(), *args)
+        self.reschedule()
         return result

@@ -32,24 +32,24 @@ class World:
 
     def schedule(self, kind: str, at_s: float, duration_s: float) -> None:
         """Put one fault on the clock."""
-        p, d, end = self.driver.physics, self.driver, at_s + duration_s
+        d, end = self.driver, at_s + duration_s
         c = self.clock
         if kind == "occlusion":
-            c.call_at(at_s, lambda: self._cause("occlusion", end, lambda: d.fault(p.occlude)))
-            c.call_at(end, lambda: d.fault(p.release_occlusion))
+            c.call_at(at_s, lambda: self._cause("occlusion", end, lambda: d.world("occlude")))
+            c.call_at(end, lambda: d.world("release_occlusion"))
         elif kind == "air_in_line":
-            c.call_at(at_s, lambda: self._cause("air_in_line", end, lambda: d.fault(p.inject_air)))
+            c.call_at(at_s, lambda: self._cause("air_in_line", end, lambda: d.world("inject_air")))
             c.call_at(at_s, lambda: self._cause("pump_failure", end, lambda: None))
-            c.call_at(end, lambda: d.fault(p.clear_air))
+            c.call_at(end, lambda: d.world("clear_air"))
         elif kind == "power_loss":
 
             def cut() -> None:
                 for k in ("pump_reset", "battery_depleted", "pump_failure"):
                     self._cause(k, end, lambda: None)
-                d.fault(p.power_off)
+                d.world("power_off")
 
             c.call_at(at_s, cut)
-            c.call_at(end, lambda: d.fault(p.power_on))
+            c.call_at(end, lambda: d.world("power_on"))
         elif kind == "comm_loss":
             c.call_at(at_s, lambda: setattr(d, "link_up", False))
             c.call_at(end, lambda: setattr(d, "link_up", True))
@@ -167,11 +167,7 @@ class Nurse:
     def _prime(self) -> None:
         nb = self.ctl.next_bag
         assert nb is not None
-        self.driver.fault(
-            lambda t: self.driver.physics.connect_bag(
-                t, nb.content_ml, nb.real_conc_mg_per_ml, f"bag {nb.n}"
-            )
-        )
+        self.driver.world("connect_bag", nb.content_ml, nb.real_conc_mg_per_ml, f"bag {nb.n}")
         if self.ctl.prime(self.op, light_protected=True) is None:
             self.clock.call_later(self.prime_min.sample(self.rng) * 60.0, self._primed)
 
@@ -211,17 +207,13 @@ class Nurse:
         if self.ctl.begin_bag_change(self.op) is not None:
             return
         self.swapping = True
-        self.driver.fault(self.driver.physics.disconnect_bag)
+        self.driver.world("disconnect_bag")
         self.clock.call_later(swap_s, self._finish_swap)
 
     def _connect_next(self) -> None:
         nb = self.ctl.next_bag
         assert nb is not None
-        self.driver.fault(
-            lambda t: self.driver.physics.connect_bag(
-                t, nb.content_ml, nb.real_conc_mg_per_ml, f"bag {nb.n}"
-            )
-        )
+        self.driver.world("connect_bag", nb.content_ml, nb.real_conc_mg_per_ml, f"bag {nb.n}")
 
     def _finish_swap(self) -> None:
         self.swapping = False
@@ -236,7 +228,7 @@ class Nurse:
         if self.swapping:
             return
         self.swapping = True
-        self.driver.fault(self.driver.physics.disconnect_bag)
+        self.driver.world("disconnect_bag")
         self.clock.call_later(self.swap_s.sample(self.rng), self._finish_swap)
 
     # -- alarms ----------------------------------------------------------------------

@@ -1,0 +1,90 @@
+"""``pumpctl run``: the headless controller on the simulated pump or a real one."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from pumpctl.errors import InputError
+from pumpctl.order import Order, to_decimal
+from pumpctl.session import open_session
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``run`` sub-command."""
+    p = sub.add_parser(
+        "run",
+        help="headless controller (simulated pump, or a real pump on --port)",
+        description="Run the continuous infusion in real time (or --speed times faster). "
+        "Restarting with the same --db resumes from the log and the pump: the pump is "
+        "never restarted or programmed twice.",
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--sim", action="store_true", help="simulated pump, with simulated staff")
+    where.add_argument("--port", metavar="URL", help="NE-1000 serial port or socket:// URL")
+    p.add_argument("--dose-mg-per-day", metavar="D")
+    p.add_argument("--weight-kg", metavar="W")
+    p.add_argument("--bag-ml", type=int, metavar="V")
+    p.add_argument("--interval-h", type=int, metavar="8|6")
+    p.add_argument("--override-reason", metavar="TEXT")
+    p.add_argument("--operator", default="rn1", metavar="ID")
+    p.add_argument("--db", required=True, metavar="PATH")
+    p.add_argument("--speed", type=float, default=1.0, metavar="X")
+    p.add_argument("--pump", metavar="PROFILE", help="pump model profile (name or path)")
+    p.add_argument("--address", type=int, default=0, metavar="A")
+    p.add_argument("--baud", type=int, metavar="B")
+    p.add_argument("--safe-timeout", type=int, metavar="S")
+    p.add_argument("--until-h", type=float, metavar="H", help="stop the controller at this time")
+    p.add_argument("--no-staff", action="store_true", help="no simulated nurse or pharmacy")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Open or resume the session and run the clock until interrupted."""
+    sess = open_session(
+        args.db,
+        port=args.port,
+        pump=args.pump,
+        speed=args.speed,
+        address=args.address,
+        baud=args.baud,
+        safe_timeout_s=args.safe_timeout,
+        staff=args.sim and not args.no_staff,
+    )
+    ctl = sess.controller
+    if sess.resumed is None:
+        if args.dose_mg_per_day is None or args.weight_kg is None:
+            sess.close()
+            raise InputError("a new run needs --dose-mg-per-day and --weight-kg")
+        order = Order(
+            to_decimal(args.dose_mg_per_day, "--dose-mg-per-day"),
+            to_decimal(args.weight_kg, "--weight-kg"),
+            bag_ml=args.bag_ml,
+            interval_h=args.interval_h,
+            override_reason=args.override_reason,
+            operator=args.operator if args.override_reason else None,
+        )
+        reason = ctl.program(order, args.operator)
+        if reason is not None:
+            sess.close()
+            raise InputError(f"order refused: {reason}")
+        print(f"started: {ctl.build.label().splitlines()[2].strip() if ctl.build else ''}")
+    else:
+        print(f"resumed from {args.db}: {sess.resumed}")
+    sys.stdout.flush()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        sess.clock.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    until_s = None if args.until_h is None else args.until_h * 3600.0
+    sess.clock.run(until_s)
+    snap = ctl.snapshot()
+    print(
+        f"controller stopped at {snap['t_s'] / 3600:.3f} h: state {snap['state']}, "
+        f"interrupted {snap['interrupted_s']:.0f} s; the pump keeps its last state"
+    )
+    sess.close()
+    return 0
