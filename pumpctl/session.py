@@ -8,6 +8,7 @@ simulated pump. On a real pump the pump simply keeps running on its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from dataclasses import dataclass, field
@@ -41,10 +42,8 @@ class JournaledSimDriver(SimDriver):
         rows = self.journal.db.execute("SELECT t_s, command, args FROM sim_pump ORDER BY id")
         n = 0
         for t_s, command, args in rows:
-            try:
+            with contextlib.suppress(PumpCommandError):  # refused the first time too
                 getattr(self.physics, command)(t_s, *json.loads(args))
-            except PumpCommandError:
-                pass  # it was refused the first time too
             n += 1
         self.physics.advance(self.clock.now())
         return n

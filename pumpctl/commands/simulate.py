@@ -1,0 +1,45 @@
+"""``pumpctl simulate``: run one QA scenario and give a verdict, a report and plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pumpctl.report import markdown, result_with_accuracy, write_report
+from pumpctl.sim.runner import run_scenario
+from pumpctl.sim.scenario import load_scenario
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``simulate`` sub-command."""
+    p = sub.add_parser(
+        "simulate",
+        help="simulate a QA scenario (exit 0 pass, 1 fail, 2 bad input)",
+        description="Run a scenario on the simulated clock with the real controller, "
+        "watchdog and log. Exit 0 when every expectation holds, 1 when one fails, 2 for "
+        "bad input.",
+    )
+    p.add_argument("scenario", metavar="SCENARIO")
+    p.add_argument("--out", metavar="DIR", help="write report.json, report.md, events.db, plots")
+    p.add_argument("--json", action="store_true", help="print the result JSON")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--seed", type=int, metavar="S", help="override the scenario's seed")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Simulate, print, write; the exit code is the verdict."""
+    sc = load_scenario(args.scenario)
+    sim = run_scenario(sc, args.seed)
+    if args.out:
+        result = write_report(sim, Path(args.out), plots=not args.no_plots)
+    else:
+        result = result_with_accuracy(sim)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(markdown(result))
+        if args.out:
+            print(f"report written to {args.out}/")
+    return 0 if result["verdict"] == "pass" else 1
