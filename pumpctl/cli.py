@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "pumpctl.commands.run",
     "pumpctl.commands.log",
     "pumpctl.commands.diagram",
+    "pumpctl.commands.campaign",
     "pumpctl.commands.simulate",
 )
 

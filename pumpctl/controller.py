@@ -337,6 +337,23 @@ class Controller:
             self._clear(kind)
         return None
 
+    def bag_expired(self) -> str | None:
+        """Why the next bag may no longer be hung (compounding window passed), or None."""
+        nb = self.next_bag
+        return None if nb is None else self._why_not_fresh(nb)
+
+    def replace_next_bag(self, operator: str, reason: str) -> str | None:
+        """Discard the next bag (e.g. past its compounding window) and ask pharmacy again."""
+        nb = self.next_bag
+        if nb is None or nb.requested_s is None:
+            return self._refuse("replace_next_bag", "no bag has been requested", operator)
+        self._log("bag_discarded", {"bag": nb.n, "reason": reason}, operator)
+        build_now = self.order_build or self.build
+        assert build_now is not None
+        self.next_bag = bag_from_build(nb.n, build_now)
+        self._request_bag(self.next_bag)
+        return None
+
     # ------------------------------------------------------------- nursing
     def prime(self, operator: str, light_protected: bool) -> str | None:
         """Hang the first bag and prime the line."""
@@ -405,13 +422,15 @@ class Controller:
                 return self._refuse(
                     "hang_bag", "only after a bag-empty alarm or a bag change", operator
                 )
-            if empty.acknowledged_s is None:
-                return self._refuse("hang_bag", "acknowledge the bag_empty alarm first", operator)
-            others = [
-                a.kind for a in self.alarms.active() if a.spec.flow_stopping and a is not empty
+            unacked = [
+                a.kind
+                for a in self.alarms.active()
+                if a.spec.flow_stopping and a.acknowledged_s is None
             ]
-            if others:
-                return self._refuse("hang_bag", f"clear the {others[0]} alarm first", operator)
+            if unacked:
+                return self._refuse(
+                    "hang_bag", f"acknowledge the {unacked[0]} alarm first", operator
+                )
             reason = self.why_not_hang()
         else:
             reason = self.machine.check("finish_bag_change")
@@ -432,8 +451,10 @@ class Controller:
         err = self._pump(operator, commands)
         if err is not None:
             return self._refuse("hang_bag", err, operator)
-        if from_alarm:
-            self._clear("bag_empty")
+        if from_alarm:  # the pump restarted, so every flow-stopping cause is gone
+            for a in self.alarms.active():
+                if a.spec.flow_stopping:
+                    self._clear(a.kind)
             self._go("resume", operator, {"bag": nb.n})
         else:
             self._go("finish_bag_change", operator, {"bag": nb.n})

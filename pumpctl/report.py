@@ -286,7 +286,8 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {a['t_h']:.4f} | {a['kind']} | {a['priority']} | {a['acknowledged_h']} | {a['cleared_h']} |"
+        f"| {a['t_h']:.4f} | {a['kind']} | {a['priority']} | {a['acknowledged_h']} "
+        f"| {a['cleared_h']} |"
         for a in r["alarms"]
     ]
     acc = r.get("flow_accuracy")

@@ -9,6 +9,7 @@ call raises ``CommunicationError`` while the pump itself carries on.
 from __future__ import annotations
 
 from collections.abc import Callable
+
 from pumpctl.clock import Clock, TimerHandle
 from pumpctl.drivers.base import PumpAlarm, PumpDriver, PumpIdentity, PumpStatus
 from pumpctl.errors import CommunicationError

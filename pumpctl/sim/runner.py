@@ -222,6 +222,8 @@ def summarise(run: SimRun) -> dict[str, Any]:
     kinds = {a["kind"] for a in alarms}
     failed += [f"expected alarm '{k}' never raised" for k in sc.expect_alarms if k not in kinds]
     failed += [f"alarm '{k}' raised but not allowed" for k in sc.expect_no_alarms if k in kinds]
+    causes = {g["cause"] for g in gaps}
+    failed += [f"no interruption caused by '{c}'" for c in sc.expect_causes if c not in causes]
     if sc.expect_bags is not None and len(bags) != sc.expect_bags:
         failed.append(f"{len(bags)} bags hung, expected {sc.expect_bags}")
     if sc.expect_min_interruptions is not None and len(gaps) < sc.expect_min_interruptions:

@@ -26,6 +26,19 @@ FAULT_KINDS = (
     "comm_loss",
 )
 _Z95 = 1.6448536269514722
+#: Causes an interruption can have in a report.
+GAP_CAUSES = (
+    "bag_empty",
+    "bag_change",
+    "occlusion",
+    "air_in_line",
+    "power_loss",
+    "battery_depleted",
+    "pump_failure",
+    "pump_stopped",
+    "stopped",
+    "never_started",
+)
 
 
 @dataclass(frozen=True)
@@ -161,6 +174,7 @@ SCENARIO_SCHEMA = Table(
                 "dose_tolerance_pct": Num(0, 100, required=False),
                 "alarms": Anything(required=False),
                 "no_alarms": Anything(required=False),
+                "causes": Anything(required=False),
                 "bags": Num(0, 10000, integer=True, required=False),
                 "min_interruptions": Num(0, 10000, integer=True, required=False),
             },
@@ -235,6 +249,7 @@ class Scenario:
     dose_tolerance_pct: float
     expect_alarms: tuple[str, ...]
     expect_no_alarms: tuple[str, ...]
+    expect_causes: tuple[str, ...]
     expect_bags: int | None
     expect_min_interruptions: int | None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
@@ -289,15 +304,18 @@ def load_scenario(path: str | Path) -> Scenario:
         faults = _list_of(raw.get("faults", []), "faults", _FAULT)
         exp = raw.get("expect", {})
         lists: dict[str, tuple[str, ...]] = {}
-        for key in ("alarms", "no_alarms"):
+        for key, allowed in (("alarms", KINDS), ("no_alarms", KINDS), ("causes", GAP_CAUSES)):
             kinds = exp.get(key, [])
             if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
-                raise InputError(f"key 'expect.{key}' = {kinds!r}; allowed: a list of alarm kinds")
+                raise InputError(
+                    f"key 'expect.{key}' = {kinds!r} has the wrong type; allowed: a list of "
+                    f"names from {', '.join(allowed)}"
+                )
             for i, k in enumerate(kinds):
-                if k not in KINDS:
+                if k not in allowed:
                     raise InputError(
-                        f"key 'expect.{key}[{i}]' = {k!r} is not an alarm kind; allowed: "
-                        + ", ".join(KINDS)
+                        f"key 'expect.{key}[{i}]' = {k!r} is not allowed; allowed: "
+                        + ", ".join(allowed)
                     )
             lists[key] = tuple(kinds)
         dur = raw["scenario"]["duration_h"]
@@ -354,6 +372,7 @@ def load_scenario(path: str | Path) -> Scenario:
         dose_tolerance_pct=float(exp.get("dose_tolerance_pct", 5)),
         expect_alarms=lists["alarms"],
         expect_no_alarms=lists["no_alarms"],
+        expect_causes=lists["causes"],
         expect_bags=exp.get("bags"),
         expect_min_interruptions=exp.get("min_interruptions"),
         raw=raw,

@@ -126,6 +126,7 @@ class Nurse:
         self.waiting_for_bag = False
         self.busy_with_alarm = False
         self.swapping = False
+        self.connected_n: int | None = None  # which bag is spiked on the line
         ctl.listeners.append(self.on_event)
 
     # -- timing -------------------------------------------------------------
@@ -158,16 +159,29 @@ class Nurse:
                 self._arrive(self._handle_alarm)
         elif ev.event == "bag_at_bedside":
             if self.ctl.state is State.IDLE and not self.ctl.line_primed and not self.ctl.bags:
+                self.waiting_for_bag = False
                 self._at(self.clock.now(), self._prime)
             elif self.waiting_for_bag:
                 self.waiting_for_bag = False
                 self._at(self.clock.now(), self._after_bag_arrived)
 
+    def _fresh_or_reorder(self) -> bool:
+        """True if the next bag may be hung; else ask pharmacy for a fresh one and wait."""
+        why = self.ctl.bag_expired()
+        if why is None:
+            return True
+        self.ctl.replace_next_bag(self.op, why)
+        self.waiting_for_bag = True
+        return False
+
     # -- first bag ---------------------------------------------------------------
     def _prime(self) -> None:
         nb = self.ctl.next_bag
         assert nb is not None
+        if not self._fresh_or_reorder():
+            return
         self.driver.world("connect_bag", nb.content_ml, nb.real_conc_mg_per_ml, f"bag {nb.n}")
+        self.connected_n = nb.n
         if self.ctl.prime(self.op, light_protected=True) is None:
             self.clock.call_later(self.prime_min.sample(self.rng) * 60.0, self._primed)
 
@@ -193,7 +207,7 @@ class Nurse:
 
     def _after_bag_arrived(self) -> None:
         if self.ctl.state is State.ALARM and self.ctl.alarms.find_active("bag_empty"):
-            self._swap_after_empty()
+            self._bag_path()
         elif self.ctl.state is State.INFUSING:
             self._schedule_swap()
 
@@ -204,60 +218,83 @@ class Nurse:
         if end is not None and end - self.hang_lead_s - swap_s > self.clock.now() + 1e-6:
             self.clock.call_at(end - self.hang_lead_s - swap_s, lambda: self._begin_swap(swap_s))
             return  # re-projected later (e.g. after an alarm): wait for the new time
+        if not self._fresh_or_reorder():
+            return
         if self.ctl.begin_bag_change(self.op) is not None:
             return
         self.swapping = True
         self.driver.world("disconnect_bag")
         self.clock.call_later(swap_s, self._finish_swap)
 
-    def _connect_next(self) -> None:
+    def _finish_swap(self) -> None:
+        self.swapping = False
         nb = self.ctl.next_bag
         assert nb is not None
         self.driver.world("connect_bag", nb.content_ml, nb.real_conc_mg_per_ml, f"bag {nb.n}")
-
-    def _finish_swap(self) -> None:
-        self.swapping = False
-        self._connect_next()
-        if self.ctl.state is State.ALARM:  # the old bag ran out during a slow swap
-            self.ctl.acknowledge("bag_empty", self.op)
-        if self.ctl.hang_bag(self.op, light_protected=True) is None:
+        self.connected_n = nb.n
+        if self.ctl.state is State.ALARM:  # the old bag ran out (or ran dry) meanwhile
+            self._hang_after_empty()
+        elif self.ctl.hang_bag(self.op, light_protected=True) is None:
             self.change_planned = False
-            self.busy_with_alarm = False
 
-    def _swap_after_empty(self) -> None:
-        if self.swapping:
+    def _bag_path(self) -> None:
+        """At the bedside with a bag-empty alarm: hang the next bag as soon as there is one."""
+        nb = self.ctl.next_bag
+        if nb is None or nb.delivered_s is None:
+            self.waiting_for_bag = True
             return
-        self.swapping = True
-        self.driver.world("disconnect_bag")
-        self.clock.call_later(self.swap_s.sample(self.rng), self._finish_swap)
+        if not self._fresh_or_reorder():
+            return
+        if self.connected_n == nb.n:
+            self._hang_after_empty()
+        elif not self.swapping:
+            self.swapping = True
+            self.driver.world("disconnect_bag")
+            self.clock.call_later(self.swap_s.sample(self.rng), self._finish_swap)
+
+    def _hang_after_empty(self) -> None:
+        if self.ctl.state is not State.ALARM or not self._fresh_or_reorder():
+            return
+        self._ack_all()
+        if self.ctl.hang_bag(self.op, light_protected=True) is None:
+            self.busy_with_alarm = False
+            self.change_planned = False
+            return
+        other = [
+            a.kind
+            for a in self.ctl.alarms.active()
+            if a.spec.flow_stopping and a.kind not in ("bag_empty", "air_in_line")
+        ]
+        t_ok = self.world.cause_gone_at(other)
+        self.clock.call_at(max(t_ok, self.clock.now() + 30.0), self._hang_after_empty)
+
+    def _ack_all(self) -> list[str]:
+        kinds = []
+        for a in self.ctl.alarms.active():
+            if a.spec.flow_stopping:
+                kinds.append(a.kind)
+                if a.acknowledged_s is None:
+                    self.ctl.acknowledge(a.id, self.op)
+        return kinds
 
     # -- alarms ----------------------------------------------------------------------
     def _handle_alarm(self) -> None:
-        active = [a for a in self.ctl.alarms.active() if a.spec.flow_stopping]
-        if not active:
+        kinds = self._ack_all()
+        if not kinds:
             self.busy_with_alarm = False
             return
-        for a in active:
-            self.ctl.acknowledge(a.id, self.op)
-        if self.ctl.alarms.find_active("bag_empty"):
-            nb = self.ctl.next_bag
-            if nb is not None and nb.delivered_s is not None:
-                self._swap_after_empty()
-            else:
-                self.waiting_for_bag = True
+        if "bag_empty" in kinds:
+            self._bag_path()
             return
-        t_ok = self.world.cause_gone_at([a.kind for a in active])
-        self.clock.call_at(t_ok, self._try_resume)
+        self.clock.call_at(self.world.cause_gone_at(kinds), self._try_resume)
 
     def _try_resume(self) -> None:
         if self.ctl.state is not State.ALARM:
             self.busy_with_alarm = False
             return
-        for a in self.ctl.alarms.active():
-            if a.spec.flow_stopping and a.acknowledged_s is None:
-                self.ctl.acknowledge(a.id, self.op)
+        self._ack_all()
         if self.ctl.alarms.find_active("bag_empty"):
-            self._handle_alarm()
+            self._bag_path()
             return
         if self.ctl.resume(self.op) is None:
             self.busy_with_alarm = False
