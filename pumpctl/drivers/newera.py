@@ -256,8 +256,13 @@ class NewEraDriver(PumpDriver):
     def _open(self) -> None:
         try:
             self._ser = serial.serial_for_url(
-                self._url, baudrate=self.baud, bytesize=8, parity="N", stopbits=1,
-                timeout=min(self.timeout_s, 0.05), write_timeout=max(self.timeout_s, 1.0),
+                self._url,
+                baudrate=self.baud,
+                bytesize=8,
+                parity="N",
+                stopbits=1,
+                timeout=min(self.timeout_s, 0.05),
+                write_timeout=max(self.timeout_s, 1.0),
             )
         except (serial.SerialException, OSError, ValueError) as exc:
             self._ser = None
@@ -326,8 +331,10 @@ class NewEraDriver(PumpDriver):
 
     def _frame(self, command: str, args: str = "", *, safe: bool | None = None) -> bytes:
         text = command_text(self.address, command, args)
-        return frame_safe(text) if (self._safe if safe is None else safe) else (
-            frame_basic_request(text)
+        return (
+            frame_safe(text)
+            if (self._safe if safe is None else safe)
+            else (frame_basic_request(text))
         )
 
     def _exchange(self, frame: bytes, accept: Accept) -> Reply:
@@ -387,8 +394,13 @@ class NewEraDriver(PumpDriver):
 
     # ================================================================ protocol core
     def _query(
-        self, command: str, args: str = "", *, accept: Accept | None = None,
-        attempts: int | None = None, safe: bool | None = None,
+        self,
+        command: str,
+        args: str = "",
+        *,
+        accept: Accept | None = None,
+        attempts: int | None = None,
+        safe: bool | None = None,
     ) -> Reply:
         """A read-only command: retried on a lost or bad reply; alarms are noted and it is
         asked again (the alarm reply acknowledged the alarm; the query was not answered)."""
@@ -420,11 +432,22 @@ class NewEraDriver(PumpDriver):
                     raise self._comm_error(failures, command or "status")
                 continue
             self._note_prompt(reply.prompt)
+            if reply.error is not None:
+                meaning = ERRORS.get(reply.error, "error")
+                raise PumpCommandError(
+                    f"pump refused {command or 'status'}{args}: {reply.error} ({meaning})"
+                )
             return reply
 
     def _apply(
-        self, command: str, args: str, verify: Callable[[], bool], *, what: str,
-        retry_alarms: frozenset[str] = frozenset(ALARMS), safe: bool | None = None,
+        self,
+        command: str,
+        args: str,
+        verify: Callable[[], bool],
+        *,
+        what: str,
+        retry_alarms: frozenset[str] = frozenset(ALARMS),
+        safe: bool | None = None,
     ) -> Reply | None:
         """Send a command that changes the pump exactly once.
 
@@ -492,11 +515,7 @@ class NewEraDriver(PumpDriver):
         self._note_alarm(reply.alarm)
         if reply.alarm == "R":
             self._vol_sent_ml = None  # re-check VOL before the next run
-            if (
-                self._rate_ml_per_h is not None
-                and not self._restoring
-                and self._current != "RAT"
-            ):
+            if self._rate_ml_per_h is not None and not self._restoring and self._current != "RAT":
                 self._restoring = True
                 try:
                     self.stats["rate_restores"] += 1
@@ -545,8 +564,11 @@ class NewEraDriver(PumpDriver):
             self._safe = True
             n = str(self.safe_timeout_s)
             self._apply(
-                "SAF", n, lambda: self._query("SAF", attempts=1).data == n,
-                what=f"SAF {n}", safe=True,
+                "SAF",
+                n,
+                lambda: self._query("SAF", attempts=1).data == n,
+                what=f"SAF {n}",
+                safe=True,
             )
         else:
             self._safe = False
@@ -590,8 +612,11 @@ class NewEraDriver(PumpDriver):
         if got.alarm is not None:  # not executed: send it again
             self._on_alarm_reply(got)
             self._apply(
-                "SAF", "0", lambda: self._query("", attempts=1, safe=False) is not None,
-                what="SAF 0", safe=True,
+                "SAF",
+                "0",
+                lambda: self._query("", attempts=1, safe=False) is not None,
+                what="SAF 0",
+                safe=True,
             )
 
     def _program_single_phase(self) -> None:
@@ -600,8 +625,13 @@ class NewEraDriver(PumpDriver):
         Pumps without a pumping program (``PHN`` unknown) are left as they are.
         """
         try:
-            for cmd, arg in (("PHN", "1"), ("FUN", "RAT"), ("PHN", "2"), ("FUN", "STP"),
-                             ("PHN", "1")):
+            for cmd, arg in (
+                ("PHN", "1"),
+                ("FUN", "RAT"),
+                ("PHN", "2"),
+                ("FUN", "STP"),
+                ("PHN", "1"),
+            ):
                 self._apply(cmd, arg, lambda: False, what=f"{cmd} {arg}")
         except PumpCommandError:
             self.stats["no_program_support"] += 1
@@ -620,7 +650,9 @@ class NewEraDriver(PumpDriver):
                 " stop it before changing the syringe"
             )
         self._apply(
-            "DIA", text, lambda: abs(parse_number(self._query("DIA").data) - float(text)) < 1e-9,
+            "DIA",
+            text,
+            lambda: abs(parse_number(self._query("DIA").data) - float(text)) < 1e-9,
             what=f"DIA {text}",
         )
 
@@ -652,9 +684,7 @@ class NewEraDriver(PumpDriver):
         units = self._vol_units
         value = per_run_ml / VOLUME_UNITS_ML[units]
         if units == "UL" and value >= 9999.5:
-            self._apply(
-                "VOL", "ML", lambda: self._query("VOL").data.endswith("ML"), what="VOL ML"
-            )
+            self._apply("VOL", "ML", lambda: self._query("VOL").data.endswith("ML"), what="VOL ML")
             units = self._vol_units = "ML"
             value = per_run_ml
         text = format_number(value, rounding="down")
@@ -756,8 +786,8 @@ class NewEraDriver(PumpDriver):
                     if "?NA" in str(exc):  # already stopped
                         break
                     raise
-                prompt = reply.prompt if reply is not None and reply.prompt else (
-                    self._prompt or "S"
+                prompt = (
+                    reply.prompt if reply is not None and reply.prompt else (self._prompt or "S")
                 )
             else:
                 raise PumpCommandError(f"pump did not stop (still {prompt})")
