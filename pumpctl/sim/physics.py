@@ -177,8 +177,8 @@ class PumpPhysics:
         if self.mains_on or self.mode not in (RunState.RUNNING, RunState.KVO):
             return math.inf, None
         low = self.model.battery_low_min
-        if self.battery_min_left > low and PumpAlarm.BATTERY_LOW not in self.alarms:
-            return self.t_s + (self.battery_min_left - low) * 60.0, PumpAlarm.BATTERY_LOW
+        if PumpAlarm.BATTERY_LOW not in self.alarms and low > 0:
+            return self.t_s + max(self.battery_min_left - low, 0.0) * 60.0, PumpAlarm.BATTERY_LOW
         return self.t_s + self.battery_min_left * 60.0, PumpAlarm.BATTERY_DEPLETED
 
     def next_event_s(self) -> float:

@@ -1,0 +1,93 @@
+"""Test helpers: a controller on the simulated pump and small scenario files."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from pumpctl.clock import SimClock
+from pumpctl.controller import Controller
+from pumpctl.drivers.sim import SimDriver
+from pumpctl.eventlog import MemoryEventLog
+from pumpctl.order import Order
+from pumpctl.setting import DrugSetting, PumpModel
+
+BASE_SCENARIO = """
+[scenario]
+duration_h = {duration_h}
+seed = 1
+setting = "anakinra_continuous"
+pump = "{pump}"
+
+[patient]
+weight_kg = 70
+
+[order]
+dose_mg_per_day = {dose}
+bag_ml = 100
+"""
+
+
+def write_scenario(
+    tmp: Path,
+    extra: str = "",
+    *,
+    duration_h: float = 72,
+    dose: float = 600,
+    pump: str = "generic_lvp",
+    name: str = "s.toml",
+) -> Path:
+    """A scenario file with the default order plus ``extra`` TOML."""
+    p = tmp / name
+    p.write_text(BASE_SCENARIO.format(duration_h=duration_h, dose=dose, pump=pump) + extra)
+    return p
+
+
+class Rig:
+    """A controller on a simulated pump and clock, with the setting installed."""
+
+    def __init__(
+        self,
+        setting: DrugSetting,
+        model: PumpModel,
+        *,
+        install: bool = True,
+        poll_s: float | None = None,
+    ) -> None:
+        self.clock = SimClock()
+        self.log = MemoryEventLog()
+        if install:
+            self.log.install_setting(setting, "biomed")
+        self.driver = SimDriver(model, self.clock)
+        self.ctl = Controller(
+            self.clock,
+            self.driver,
+            self.log,
+            setting,
+            reservoir_change=model.reservoir_change,
+            poll_s=poll_s,
+        )
+
+    def order(self, dose: str = "600", weight: str = "70", **kw: object) -> Order:
+        return Order(Decimal(dose), Decimal(weight), bag_ml=100, **kw)  # type: ignore[arg-type]
+
+    def deliver_next(self) -> None:
+        assert self.ctl.bag_compounded("pharm") is None
+        assert self.ctl.bag_delivered("tech") is None
+
+    def connect_next(self) -> None:
+        nb = self.ctl.next_bag
+        assert nb is not None
+        self.driver.world("connect_bag", nb.content_ml, nb.real_conc_mg_per_ml, f"bag {nb.n}")
+
+    def start_infusion(self, dose: str = "600") -> None:
+        """Program, deliver, prime and start (all at the current time)."""
+        assert self.ctl.program(self.order(dose), "md1") is None
+        self.deliver_next()
+        self.connect_next()
+        assert self.ctl.prime("rn1", light_protected=True) is None
+        assert self.ctl.primed("rn1") is None
+        assert self.ctl.start("rn1") is None
+
+    def events(self, name: str) -> list:
+        return [e for e in self.log.events() if e.event == name]

@@ -1,0 +1,190 @@
+"""Shipped scenarios, scenario validation, simulate and campaign commands."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pumpctl.cli import main
+from pumpctl.errors import InputError
+from pumpctl.sim.campaign import run_campaign, summarise
+from pumpctl.sim.runner import run_scenario
+from pumpctl.sim.scenario import load_scenario
+from tests.helpers import write_scenario
+
+EXAMPLES = sorted(p for p in Path("examples").glob("*.toml") if "campaign" not in p.name)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_shipped_scenarios_pass_their_expectations(path):
+    r = run_scenario(load_scenario(path), trace=False).result
+    assert r["verdict"] == "pass", r["failed_expectations"]
+
+
+def test_occlusion_gap_counts_from_the_line_closing():
+    r = run_scenario(load_scenario("examples/occlusion.toml")).result
+    (gap,) = r["interruptions"]
+    assert gap["cause"] == "occlusion" and gap["start_h"] == 30.0
+    assert gap["length_s"] == pytest.approx(300.0, abs=1e-3)
+    (alarm,) = [a for a in r["alarms"] if a["kind"] == "occlusion"]
+    assert alarm["priority"] == "high"
+    assert alarm["t_h"] == pytest.approx(30 + 60 / 3600, abs=1e-6)  # pump's time to alarm
+
+
+def test_pharmacy_late_escalates_and_measures_gap():
+    r = run_scenario(load_scenario("examples/pharmacy_late.toml")).result
+    kinds = [a["kind"] for a in r["alarms"]]
+    i_bed, i_ready, i_empty = (
+        kinds.index(k) for k in ("next_bag_not_at_bedside", "no_bag_ready", "bag_empty")
+    )
+    assert i_bed < i_ready < i_empty
+    (gap,) = r["interruptions"]
+    empty = r["alarms"][i_empty]
+    assert gap["start_h"] == pytest.approx(empty["t_h"], abs=1e-6)
+    # request 1 h before the bag end + 90 min late + 10 compound + 15 deliver + 1 min swap
+    assert gap["length_s"] == pytest.approx((-60 + 90 + 10 + 15 + 1) * 60 - 0, abs=1.0)
+
+
+def test_titration_on_day_two_changes_next_bag_not_rate():
+    r = run_scenario(load_scenario("examples/titration_day2.toml")).result
+    mgs = [b["mg"] for b in r["bags"]]
+    assert mgs[:4] == [200] * 4 and set(mgs[4:]) == {300}
+    assert {b["rate_ml_per_h"] for b in r["bags"]} == {12.5}
+    assert r["interrupted_s"] == 0
+
+
+def test_syringe_pump_changes_are_measured_gaps():
+    r = run_scenario(load_scenario("examples/syringe_pump_ne1000.toml")).result
+    assert [g["cause"] for g in r["interruptions"]] == ["bag_change"] * 8
+    assert all(g["length_s"] == pytest.approx(60.0, abs=1e-6) for g in r["interruptions"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ("\n[nurse]\nresponse_min = -1\nswap_s = 60\n", "nurse.response_min"),
+        ("\n[nurse]\nresponse_min = 2\nswap_s = 60\ncoffee = 1\n", "nurse.coffee"),
+        ('\n[[faults]]\nat_h = 3\nkind = "meteor"\nduration_min = 1\n', "faults[0].kind"),
+        ('\n[[faults]]\nat_h = 300\nkind = "occlusion"\nduration_min = 1\n', "faults[0].at_h"),
+        (
+            '\n[pharmacy]\ncompound_min = { dist = "gamma", k = 2 }\ndeliver_min = 1\n',
+            "pharmacy.compound_min.dist",
+        ),
+        (
+            '\n[pharmacy]\ncompound_min = { dist = "lognormal", median = 5 }\ndeliver_min = 1\n',
+            "pharmacy.compound_min.p95",
+        ),
+        ('\n[expect]\nalarms = ["bag_gone"]\n', "expect.alarms[0]"),
+        ('\n[expect]\nmax_interrupted_s = "none"\n', "expect.max_interrupted_s"),
+    ],
+)
+def test_bad_scenarios_name_file_and_key(tmp_path, capsys, extra, key):
+    path = write_scenario(tmp_path, extra)
+    with pytest.raises(InputError, match=re.escape(key)):
+        load_scenario(path)
+    assert main(["simulate", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and key in err[0]
+
+
+def test_missing_section_and_bad_toml(tmp_path):
+    p = tmp_path / "x.toml"
+    p.write_text("[scenario]\nduration_h = 1\n")
+    with pytest.raises(InputError, match="missing key 'scenario.seed'"):
+        load_scenario(p)
+    p.write_text("[scenario\n")
+    with pytest.raises(InputError, match="not valid TOML"):
+        load_scenario(p)
+
+
+def test_simulate_json_and_out(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["simulate", "examples/anakinra_72h.toml", "--json", "--out", str(out)])
+    assert code == 0
+    d = json.loads(capsys.readouterr().out)
+    for key in [
+        "verdict",
+        "failed_expectations",
+        "duration_h",
+        "ordered_mg",
+        "delivered_mg",
+        "dose_error_pct",
+        "interrupted_s",
+        "interruptions",
+        "bags",
+        "alarms",
+        "setting_version",
+    ]:
+        assert key in d
+    assert d["verdict"] == "pass" and len(d["bags"]) == 9 and d["interrupted_s"] == 0
+    assert set(d["bags"][0]) >= {"n", "hung_h", "end_h", "mg", "ml"}
+    assert set(d["alarms"][0]) >= {"t_h", "kind", "priority", "acknowledged_h"}
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "report.json",
+        "report.md",
+        "events.db",
+        "delivery.png",
+        "bags.png",
+        "alarms.png",
+        "flow_accuracy.png",
+    } <= names
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert d["flow_accuracy"]["windows_min"] == [2, 5, 11, 19, 31]
+    from pumpctl.eventlog import EventLog
+
+    with EventLog(out / "events.db") as log:
+        assert len(log.events()) == d["events"]
+
+
+def test_simulate_exit_1_on_failed_expectation(tmp_path, capsys):
+    path = write_scenario(
+        tmp_path,
+        """
+[[faults]]
+at_h = 10
+kind = "occlusion"
+duration_min = 3
+""",
+    )
+    assert main(["simulate", str(path), "--json", "--no-plots"]) == 1
+    d = json.loads(capsys.readouterr().out)
+    assert d["verdict"] == "fail" and "interrupted" in d["failed_expectations"][0]
+
+
+def test_campaign_same_summary_with_one_or_two_workers(tmp_path):
+    sc = load_scenario("examples/campaign_staffing.toml")
+    one = summarise(sc, run_campaign(sc, 12, workers=1, seed=7), 7)
+    two = summarise(sc, run_campaign(sc, 12, workers=2, seed=7), 7)
+    assert one == two
+    worst = one["worst_runs"][0]
+    again = run_scenario(sc, worst["seed"], trace=False).result
+    assert again["interrupted_s"] == worst["interrupted_s"]
+
+
+def test_campaign_cli_writes_summary(tmp_path, capsys):
+    out = tmp_path / "c"
+    main(
+        [
+            "campaign",
+            "examples/campaign_staffing.toml",
+            "--runs",
+            "6",
+            "--workers",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
+    d = json.loads(capsys.readouterr().out)
+    assert d["runs"] == 6 and 0 <= d["share_interrupted"] <= 1
+    assert {"p50", "p95", "max"} <= set(d["interrupted_s"])
+    assert (out / "histograms.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((out / "runs.csv").read_text().splitlines()) == 7
