@@ -64,8 +64,9 @@ class TrumpetResult:
             "windows_min": [_r3(w) for w in self.windows_min],
             "windows": [
                 {"window_min": _r3(w), "ep_max_pct": _r3(hi), "ep_min_pct": _r3(lo)}
-                for w, hi, lo in zip(self.windows_min, self.ep_max_pct, self.ep_min_pct,
-                                     strict=True)
+                for w, hi, lo in zip(
+                    self.windows_min, self.ep_max_pct, self.ep_min_pct, strict=True
+                )
             ],
             "windows_skipped_min": [_r3(w) for w in self.windows_skipped_min],
             "startup": {
@@ -85,8 +86,9 @@ def _sig(x: float) -> float:
     return float(f"{float(x):.6g}") + 0.0
 
 
-def _check_record(t_min: Sequence[float] | FloatArray,
-                  volume_ml: Sequence[float] | FloatArray) -> tuple[FloatArray, FloatArray]:
+def _check_record(
+    t_min: Sequence[float] | FloatArray, volume_ml: Sequence[float] | FloatArray
+) -> tuple[FloatArray, FloatArray]:
     """Validate a cumulative record: 1-D, same length, finite, time strictly increasing."""
     t = np.asarray(t_min, dtype=np.float64)
     v = np.asarray(volume_ml, dtype=np.float64)
@@ -99,13 +101,16 @@ def _check_record(t_min: Sequence[float] | FloatArray,
     for name, arr in (("time", t), ("volume", v)):
         bad = np.flatnonzero(~np.isfinite(arr))
         if bad.size:
-            raise InputError(f"{name} value at index {bad[0]} is {arr[bad[0]]}; "
-                             "must be a finite number")
+            raise InputError(
+                f"{name} value at index {bad[0]} is {arr[bad[0]]}; must be a finite number"
+            )
     back = np.flatnonzero(np.diff(t) <= 0)
     if back.size:
         i = int(back[0]) + 1
-        raise InputError(f"time does not increase at index {i} ({t[i]:g} min after "
-                         f"{t[i - 1]:g} min); times must be strictly increasing")
+        raise InputError(
+            f"time does not increase at index {i} ({t[i]:g} min after "
+            f"{t[i - 1]:g} min); times must be strictly increasing"
+        )
     return t, v
 
 
@@ -117,9 +122,11 @@ def _check_sample(sample_min: float) -> float:
     return s
 
 
-def flow_from_cumulative(t_min: Sequence[float] | FloatArray,
-                         volume_ml: Sequence[float] | FloatArray,
-                         sample_min: float = SAMPLE_MIN) -> tuple[FloatArray, FloatArray]:
+def flow_from_cumulative(
+    t_min: Sequence[float] | FloatArray,
+    volume_ml: Sequence[float] | FloatArray,
+    sample_min: float = SAMPLE_MIN,
+) -> tuple[FloatArray, FloatArray]:
     """Resample cumulative volume onto a ``sample_min`` grid from the first time; flow per interval.
 
     Returns (end time of each interval in min, Q_i in mL/h) with Q_i = 60 * dV_i / sample_min,
@@ -130,22 +137,25 @@ def flow_from_cumulative(t_min: Sequence[float] | FloatArray,
     s = _check_sample(sample_min)
     n_intervals = int(math.floor((t[-1] - t[0]) / s + _GRID_TOL))
     if n_intervals < 1:
-        raise InputError(f"record covers {t[-1] - t[0]:g} min; at least one {s:g}-min sample "
-                         "interval is needed")
+        raise InputError(
+            f"record covers {t[-1] - t[0]:g} min; at least one {s:g}-min sample interval is needed"
+        )
     grid = t[0] + s * np.arange(n_intervals + 1, dtype=np.float64)
     v_grid = np.interp(grid, t, v)
     flow = 60.0 * np.diff(v_grid) / s
     return grid[1:], flow
 
 
-def trumpet(t_min: Sequence[float] | FloatArray,
-            volume_ml: Sequence[float] | FloatArray,
-            rate_ml_per_h: float,
-            *,
-            sample_min: float = SAMPLE_MIN,
-            windows_min: Sequence[float] = WINDOWS_MIN,
-            analysis_start_min: float = 60.0,
-            analysis_end_min: float = 120.0) -> TrumpetResult:
+def trumpet(
+    t_min: Sequence[float] | FloatArray,
+    volume_ml: Sequence[float] | FloatArray,
+    rate_ml_per_h: float,
+    *,
+    sample_min: float = SAMPLE_MIN,
+    windows_min: Sequence[float] = WINDOWS_MIN,
+    analysis_start_min: float = 60.0,
+    analysis_end_min: float = 120.0,
+) -> TrumpetResult:
     """IEC 60601-2-24 start-up and trumpet curves of a cumulative record at a programmed rate.
 
     Windows longer than the analysis period are left out and listed in
@@ -161,12 +171,16 @@ def trumpet(t_min: Sequence[float] | FloatArray,
 
     start, end = float(analysis_start_min), float(analysis_end_min)
     if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end <= start:
-        raise InputError(f"analysis period {analysis_start_min}-{analysis_end_min} min is not "
-                         "valid; need 0 <= start < end")
+        raise InputError(
+            f"analysis period {analysis_start_min}-{analysis_end_min} min is not "
+            "valid; need 0 <= start < end"
+        )
     i0, i1 = _grid_index(start, s, "analysis start"), _grid_index(end, s, "analysis end")
     if i1 > flow.size:
-        raise InputError(f"record covers {elapsed[-1]:g} min but the analysis period ends at "
-                         f"{end:g} min; record longer or choose an earlier analysis end")
+        raise InputError(
+            f"record covers {elapsed[-1]:g} min but the analysis period ends at "
+            f"{end:g} min; record longer or choose an earlier analysis end"
+        )
 
     windows = tuple(float(w) for w in windows_min)
     if not windows:
@@ -177,8 +191,10 @@ def trumpet(t_min: Sequence[float] | FloatArray,
         _grid_index(w, s, f"observation window {w:g} min")
     span = end - start
     if min(windows) > span + _GRID_TOL * s:
-        raise InputError(f"analysis period {start:g}-{end:g} min ({span:g} min) is shorter than "
-                         f"the smallest observation window ({min(windows):g} min)")
+        raise InputError(
+            f"analysis period {start:g}-{end:g} min ({span:g} min) is shorter than "
+            f"the smallest observation window ({min(windows):g} min)"
+        )
 
     err_pct = 100.0 * (flow[i0:i1] - r) / r
     kept: list[float] = []
@@ -222,14 +238,15 @@ def _grid_index(x_min: float, sample_min: float, what: str) -> int:
     k = x_min / sample_min
     n = int(round(k))
     if abs(k - n) > _GRID_TOL:
-        raise InputError(f"{what} ({x_min:g} min) is not a whole number of "
-                         f"{sample_min:g}-min samples")
+        raise InputError(
+            f"{what} ({x_min:g} min) is not a whole number of {sample_min:g}-min samples"
+        )
     return n
 
 
-def read_gravimetric_csv(path: str | Path,
-                         density_g_per_ml: float = WATER_DENSITY_G_PER_ML
-                         ) -> tuple[FloatArray, FloatArray]:
+def read_gravimetric_csv(
+    path: str | Path, density_g_per_ml: float = WATER_DENSITY_G_PER_ML
+) -> tuple[FloatArray, FloatArray]:
     """Read a balance record (header row; time_s/time_min/t_s/t_min and mass_g/volume_ml).
 
     Returns (t_min, volume_ml); mass is converted with ``density_g_per_ml``. Every problem
@@ -241,8 +258,11 @@ def read_gravimetric_csv(path: str | Path,
         raise InputError(f"density is {density_g_per_ml} g/mL; must be a positive number")
     try:
         with p.open(newline="", encoding="utf-8-sig") as fh:
-            rows = [(i, row) for i, row in enumerate(csv.reader(fh), start=1)
-                    if any(cell.strip() for cell in row)]
+            rows = [
+                (i, row)
+                for i, row in enumerate(csv.reader(fh), start=1)
+                if any(cell.strip() for cell in row)
+            ]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{p}: cannot read: {exc}") from exc
     if not rows:
@@ -256,12 +276,15 @@ def read_gravimetric_csv(path: str | Path,
     allowed_q = ", ".join(_QUANTITY_COLUMNS)
     if len(time_cols) != 1:
         found = "none" if not time_cols else ", ".join(time_cols)
-        raise InputError(f"{p}: line {header_line}: need exactly one time column ({allowed_t}); "
-                         f"found {found}")
+        raise InputError(
+            f"{p}: line {header_line}: need exactly one time column ({allowed_t}); found {found}"
+        )
     if len(qty_cols) != 1:
         found = "none" if not qty_cols else ", ".join(qty_cols)
-        raise InputError(f"{p}: line {header_line}: need exactly one quantity column "
-                         f"({allowed_q}); found {found}")
+        raise InputError(
+            f"{p}: line {header_line}: need exactly one quantity column "
+            f"({allowed_q}); found {found}"
+        )
     t_col, q_col = time_cols[0], qty_cols[0]
     ti, qi = names.index(t_col), names.index(q_col)
 
@@ -273,28 +296,38 @@ def read_gravimetric_csv(path: str | Path,
     for k, (line, row) in enumerate(data):
         for col, idx, out in ((t_col, ti, t), (q_col, qi, q)):
             if idx >= len(row):
-                raise InputError(f"{p}: line {line}: no value in column {col} "
-                                 f"(row has {len(row)} cells, header has {len(names)})")
+                raise InputError(
+                    f"{p}: line {line}: no value in column {col} "
+                    f"(row has {len(row)} cells, header has {len(names)})"
+                )
             cell = row[idx].strip()
             try:
                 value = float(cell)
             except ValueError:
-                raise InputError(f"{p}: line {line}, column {col}: {cell!r} is not a number") \
-                    from None
+                raise InputError(
+                    f"{p}: line {line}, column {col}: {cell!r} is not a number"
+                ) from None
             if not math.isfinite(value):
                 raise InputError(f"{p}: line {line}, column {col}: {cell!r} is not a finite number")
             out[k] = value
         if k and t[k] <= t[k - 1]:
-            raise InputError(f"{p}: line {line}, column {t_col}: time {t[k]:g} is not after "
-                             f"{t[k - 1]:g} on the line before; times must strictly increase")
+            raise InputError(
+                f"{p}: line {line}, column {t_col}: time {t[k]:g} is not after "
+                f"{t[k - 1]:g} on the line before; times must strictly increase"
+            )
 
     t_min = t * _TIME_COLUMNS_TO_MIN[t_col]
     volume_ml = q / d if q_col == "mass_g" else q
     return t_min, volume_ml
 
 
-def plot_trumpet(result: TrumpetResult, path: str | Path, *,
-                 stated_pct: float | None = None, title: str | None = None) -> Path:
+def plot_trumpet(
+    result: TrumpetResult,
+    path: str | Path,
+    *,
+    stated_pct: float | None = None,
+    title: str | None = None,
+) -> Path:
     """Write one PNG: start-up curve (top) and trumpet curve (bottom). Returns the path."""
     import matplotlib
 
@@ -309,13 +342,24 @@ def plot_trumpet(result: TrumpetResult, path: str | Path, *,
     head = title or f"IEC 60601-2-24 flow accuracy at {r:g} mL/h"
     fig.suptitle(head, fontsize=13)
 
-    ax_su.plot(result.startup_t_min, result.startup_flow_ml_per_h, drawstyle="steps-pre",
-               color="tab:blue", linewidth=1.0,
-               label=f"flow per {result.sample_min:g}-min sample")
-    ax_su.axhline(r, color="black", linestyle="--", linewidth=1.2,
-                  label=f"programmed rate {r:g} mL/h")
-    ax_su.axvspan(result.analysis_start_min, result.analysis_end_min, color="tab:green",
-                  alpha=0.08, label="analysis period")
+    ax_su.plot(
+        result.startup_t_min,
+        result.startup_flow_ml_per_h,
+        drawstyle="steps-pre",
+        color="tab:blue",
+        linewidth=1.0,
+        label=f"flow per {result.sample_min:g}-min sample",
+    )
+    ax_su.axhline(
+        r, color="black", linestyle="--", linewidth=1.2, label=f"programmed rate {r:g} mL/h"
+    )
+    ax_su.axvspan(
+        result.analysis_start_min,
+        result.analysis_end_min,
+        color="tab:green",
+        alpha=0.08,
+        label="analysis period",
+    )
     ax_su.set_title("Start-up curve")
     ax_su.set_xlabel("time (min)")
     ax_su.set_ylabel("flow (mL/h)")
@@ -327,17 +371,27 @@ def plot_trumpet(result: TrumpetResult, path: str | Path, *,
     w = np.asarray(result.windows_min)
     ax_tr.plot(w, result.ep_max_pct, marker="^", color="tab:red", label="Ep(max)")
     ax_tr.plot(w, result.ep_min_pct, marker="v", color="tab:blue", label="Ep(min)")
-    ax_tr.axhline(result.overall_error_pct, color="black", linewidth=1.2,
-                  label=f"A = {result.overall_error_pct:+.2f} %")
+    ax_tr.axhline(
+        result.overall_error_pct,
+        color="black",
+        linewidth=1.2,
+        label=f"A = {result.overall_error_pct:+.2f} %",
+    )
     ax_tr.axhline(0.0, color="grey", linewidth=0.8)
     if stated_pct is not None:
         band = abs(float(stated_pct))
         ax_tr.axhspan(-band, band, color="tab:green", alpha=0.08)
-        ax_tr.axhline(band, color="tab:green", linestyle="--", linewidth=1.0,
-                      label=f"stated accuracy \u00b1{band:g} %")
+        ax_tr.axhline(
+            band,
+            color="tab:green",
+            linestyle="--",
+            linewidth=1.0,
+            label=f"stated accuracy \u00b1{band:g} %",
+        )
         ax_tr.axhline(-band, color="tab:green", linestyle="--", linewidth=1.0)
-    ax_tr.set_title(f"Trumpet curve ({result.analysis_start_min:g}-"
-                    f"{result.analysis_end_min:g} min)")
+    ax_tr.set_title(
+        f"Trumpet curve ({result.analysis_start_min:g}-{result.analysis_end_min:g} min)"
+    )
     ax_tr.set_xlabel("observation window (min)")
     ax_tr.set_ylabel("flow error (%)")
     if w.size:

@@ -24,19 +24,43 @@ def register(sub: Any) -> None:
         help="flow accuracy (IEC 60601-2-24 start-up and trumpet curves) from a balance CSV",
         description=__doc__.splitlines()[0],
     )
-    p.add_argument("csv", metavar="CSV", type=Path,
-                   help="header row; time_s|time_min|t_s|t_min and mass_g|volume_ml columns")
+    p.add_argument(
+        "csv",
+        metavar="CSV",
+        type=Path,
+        help="header row; time_s|time_min|t_s|t_min and mass_g|volume_ml columns",
+    )
     p.add_argument("--rate-ml-per-h", type=float, required=True, help="programmed rate (mL/h)")
-    p.add_argument("--density-g-per-ml", type=float, default=WATER_DENSITY_G_PER_ML,
-                   help=f"liquid density for mass_g columns (default {WATER_DENSITY_G_PER_ML})")
-    p.add_argument("--analysis-start-min", type=float, default=60.0,
-                   help="start of the trumpet analysis period (default 60)")
-    p.add_argument("--analysis-end-min", type=float, default=120.0,
-                   help="end of the trumpet analysis period (default 120)")
-    p.add_argument("--stated-pct", type=float, default=None,
-                   help="stated accuracy, drawn as a +/- band on the plot")
-    p.add_argument("--out", type=Path, default=None,
-                   help="directory to write trumpet.png and trumpet.json into (created)")
+    p.add_argument(
+        "--density-g-per-ml",
+        type=float,
+        default=WATER_DENSITY_G_PER_ML,
+        help=f"liquid density for mass_g columns (default {WATER_DENSITY_G_PER_ML})",
+    )
+    p.add_argument(
+        "--analysis-start-min",
+        type=float,
+        default=60.0,
+        help="start of the trumpet analysis period (default 60)",
+    )
+    p.add_argument(
+        "--analysis-end-min",
+        type=float,
+        default=120.0,
+        help="end of the trumpet analysis period (default 120)",
+    )
+    p.add_argument(
+        "--stated-pct",
+        type=float,
+        default=None,
+        help="stated accuracy, drawn as a +/- band on the plot",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="directory to write trumpet.png and trumpet.json into (created)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -44,9 +68,13 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Analyse the record, print a table or JSON, optionally write the PNG and JSON."""
     t_min, volume_ml = read_gravimetric_csv(args.csv, args.density_g_per_ml)
-    result = trumpet(t_min, volume_ml, args.rate_ml_per_h,
-                     analysis_start_min=args.analysis_start_min,
-                     analysis_end_min=args.analysis_end_min)
+    result = trumpet(
+        t_min,
+        volume_ml,
+        args.rate_ml_per_h,
+        analysis_start_min=args.analysis_start_min,
+        analysis_end_min=args.analysis_end_min,
+    )
     written: list[Path] = []
     if args.out is not None:
         out_dir: Path = args.out
@@ -54,9 +82,12 @@ def run(args: argparse.Namespace) -> int:
             out_dir.mkdir(parents=True, exist_ok=True)
             json_path = out_dir / "trumpet.json"
             json_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
-            png_path = plot_trumpet(result, out_dir / "trumpet.png", stated_pct=args.stated_pct,
-                                    title=f"{args.csv.name}: flow accuracy at "
-                                          f"{result.rate_ml_per_h:g} mL/h")
+            png_path = plot_trumpet(
+                result,
+                out_dir / "trumpet.png",
+                stated_pct=args.stated_pct,
+                title=f"{args.csv.name}: flow accuracy at {result.rate_ml_per_h:g} mL/h",
+            )
         except OSError as exc:
             raise InputError(f"cannot write to {out_dir}: {exc.strerror or exc}") from exc
         written = [png_path, json_path]
