@@ -219,6 +219,7 @@ class NewEraDriver(PumpDriver):
         self._depth = 0
         self._notify: list[PumpAlarm] = []
         self._ready = False
+        self._ever_ready = False
         self._safe = False  # framing we send now
         self._link_ok = True
         self._prompt: str | None = None
@@ -504,6 +505,8 @@ class NewEraDriver(PumpDriver):
     def _note_alarm(self, code: str) -> None:
         alarm = ALARMS[code]
         self.stats[f"alarm_{code}"] += 1
+        if code == "R" and not self._ever_ready:
+            return  # the power-on reset alarm at first contact: expected, not an event
         if alarm not in self._alarms:
             self._alarms.add(alarm)
             self._notify.append(alarm)
@@ -591,7 +594,7 @@ class NewEraDriver(PumpDriver):
         self._pump_rate_ml_per_h = rate * RATE_UNITS_ML_PER_H[runits]
         if self._rate_ml_per_h is None and self._pump_rate_ml_per_h > 0:
             self._rate_ml_per_h = self._pump_rate_ml_per_h
-        self._ready = True
+        self._ready = self._ever_ready = True
 
     def _probe_basic(self) -> None:
         """First contact in basic mode; a pump left in safe mode gets the manual's SAF0 packet."""
