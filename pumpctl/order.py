@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-from pumpctl.errors import InputError, OverrideRequiredError, RefusedError
+from pumpctl.errors import InputError, OverrideRequiredError, PumpctlError, RefusedError
 from pumpctl.setting import DrugSetting
 
 HOURS_PER_DAY = Decimal(24)
@@ -251,16 +251,10 @@ def build(order: Order, setting: DrugSetting) -> Build:
     weight = order.weight_kg
     mg_kg_h = achieved / HOURS_PER_DAY / weight
     limit, detail = check_limits(achieved, weight, setting)
-    if limit == "hard":
-        raise RefusedError(f"refused by the hard limit: {detail}; no override possible")
-    if limit == "soft" and not order.override_reason:
-        raise OverrideRequiredError(
-            f"soft limit exceeded: {detail}; give --override-reason TEXT and --operator ID"
-        )
     if limit != "soft" and order.override_reason:
         messages.append("override reason given but no soft limit is exceeded; not needed")
     deviation = (achieved - dose) / dose * 100
-    return Build(
+    result = Build(
         ordered_mg_per_day=dose,
         achieved_mg_per_day=achieved,
         deviation_pct=deviation,
@@ -288,6 +282,19 @@ def build(order: Order, setting: DrugSetting) -> Build:
         setting_version=setting.version,
         messages=tuple(messages),
     )
+    if limit == "hard":
+        exc: PumpctlError = RefusedError(
+            f"refused by the hard limit: {detail}; no override possible"
+        )
+        exc.build = result  # type: ignore[attr-defined]
+        raise exc
+    if limit == "soft" and not order.override_reason:
+        exc = OverrideRequiredError(
+            f"soft limit exceeded: {detail}; give --override-reason TEXT and --operator ID"
+        )
+        exc.build = result  # type: ignore[attr-defined]
+        raise exc
+    return result
 
 
 def check_limits(mg_per_day: Decimal, weight_kg: Decimal, setting: DrugSetting) -> tuple[str, str]:

@@ -256,3 +256,19 @@ def test_cli_exit_codes(capsys, argv, code):
     assert got == code
     if code:
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "limit"),
+    [
+        (["--dose-mg-per-day", "1500", "--weight-kg", "30"], 3, "hard"),
+        (["--dose-mg-per-day", "3000", "--weight-kg", "100", "--bag-ml", "250"], 4, "soft"),
+        (["--dose-mg-per-day", "9000", "--weight-kg", "300"], 3, None),  # no bag fits
+    ],
+)
+def test_cli_json_on_refusal_still_reports_the_limit(capsys, argv, code, limit):
+    assert main(["build", *argv, "--json"]) == code
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["limit"] == limit and out["refused"]
+    assert len(captured.err.strip().splitlines()) == 1

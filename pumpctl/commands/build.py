@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from pumpctl.errors import OverrideRequiredError, RefusedError
 from pumpctl.order import Order, build, to_decimal
 from pumpctl.setting import load_setting
 
@@ -44,7 +45,21 @@ def order_from_args(args: argparse.Namespace) -> Order:
 def run(args: argparse.Namespace) -> int:
     """Build and print; errors propagate to the CLI as one line and an exit code."""
     setting = load_setting(args.setting)
-    result = build(order_from_args(args), setting)
+    order = order_from_args(args)
+    try:
+        result = build(order, setting)
+    except (RefusedError, OverrideRequiredError) as exc:
+        if args.json:  # scripts still get the build and its limit class on stdout
+            partial = getattr(exc, "build", None)
+            out = partial.to_json() if partial is not None else {
+                "ordered_mg_per_day": float(order.dose_mg_per_day),
+                "limit": None,
+                "setting_version": setting.version,
+                "messages": [],
+            }
+            out["refused"] = str(exc)
+            print(json.dumps(out, indent=2))
+        raise
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
