@@ -173,8 +173,9 @@ def plot_bags(run: SimRun, path: Path) -> Path:
     ax.set_xlabel("time since order (h)  (dotted lines: bag hung)")
     ax.set_title(f"bags: {len(result['bags'])} hung; {len(req)} pharmacy requests")
     ax.set_xlim(0, result["duration_h"])
+    ax.set_ylim(-5, max([b["bag_ml"] for b in result["bags"]] + [50]) * 1.08)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", fontsize=7, ncol=4)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7, ncol=12, frameon=False)
     fig.savefig(path)
     return path
 
