@@ -43,8 +43,9 @@ def measure(drv: NewEraDriver, fn: Callable[[], object], rounds: int) -> tuple[l
     return times, (b1 - b0) / rounds
 
 
-def run_config(safe_timeout_s: int, pace_baud: int | None, rounds: int
-               ) -> dict[str, tuple[list[float], float]]:
+def run_config(
+    safe_timeout_s: int, pace_baud: int | None, rounds: int
+) -> dict[str, tuple[list[float], float]]:
     """Time each command for one mode and one pacing."""
     emu = Ne1000Emulator(clock=SystemClock(), pace_baud=pace_baud)
     out: dict[str, tuple[list[float], float]] = {}
@@ -81,10 +82,14 @@ def main() -> int:
     ap.add_argument("--baud", type=int, default=19200)
     args = ap.parse_args()
     bit_s = 10.0 / args.baud
-    head = (f"{'mode':5} {'command':20} {'bytes':>5} {'line ms':>8} | {'pty mean':>8} "
-            f"{'p95':>6} | {'paced mean':>10} {'p95':>6} {'overhead':>8}")
-    print(f"NE-1000 driver <-> emulator over a pty, {args.rounds} rounds per command; "
-          f"line time at {args.baud} baud, 8N1 (10 bits/byte); times in ms")
+    head = (
+        f"{'mode':5} {'command':20} {'bytes':>5} {'line ms':>8} | {'pty mean':>8} "
+        f"{'p95':>6} | {'paced mean':>10} {'p95':>6} {'overhead':>8}"
+    )
+    print(
+        f"NE-1000 driver <-> emulator over a pty, {args.rounds} rounds per command; "
+        f"line time at {args.baud} baud, 8N1 (10 bits/byte); times in ms"
+    )
     print(head)
     print("-" * len(head))
     for mode, saf in (("basic", 0), ("safe", 10)):
@@ -94,11 +99,15 @@ def main() -> int:
             ptimes, _ = paced[name]
             line_ms = nbytes * bit_s * 1e3
             pm = statistics.fmean(ptimes) * 1e3
-            print(f"{mode:5} {name:20} {nbytes:5.1f} {line_ms:8.2f} | "
-                  f"{statistics.fmean(times) * 1e3:8.3f} {_p95(times) * 1e3:6.3f} | "
-                  f"{pm:10.2f} {_p95(ptimes) * 1e3:6.2f} {pm - line_ms:8.3f}")
-    print("pty mean = software overhead alone (a pty adds no line time); "
-          "overhead = paced mean - line time")
+            print(
+                f"{mode:5} {name:20} {nbytes:5.1f} {line_ms:8.2f} | "
+                f"{statistics.fmean(times) * 1e3:8.3f} {_p95(times) * 1e3:6.3f} | "
+                f"{pm:10.2f} {_p95(ptimes) * 1e3:6.2f} {pm - line_ms:8.3f}"
+            )
+    print(
+        "pty mean = software overhead alone (a pty adds no line time); "
+        "overhead = paced mean - line time"
+    )
     return 0
 
 

@@ -47,16 +47,25 @@ def rig(request: pytest.FixtureRequest, ne1000_model: PumpModel) -> Iterator[Rig
             real_start(t)
 
         drv.physics.start = counting_start  # type: ignore[method-assign]
-        yield Rig(drv, clock.advance, lambda: drv.physics.mode is RunState.RUNNING,
-                  lambda: len(started), 60.0)
+        yield Rig(
+            drv,
+            clock.advance,
+            lambda: drv.physics.mode is RunState.RUNNING,
+            lambda: len(started),
+            60.0,
+        )
         return
     emu = Ne1000Emulator(ne1000_model, SystemClock())
     with EmulatorServer(emu) as server:
         safe = 30 if request.param == "newera-safe" else 0
-        drv = NewEraDriver.from_model(ne1000_model, server.url, safe_timeout_s=safe,
-                                      timeout_s=0.2)
-        yield Rig(drv, time.sleep, lambda: emu.run_state() is RunState.RUNNING,
-                  lambda: emu.stats.count("RUN"), 0.25)
+        drv = NewEraDriver.from_model(ne1000_model, server.url, safe_timeout_s=safe, timeout_s=0.2)
+        yield Rig(
+            drv,
+            time.sleep,
+            lambda: emu.run_state() is RunState.RUNNING,
+            lambda: emu.stats.count("RUN"),
+            0.25,
+        )
         drv.close()
 
 

@@ -334,9 +334,7 @@ def test_driver_in_safe_mode_detects_crc_faults(emu: Ne1000Emulator, url: str) -
 
 def _cli(monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
     if "pumpctl.commands.pump" not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(
-            cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "pumpctl.commands.pump")
-        )
+        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "pumpctl.commands.pump"))
     return cli.main(list(argv))
 
 
@@ -359,7 +357,9 @@ def test_pump_command_against_the_emulator(
 
 
 def test_pump_command_errors(
-    url: str, emu: Ne1000Emulator, monkeypatch: pytest.MonkeyPatch,
+    url: str,
+    emu: Ne1000Emulator,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert _cli(monkeypatch, "pump", "--port", url, "rate", "fast") == 2
@@ -370,21 +370,28 @@ def test_pump_command_errors(
     emu.unplug()
     assert _cli(monkeypatch, "pump", "--port", url, "--address", "3", "status") == 5
     err = capsys.readouterr().err
-    assert err == (f"pumpctl pump: no reply from pump at 3 on {url} within 1.0 s; "
-                   "check cable, baud and address\n")
+    assert err == (
+        f"pumpctl pump: no reply from pump at 3 on {url} within 1.0 s; "
+        "check cable, baud and address\n"
+    )
     assert _cli(monkeypatch, "pump", "--port", "/dev/nonexistent-tty", "status") == 5
     assert "cannot open /dev/nonexistent-tty" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("link", ["pty", "tcp:0"])
 def test_emulate_command_prints_url_first_and_stops_on_sigterm(link: str) -> None:
-    code = ("import sys; from pumpctl import cli; "
-            "m = 'pumpctl.commands.pump'; "
-            "cli.COMMAND_MODULES = (*[x for x in cli.COMMAND_MODULES if x != m], m); "
-            "sys.exit(cli.main(sys.argv[1:]))")
+    code = (
+        "import sys; from pumpctl import cli; "
+        "m = 'pumpctl.commands.pump'; "
+        "cli.COMMAND_MODULES = (*[x for x in cli.COMMAND_MODULES if x != m], m); "
+        "sys.exit(cli.main(sys.argv[1:]))"
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "emulate", "--link", link, "--address", "4"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:

@@ -134,8 +134,18 @@ def test_formatted_numbers_are_valid_pump_numbers(value: float) -> None:
 
 @pytest.mark.parametrize(
     ("text", "ok"),
-    [("12.5", True), ("0.012", True), ("1234", True), ("12345", False), (".0125", False),
-     ("1.2345", False), ("", False), (".", False), ("1.", True), ("012.5", True)],
+    [
+        ("12.5", True),
+        ("0.012", True),
+        ("1234", True),
+        ("12345", False),
+        (".0125", False),
+        ("1.2345", False),
+        ("", False),
+        (".", False),
+        ("1.", True),
+        ("012.5", True),
+    ],
 )
 def test_number_text_ok(text: str, ok: bool) -> None:
     assert number_text_ok(text) is ok
@@ -143,7 +153,13 @@ def test_number_text_ok(text: str, ok: bool) -> None:
 
 def test_reply_numbers_parse_back() -> None:
     assert [reply_number(v) for v in (0, 1.5, 12.5, 999.9, 1200, 26.59)] == [
-        "0.000", "1.500", "12.50", "999.9", "1200.0", "26.59"]
+        "0.000",
+        "1.500",
+        "12.50",
+        "999.9",
+        "1200.0",
+        "26.59",
+    ]
     assert split_number_units("12.50MH", {"MH": 1.0, "MM": 60.0}) == (12.5, "MH")
     assert parse_dispensed("I16.09W0.000ML") == (16.09, 0.0, "ML")
     assert parse_number(".5") == 0.5
@@ -160,7 +176,12 @@ def test_reply_fields_and_states() -> None:
     )
     replies = [r for r in items if isinstance(r, Reply)]
     assert [r.run_state for r in replies] == [
-        RunState.RUNNING, RunState.ALARM, RunState.STOPPED, RunState.PAUSED, RunState.RUNNING]
+        RunState.RUNNING,
+        RunState.ALARM,
+        RunState.STOPPED,
+        RunState.PAUSED,
+        RunState.RUNNING,
+    ]
     assert replies[1].pump_alarm is PumpAlarm.STALL
     assert replies[2].error == "?NA"
     assert replies[4].safe and replies[4].address == 3
@@ -168,8 +189,13 @@ def test_reply_fields_and_states() -> None:
 
 @pytest.mark.parametrize(
     ("code", "alarm"),
-    [("R", PumpAlarm.RESET), ("S", PumpAlarm.STALL), ("T", PumpAlarm.SAFE_TIMEOUT),
-     ("E", PumpAlarm.PROGRAM_ERROR), ("O", PumpAlarm.OUT_OF_RANGE)],
+    [
+        ("R", PumpAlarm.RESET),
+        ("S", PumpAlarm.STALL),
+        ("T", PumpAlarm.SAFE_TIMEOUT),
+        ("E", PumpAlarm.PROGRAM_ERROR),
+        ("O", PumpAlarm.OUT_OF_RANGE),
+    ],
 )
 def test_every_alarm_character(code: str, alarm: PumpAlarm) -> None:
     for safe in (False, True):
@@ -215,11 +241,26 @@ def test_inter_byte_timeout_discards_partial_frame() -> None:
 
 _reply_frames = st.builds(
     lambda addr, prompt, data, alarm, safe: encode_reply(
-        addr, prompt, "" if alarm else data, alarm=alarm, safe=safe),
+        addr, prompt, "" if alarm else data, alarm=alarm, safe=safe
+    ),
     st.integers(0, 99),
     st.sampled_from(list("IWSPTUX")),
-    st.sampled_from(["", "12.50MH", "I0.200W0.000ML", "?", "?NA", "?OOR", "?COM", "?IGN",
-                     "NE1000V3.928", "INF", "26.59", "0.500UL"]),
+    st.sampled_from(
+        [
+            "",
+            "12.50MH",
+            "I0.200W0.000ML",
+            "?",
+            "?NA",
+            "?OOR",
+            "?COM",
+            "?IGN",
+            "NE1000V3.928",
+            "INF",
+            "26.59",
+            "0.500UL",
+        ]
+    ),
     st.sampled_from([None, None, None, "R", "S", "T", "E", "O"]),
     st.booleans(),
 )
@@ -260,9 +301,19 @@ def test_any_single_corrupted_byte_in_a_safe_frame_is_caught(
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 99), st.sampled_from(
-    ["", "RUN", "STP", "VER", "DIS", "RAT", "VOL"]), st.sampled_from(["", "12.5", "INF"]),
-    st.booleans()), min_size=1, max_size=6), st.data())
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 99),
+            st.sampled_from(["", "RUN", "STP", "VER", "DIS", "RAT", "VOL"]),
+            st.sampled_from(["", "12.5", "INF"]),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.data(),
+)
 def test_request_stream_any_fragmentation(cmds: list, data: st.DataObject) -> None:
     stream = b"".join(encode_command(a, c, x if c else "", safe=s) for a, c, x, s in cmds)
     whole = RequestDecoder().feed(stream)
@@ -287,8 +338,13 @@ def test_requests_as_the_pump_reads_them() -> None:
     )
     reqs = [r for r in items if isinstance(r, Request)]
     assert [(r.address, r.command, r.args, r.safe) for r in reqs] == [
-        (0, "RAT", "12.5MH", False), (None, "SAF", "10", True), (None, "ADR", "3", False),
-        (None, "", "", False), (12, "VER", "", False), (None, "XYZ", "", False)]
+        (0, "RAT", "12.5MH", False),
+        (None, "SAF", "10", True),
+        (None, "ADR", "3", False),
+        (None, "", "", False),
+        (12, "VER", "", False),
+        (None, "XYZ", "", False),
+    ]
     assert reqs[2].broadcast and reqs[2].for_address(42)
     assert not reqs[4].for_address(0) and reqs[4].for_address(12)
     assert not reqs[5].known

@@ -22,8 +22,14 @@ LIMITS = RateLimits(0.1, 999.9, 0.1, 9999.0)
 Line = tuple[bytes, bytes | None]
 
 
-def R(data: str = "", prompt: str = "S", *, alarm: str | None = None, safe: bool = False,
-      addr: int = 0) -> bytes:
+def R(
+    data: str = "",
+    prompt: str = "S",
+    *,
+    alarm: str | None = None,
+    safe: bool = False,
+    addr: int = 0,
+) -> bytes:
     """A pump reply."""
     return encode_reply(addr, prompt, data, alarm=alarm, safe=safe)
 
@@ -80,24 +86,36 @@ class ScriptedSerial:
         return sum(1 for req, _r in self.script[: self.used] if req == request)
 
 
-def handshake(*, prompt: str = "S", rat: str = "12.50MH", vol: str = "0.000ML",
-              first: bytes | None = None, safe: bool = False, phases: bool = False,
-              dia: str | None = None, saf: int = 10) -> list[Line]:
+def handshake(
+    *,
+    prompt: str = "S",
+    rat: str = "12.50MH",
+    vol: str = "0.000ML",
+    first: bytes | None = None,
+    safe: bool = False,
+    phases: bool = False,
+    dia: str | None = None,
+    saf: int = 10,
+) -> list[Line]:
     """The driver's first contact with a stopped, alarm-free pump at address 0."""
     lines: list[Line] = []
     if safe:
         lines.append((Q(f"SAF{saf}", True), R(safe=True)))
     else:
         lines.append((Q("0"), first or R()))
-    lines += [(Q("VER", safe), R("NE1000V3.928", safe=safe)),
-              (Q("0", safe), R("", prompt, safe=safe))]
+    lines += [
+        (Q("VER", safe), R("NE1000V3.928", safe=safe)),
+        (Q("0", safe), R("", prompt, safe=safe)),
+    ]
     if phases:
         lines += [(Q(t, safe), R(safe=safe)) for t in ("PHN1", "FUNRAT", "PHN2", "FUNSTP", "PHN1")]
     if dia is not None:
         lines.append((Q("DIA", safe), R(dia, prompt, safe=safe)))
-    lines += [(Q("DIR", safe), R("INF", prompt, safe=safe)),
-              (Q("VOL", safe), R(vol, prompt, safe=safe)),
-              (Q("RAT", safe), R(rat, prompt, safe=safe))]
+    lines += [
+        (Q("DIR", safe), R("INF", prompt, safe=safe)),
+        (Q("VOL", safe), R(vol, prompt, safe=safe)),
+        (Q("RAT", safe), R(rat, prompt, safe=safe)),
+    ]
     return lines
 
 
@@ -118,7 +136,7 @@ def make() -> Iterator[Make]:
 
     yield _make
     for port in ports:
-        unused = port.script[port.used:]
+        unused = port.script[port.used :]
         assert not unused, f"scripted lines never used: {unused}"
 
 
@@ -126,8 +144,16 @@ def ready(make: Make, *extra: Line, **kw: object) -> tuple[NewEraDriver, Scripte
     """A driver that has done its handshake (driven by identify)."""
     saf = int(kw.get("safe_timeout_s", 0))  # type: ignore[call-overload]
     hs = kw.pop("hs", None) or handshake(safe=bool(saf), saf=saf or 10)
-    drv, port = make([*hs, (Q("VER", bool(kw.get("safe_timeout_s"))),
-                            R("NE1000V3.928", safe=bool(kw.get("safe_timeout_s"))))], **kw)
+    drv, port = make(
+        [
+            *hs,
+            (
+                Q("VER", bool(kw.get("safe_timeout_s"))),
+                R("NE1000V3.928", safe=bool(kw.get("safe_timeout_s"))),
+            ),
+        ],
+        **kw,
+    )
     drv.identify()
     port.add(*extra)
     return drv, port
@@ -137,16 +163,21 @@ def ready(make: Make, *extra: Line, **kw: object) -> tuple[NewEraDriver, Scripte
 
 
 def test_handshake_and_identify_byte_exact(make: Make) -> None:
-    drv, _port = make([*handshake(phases=True, dia="26.59"), (Q("VER"), R("NE1000V3.928"))],
-                      program_phases=True, diameter_mm=26.59)
+    drv, _port = make(
+        [*handshake(phases=True, dia="26.59"), (Q("VER"), R("NE1000V3.928"))],
+        program_phases=True,
+        diameter_mm=26.59,
+    )
     ident = drv.identify()
     assert (ident.model, ident.firmware, ident.address) == ("NE1000", "3.928", 0)
 
 
 def test_power_on_reset_alarm_at_first_contact(make: Make) -> None:
     got: list[list[PumpAlarm]] = []
-    drv, _port = make([(Q("0"), R(alarm="R")), *handshake()[1:], (Q("VER"), R("NE1000V3.928"))],
-                      listener=got.append)
+    drv, _port = make(
+        [(Q("0"), R(alarm="R")), *handshake()[1:], (Q("VER"), R("NE1000V3.928"))],
+        listener=got.append,
+    )
     drv.identify()
     assert got == [] and drv.stats["alarm_R"] == 1  # expected at power-on: not an event
 
@@ -158,8 +189,14 @@ def test_safe_mode_handshake_byte_exact(make: Make) -> None:
 
 
 def test_pump_left_in_safe_mode_gets_the_manuals_saf0_packet(make: Make) -> None:
-    drv, port = make([(Q("0"), None), (bytes.fromhex("02 08 53 41 46 30 55 43 03"), R()),
-                      *handshake()[1:], (Q("VER"), R("NE1000V3.928"))])
+    drv, port = make(
+        [
+            (Q("0"), None),
+            (bytes.fromhex("02 08 53 41 46 30 55 43 03"), R()),
+            *handshake()[1:],
+            (Q("VER"), R("NE1000V3.928")),
+        ]
+    )
     drv.identify()
     assert drv.stats["saf0_recoveries"] == 1
 
@@ -191,13 +228,19 @@ def test_rate_vtbi_run_stop_byte_exact(make: Make) -> None:
     drv, port = ready(
         make,
         (Q("RAT12.5MH"), R()),
-        (Q("DIS"), R("I0.000W0.000ML")), (Q("VOL100"), R()),
-        (Q("0"), R()), (Q("DIS"), R("I0.000W0.000ML")), (Q("RUN"), R("", "I")),
+        (Q("DIS"), R("I0.000W0.000ML")),
+        (Q("VOL100"), R()),
+        (Q("0"), R()),
+        (Q("DIS"), R("I0.000W0.000ML")),
+        (Q("RUN"), R("", "I")),
         (Q("0"), R("", "I")),  # start is idempotent: a running pump gets no second RUN
         (Q("DIS"), R("I1.250W0.000ML", "I")),
-        (Q("0"), R("", "I")), (Q("STP"), R("", "P")), (Q("STP"), R()),
+        (Q("0"), R("", "I")),
+        (Q("STP"), R("", "P")),
+        (Q("STP"), R()),
         (Q("0"), R()),  # stop on a stopped pump sends nothing
-        (Q("DIS"), R("I1.250W0.000ML")), (Q("CLDINF"), R()),
+        (Q("DIS"), R("I1.250W0.000ML")),
+        (Q("CLDINF"), R()),
     )
     drv.set_rate(12.5)
     drv.set_vtbi(100)
@@ -205,7 +248,11 @@ def test_rate_vtbi_run_stop_byte_exact(make: Make) -> None:
     drv.start()
     st = drv.status()
     assert (st.run_state, st.rate_ml_per_h, st.vtbi_ml, st.volume_infused_ml) == (
-        RunState.RUNNING, 12.5, 100.0, 1.25)
+        RunState.RUNNING,
+        12.5,
+        100.0,
+        1.25,
+    )
     drv.stop()
     drv.stop()
     drv.clear_volume()
@@ -225,8 +272,11 @@ def test_pump_refusals_are_command_errors(make: Make) -> None:
 def test_vtbi_in_microlitres_and_switch_to_millilitres(make: Make) -> None:
     drv, _port = ready(
         make,
-        (Q("DIS"), R("I0.000W0.000UL")), (Q("VOL5000"), R()),
-        (Q("DIS"), R("I0.000W0.000UL")), (Q("VOLML"), R()), (Q("VOL20"), R()),
+        (Q("DIS"), R("I0.000W0.000UL")),
+        (Q("VOL5000"), R()),
+        (Q("DIS"), R("I0.000W0.000UL")),
+        (Q("VOLML"), R()),
+        (Q("VOL20"), R()),
         hs=handshake(vol="0.000UL"),
     )
     drv.set_vtbi(5.0)
@@ -236,8 +286,11 @@ def test_vtbi_in_microlitres_and_switch_to_millilitres(make: Make) -> None:
 def test_vtbi_counts_from_the_last_clear(make: Make) -> None:
     drv, _port = ready(
         make,
-        (Q("DIS"), R("I3.000W0.000ML")), (Q("VOL7"), R()),
-        (Q("0"), R()), (Q("DIS"), R("I3.000W0.000ML")), (Q("RUN"), R("", "I")),
+        (Q("DIS"), R("I3.000W0.000ML")),
+        (Q("VOL7"), R()),
+        (Q("0"), R()),
+        (Q("DIS"), R("I3.000W0.000ML")),
+        (Q("RUN"), R("", "I")),
     )
     drv.set_vtbi(10.0)
     drv.start()
@@ -247,8 +300,11 @@ def test_vtbi_complete_is_reported(make: Make) -> None:
     got: list[list[PumpAlarm]] = []
     drv, _port = ready(
         make,
-        (Q("DIS"), R("I0.000W0.000ML")), (Q("VOL1"), R()),
-        (Q("0"), R()), (Q("DIS"), R("I0.000W0.000ML")), (Q("RUN"), R("", "I")),
+        (Q("DIS"), R("I0.000W0.000ML")),
+        (Q("VOL1"), R()),
+        (Q("0"), R()),
+        (Q("DIS"), R("I0.000W0.000ML")),
+        (Q("RUN"), R("", "I")),
         (Q("DIS"), R("I1.000W0.000ML")),
         listener=got.append,
     )
@@ -264,7 +320,8 @@ def test_vtbi_complete_is_reported(make: Make) -> None:
 def test_lost_reply_on_run_reads_back_and_never_runs_twice(make: Make) -> None:
     drv, port = ready(
         make,
-        (Q("0"), R()), (Q("DIS"), R("I0.000W0.000ML")),
+        (Q("0"), R()),
+        (Q("DIS"), R("I0.000W0.000ML")),
         (Q("RUN"), None),  # executed, reply lost
         (Q("0"), R("", "I")),  # read back: it runs
     )
@@ -275,8 +332,10 @@ def test_lost_reply_on_run_reads_back_and_never_runs_twice(make: Make) -> None:
 def test_lost_run_that_did_not_happen_is_sent_again(make: Make) -> None:
     drv, port = ready(
         make,
-        (Q("0"), R()), (Q("DIS"), R("I0.000W0.000ML")),
-        (Q("RUN"), None), (Q("0"), R()),  # not running: the RUN never arrived
+        (Q("0"), R()),
+        (Q("DIS"), R("I0.000W0.000ML")),
+        (Q("RUN"), None),
+        (Q("0"), R()),  # not running: the RUN never arrived
         (Q("RUN"), R("", "I")),
     )
     drv.start()
@@ -286,8 +345,10 @@ def test_lost_run_that_did_not_happen_is_sent_again(make: Make) -> None:
 def test_garbled_reply_on_run_is_a_lost_reply(make: Make) -> None:
     drv, port = ready(
         make,
-        (Q("0"), R()), (Q("DIS"), R("I0.000W0.000ML")),
-        (Q("RUN"), b"\x0200#\x03"), (Q("0"), R("", "I")),
+        (Q("0"), R()),
+        (Q("DIS"), R("I0.000W0.000ML")),
+        (Q("RUN"), b"\x0200#\x03"),
+        (Q("0"), R("", "I")),
         (Q("DIS"), R("I0.001W0.000ML", "I")),
     )
     drv.start()
@@ -297,8 +358,10 @@ def test_garbled_reply_on_run_is_a_lost_reply(make: Make) -> None:
 def test_lost_reply_on_rate_reads_rate_back(make: Make) -> None:
     drv, port = ready(
         make,
-        (Q("RAT20MH"), None), (Q("RAT"), R("20.00MH")),  # applied: not sent again
-        (Q("RAT30MH"), None), (Q("RAT"), R("20.00MH")),  # not applied: sent again, once
+        (Q("RAT20MH"), None),
+        (Q("RAT"), R("20.00MH")),  # applied: not sent again
+        (Q("RAT30MH"), None),
+        (Q("RAT"), R("20.00MH")),  # not applied: sent again, once
         (Q("RAT30MH"), R()),
     )
     drv.set_rate(20)
@@ -307,8 +370,9 @@ def test_lost_reply_on_rate_reads_rate_back(make: Make) -> None:
 
 
 def test_com_error_reply_is_read_back_before_resending(make: Make) -> None:
-    drv, port = ready(make, (Q("RAT20MH"), R("?COM")), (Q("RAT"), R("12.50MH")),
-                      (Q("RAT20MH"), R()))
+    drv, port = ready(
+        make, (Q("RAT20MH"), R("?COM")), (Q("RAT"), R("12.50MH")), (Q("RAT20MH"), R())
+    )
     drv.set_rate(20)
     assert port.sent(Q("RAT20MH")) == 2
 
@@ -335,9 +399,11 @@ def test_reset_alarm_resends_the_rate(make: Make) -> None:
 def test_reset_alarm_in_reply_to_run_restores_rate_then_runs(make: Make) -> None:
     drv, port = ready(
         make,
-        (Q("0"), R()), (Q("DIS"), R("I0.000W0.000ML")),
+        (Q("0"), R()),
+        (Q("DIS"), R("I0.000W0.000ML")),
         (Q("RUN"), R(alarm="R")),  # not executed
-        (Q("RAT12.5MH"), R()), (Q("RUN"), R("", "I")),
+        (Q("RAT12.5MH"), R()),
+        (Q("RUN"), R("", "I")),
         (Q("DIS"), R("I0.000W0.000ML", "I")),
     )
     drv.start()
@@ -348,7 +414,10 @@ def test_reset_alarm_in_reply_to_run_restores_rate_then_runs(make: Make) -> None
 
 def test_stall_alarm_in_reply_to_run_is_refused(make: Make) -> None:
     drv, port = ready(
-        make, (Q("0"), R()), (Q("DIS"), R("I0.000W0.000ML")), (Q("RUN"), R(alarm="S")),
+        make,
+        (Q("0"), R()),
+        (Q("DIS"), R("I0.000W0.000ML")),
+        (Q("RUN"), R(alarm="S")),
         (Q("DIS"), R("I0.000W0.000ML")),
     )
     with pytest.raises(PumpCommandError, match="stall"):
@@ -361,7 +430,9 @@ def test_stall_alarm_in_reply_to_run_is_refused(make: Make) -> None:
 def test_stop_pauses_then_stops_and_survives_a_lost_reply(make: Make) -> None:
     drv, port = ready(
         make,
-        (Q("0"), R("", "I")), (Q("STP"), None), (Q("0"), R("", "P")),  # lost, but it paused
+        (Q("0"), R("", "I")),
+        (Q("STP"), None),
+        (Q("0"), R("", "P")),  # lost, but it paused
         (Q("STP"), R()),
     )
     drv.stop()
@@ -385,8 +456,9 @@ def test_bad_crc_in_safe_mode_is_retried(make: Make) -> None:
     good = R("I0.500W0.000ML", safe=True)
     bad = bytearray(good)
     bad[-2] ^= 0xFF
-    drv, _port = ready(make, (Q("DIS", True), bytes(bad)), (Q("DIS", True), good),
-                       safe_timeout_s=10)
+    drv, _port = ready(
+        make, (Q("DIS", True), bytes(bad)), (Q("DIS", True), good), safe_timeout_s=10
+    )
     assert drv.status().volume_infused_ml == 0.5
     assert drv.stats["frame_error_crc"] == 1
 
@@ -405,8 +477,13 @@ def test_timeouts_raise_communication_error(make: Make) -> None:
 
 def test_unsolicited_safe_mode_alarm_is_not_lost(make: Make) -> None:
     got: list[list[PumpAlarm]] = []
-    drv, port = ready(make, (Q("0", True), R(alarm="S", safe=True)), (Q("0", True), R(safe=True)),
-                      safe_timeout_s=10, listener=got.append)
+    drv, port = ready(
+        make,
+        (Q("0", True), R(alarm="S", safe=True)),
+        (Q("0", True), R(safe=True)),
+        safe_timeout_s=10,
+        listener=got.append,
+    )
     port.push(R(alarm="S", safe=True))  # auto-alarm: the stall is reported at once
     assert drv.heartbeat() is RunState.ALARM
     assert got == [[PumpAlarm.STALL]]

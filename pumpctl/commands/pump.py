@@ -32,31 +32,63 @@ def register(sub: Any) -> None:
         help="talk to a New Era NE-1000 syringe pump (bench and QA rigs only)",
         description="One command to a New Era NE-1000 over RS-232 (or a socket:// bridge).",
     )
-    p.add_argument("--port", required=True, metavar="URL",
-                   help="device path, socket://host:port or spy://... (pyserial URL)")
+    p.add_argument(
+        "--port",
+        required=True,
+        metavar="URL",
+        help="device path, socket://host:port or spy://... (pyserial URL)",
+    )
     p.add_argument("--address", type=int, default=0, metavar="A", help="pump address 0-99")
-    p.add_argument("--baud", type=int, default=19200, metavar="B",
-                   help="baud rate: 300, 1200, 2400, 9600 or 19200 (default 19200)")
-    p.add_argument("--safe-timeout", type=int, default=0, metavar="S",
-                   help="safe mode with an S-second time-out (1-255); the pump stops S s "
-                        "after the last command unless something keeps it alive; 0 = basic")
-    p.add_argument("action", choices=ACTIONS, metavar="ACTION",
-                   help="identify | status | rate [ML_PER_H] | vtbi [ML] | run | stop | dispensed")
-    p.add_argument("value", nargs="?", default=None, metavar="VALUE",
-                   help="mL/h for rate, mL for vtbi (omit to read the pump's setting)")
+    p.add_argument(
+        "--baud",
+        type=int,
+        default=19200,
+        metavar="B",
+        help="baud rate: 300, 1200, 2400, 9600 or 19200 (default 19200)",
+    )
+    p.add_argument(
+        "--safe-timeout",
+        type=int,
+        default=0,
+        metavar="S",
+        help="safe mode with an S-second time-out (1-255); the pump stops S s "
+        "after the last command unless something keeps it alive; 0 = basic",
+    )
+    p.add_argument(
+        "action",
+        choices=ACTIONS,
+        metavar="ACTION",
+        help="identify | status | rate [ML_PER_H] | vtbi [ML] | run | stop | dispensed",
+    )
+    p.add_argument(
+        "value",
+        nargs="?",
+        default=None,
+        metavar="VALUE",
+        help="mL/h for rate, mL for vtbi (omit to read the pump's setting)",
+    )
     p.set_defaults(func=run_pump)
 
     e = sub.add_parser(
         "emulate",
         help="serve a byte-exact New Era NE-1000 emulator on a pty or TCP port",
         description="Emulate a New Era NE-1000 on a pseudo-terminal (default) or TCP; "
-                    "prints the device path or socket URL first, then runs until stopped.",
+        "prints the device path or socket URL first, then runs until stopped.",
     )
-    e.add_argument("--link", default="pty", metavar="pty|tcp:PORT",
-                   help="pty (default) or tcp:PORT on 127.0.0.1")
+    e.add_argument(
+        "--link",
+        default="pty",
+        metavar="pty|tcp:PORT",
+        help="pty (default) or tcp:PORT on 127.0.0.1",
+    )
     e.add_argument("--address", type=int, default=0, metavar="A", help="pump address 0-99")
-    e.add_argument("--model", default="NE1000", type=str.upper, choices=MODELS,
-                   help="model reported by VER (default NE1000)")
+    e.add_argument(
+        "--model",
+        default="NE1000",
+        type=str.upper,
+        choices=MODELS,
+        help="model reported by VER (default NE1000)",
+    )
     e.set_defaults(func=run_emulate)
 
 
@@ -83,13 +115,15 @@ def format_status(st: PumpStatus) -> str:
     """A pump read-back as a few aligned lines."""
     vtbi = "none" if st.vtbi_ml is None else f"{st.vtbi_ml:g} mL"
     alarms = ", ".join(sorted(a.value for a in st.alarms)) or "none"
-    return "\n".join([
-        f"state      {st.run_state.value}",
-        f"rate       {st.rate_ml_per_h:g} mL/h",
-        f"vtbi       {vtbi}",
-        f"infused    {st.volume_infused_ml:.3f} mL",
-        f"alarms     {alarms}",
-    ])
+    return "\n".join(
+        [
+            f"state      {st.run_state.value}",
+            f"rate       {st.rate_ml_per_h:g} mL/h",
+            f"vtbi       {vtbi}",
+            f"infused    {st.volume_infused_ml:.3f} mL",
+            f"alarms     {alarms}",
+        ]
+    )
 
 
 def run_pump(args: argparse.Namespace) -> int:
@@ -106,15 +140,22 @@ def run_pump(args: argparse.Namespace) -> int:
         raise InputError(f"--safe-timeout {args.safe_timeout} is not allowed; allowed: 0-255")
     value = _value(args)
     drv = NewEraDriver(
-        args.port, address=args.address, baud=args.baud, safe_timeout_s=args.safe_timeout,
-        timeout_s=PUMP_TIMEOUT_S, retries=PUMP_RETRIES, program_phases=False,
+        args.port,
+        address=args.address,
+        baud=args.baud,
+        safe_timeout_s=args.safe_timeout,
+        timeout_s=PUMP_TIMEOUT_S,
+        retries=PUMP_RETRIES,
+        program_phases=False,
     )
     try:
         act = args.action
         if act == "identify":
             ident = drv.identify()
-            print(f"{ident.model} firmware {ident.firmware or '?'} at address {ident.address} "
-                  f"on {args.port}")
+            print(
+                f"{ident.model} firmware {ident.firmware or '?'} at address {ident.address} "
+                f"on {args.port}"
+            )
         elif act == "status":
             print(format_status(drv.status()))
         elif act == "rate":
@@ -130,9 +171,11 @@ def run_pump(args: argparse.Namespace) -> int:
             else:
                 drv.set_vtbi(value)
                 st = drv.status()
-                print(f"VTBI set to {st.vtbi_ml:g} mL (counted from the last clear; "
-                      f"{st.volume_infused_ml:.3f} mL infused so far, pump VOL "
-                      f"{drv.read_vol_ml():g} mL)")
+                print(
+                    f"VTBI set to {st.vtbi_ml:g} mL (counted from the last clear; "
+                    f"{st.volume_infused_ml:.3f} mL infused so far, pump VOL "
+                    f"{drv.read_vol_ml():g} mL)"
+                )
         elif act == "run":
             drv.start()
             st = drv.status()
@@ -161,7 +204,9 @@ def run_emulate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InputError(f"--link: {exc}") from None
     emu = Ne1000Emulator(
-        load_pump("newera_ne1000"), SystemClock(), address=args.address,
+        load_pump("newera_ne1000"),
+        SystemClock(),
+        address=args.address,
         model_number=args.model[2:],
     )
     server = EmulatorServer(emu, args.link)
@@ -177,8 +222,11 @@ def run_emulate(args: argparse.Namespace) -> int:
     old = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         print(url, flush=True)
-        print(f"emulating New Era {args.model} at address {args.address}; stop with Ctrl-C",
-              file=sys.stderr, flush=True)
+        print(
+            f"emulating New Era {args.model} at address {args.address}; stop with Ctrl-C",
+            file=sys.stderr,
+            flush=True,
+        )
         while not done.wait(0.5):
             pass
     finally:

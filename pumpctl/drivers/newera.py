@@ -590,6 +590,7 @@ class NewEraDriver(PumpDriver):
             self._apply("DIR", "INF", lambda: self._query("DIR").data == "INF", what="DIR INF")
         value, units = split_number_units(self._query("VOL").data, VOLUME_UNITS_ML)
         self._vol_units = units
+        self._vol_sent_ml = value * VOLUME_UNITS_ML[units]
         rate, runits = split_number_units(self._query("RAT").data, RATE_UNITS_ML_PER_H)
         self._pump_rate_ml_per_h = rate * RATE_UNITS_ML_PER_H[runits]
         if self._rate_ml_per_h is None and self._pump_rate_ml_per_h > 0:
@@ -627,19 +628,16 @@ class NewEraDriver(PumpDriver):
 
         Pumps without a pumping program (``PHN`` unknown) are left as they are.
         """
-        try:
-            for cmd, arg in (
-                ("PHN", "1"),
-                ("FUN", "RAT"),
-                ("PHN", "2"),
-                ("FUN", "STP"),
-                ("PHN", "1"),
-            ):
+        steps = (("PHN", "1"), ("FUN", "RAT"), ("PHN", "2"), ("FUN", "STP"), ("PHN", "1"))
+        for i, (cmd, arg) in enumerate(steps):
+            try:
                 self._apply(cmd, arg, lambda: False, what=f"{cmd} {arg}")
-        except PumpCommandError:
-            self.stats["no_program_support"] += 1
-            with contextlib.suppress(PumpCommandError):
-                self._apply("PHN", "1", lambda: False, what="PHN 1")
+            except PumpCommandError:
+                self.stats["no_program_support"] += 1
+                if i > 0:  # leave phase 1 selected
+                    with contextlib.suppress(PumpCommandError):
+                        self._apply("PHN", "1", lambda: False, what="PHN 1")
+                return
 
     def _ensure_diameter(self, stopped: bool) -> None:
         assert self.diameter_mm is not None
@@ -817,10 +815,13 @@ class NewEraDriver(PumpDriver):
             rate = self._rate_ml_per_h
             if rate is None:
                 rate = self._pump_rate_ml_per_h or 0.0
+            vtbi = self._vtbi_ml
+            if vtbi is None and self._vol_sent_ml:  # the pump's own VOL, set by someone else
+                vtbi = self._run_base_ml + self._vol_sent_ml
             return PumpStatus(
                 run_state=state,
                 rate_ml_per_h=rate,
-                vtbi_ml=self._vtbi_ml,
+                vtbi_ml=vtbi,
                 volume_infused_ml=infused,
                 alarms=frozenset(self._alarms),
             )

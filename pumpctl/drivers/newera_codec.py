@@ -73,9 +73,31 @@ VOLUME_UNITS_ML: dict[str, float] = {"ML": 1.0, "UL": 1e-3}
 #: Commands a request decoder recognises (longest first, spaces are stripped on the wire).
 COMMANDS: tuple[str, ...] = (
     "RESET",
-    "DIA", "PHN", "FUN", "RAT", "VOL", "DIR", "RUN", "PUR", "STP", "DIS", "CLD", "SAF",
-    "VER", "BUZ", "ADR", "LOC", "TRG", "DIN", "ROM", "OUT", "TIM",
-    "AL", "PF", "BP", "IN",
+    "DIA",
+    "PHN",
+    "FUN",
+    "RAT",
+    "VOL",
+    "DIR",
+    "RUN",
+    "PUR",
+    "STP",
+    "DIS",
+    "CLD",
+    "SAF",
+    "VER",
+    "BUZ",
+    "ADR",
+    "LOC",
+    "TRG",
+    "DIN",
+    "ROM",
+    "OUT",
+    "TIM",
+    "AL",
+    "PF",
+    "BP",
+    "IN",
 )
 
 #: Longest basic frame we wait for before calling it garbage (real replies are < 30 bytes).
@@ -473,10 +495,10 @@ def parse_request_text(text: bytes, *, safe: bool = False, raw: bytes = b"") -> 
     m = re.match(r"\d{1,2}", s)
     address = int(m.group(0)) if m and not broadcast else None
     if m and not broadcast:
-        s = s[m.end():]
+        s = s[m.end() :]
     for name in COMMANDS:
         if s.startswith(name):
-            return Request(address, broadcast, name, s[len(name):], safe, True, raw)
+            return Request(address, broadcast, name, s[len(name) :], safe, True, raw)
     if s == "":
         return Request(address, broadcast, "", "", safe, True, raw)
     return Request(address, broadcast, s, "", safe, False, raw)

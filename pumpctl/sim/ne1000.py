@@ -53,8 +53,13 @@ MIN_SPEED_CM_PER_H = 0.004205
 DIAMETER_RANGE_MM = (0.1, 50.0)
 #: Diameters up to this use microlitres as volume units, larger ones millilitres.
 UL_UNITS_MAX_DIAMETER_MM = 14.0
-_STALL_ALARMS = {PumpAlarm.OCCLUSION, PumpAlarm.STALL, PumpAlarm.AIR_IN_LINE,
-                 PumpAlarm.PUMP_FAILURE, PumpAlarm.BATTERY_DEPLETED}
+_STALL_ALARMS = {
+    PumpAlarm.OCCLUSION,
+    PumpAlarm.STALL,
+    PumpAlarm.AIR_IN_LINE,
+    PumpAlarm.PUMP_FAILURE,
+    PumpAlarm.BATTERY_DEPLETED,
+}
 
 
 @dataclass
@@ -272,7 +277,12 @@ class Ne1000Emulator:
         self._outbox.append(_Outgoing(t + delay, frame, self._next_seq()))
 
     def _reply(
-        self, t: float, request_len: int, data: str = "", *, alarm: str | None = None,
+        self,
+        t: float,
+        request_len: int,
+        data: str = "",
+        *,
+        alarm: str | None = None,
         safe: bool | None = None,
     ) -> None:
         safe = self.safe if safe is None else safe
@@ -416,8 +426,26 @@ class Ne1000Emulator:
             return ph.function
         if self._running():
             return "?NA"
-        if args[:3] not in ("RAT", "STP", "FIL", "INC", "DEC", "CLD", "BEP", "PAS", "LP",
-                            "LPS", "LPE", "JMP", "PRI", "OUT", "EVN", "EVS", "EVR", "TRG"):
+        if args[:3] not in (
+            "RAT",
+            "STP",
+            "FIL",
+            "INC",
+            "DEC",
+            "CLD",
+            "BEP",
+            "PAS",
+            "LP",
+            "LPS",
+            "LPE",
+            "JMP",
+            "PRI",
+            "OUT",
+            "EVN",
+            "EVS",
+            "EVR",
+            "TRG",
+        ):
             return "?"
         ph.function = args
         return ""
