@@ -366,6 +366,10 @@ def test_pump_command_errors(
     assert _cli(monkeypatch, "pump", "--port", url, "--address", "100", "status") == 2
     assert _cli(monkeypatch, "pump", "--port", url, "identify", "3") == 2
     assert _cli(monkeypatch, "pump", "--port", url, "--baud", "4800", "status") == 2
+    assert _cli(monkeypatch, "pump", "--port", url, "rate", "1000") == 2
+    assert _cli(monkeypatch, "pump", "--port", url, "rate", "12.34") == 2
+    assert _cli(monkeypatch, "pump", "--port", url, "vtbi", "20000") == 2
+    assert "steps of 0.1" in capsys.readouterr().err
     capsys.readouterr()
     emu.unplug()
     assert _cli(monkeypatch, "pump", "--port", url, "--address", "3", "status") == 5

@@ -10,19 +10,20 @@ prints the URL to open as the first line of standard output.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
-import threading
 from typing import Any
 
-from pumpctl.drivers.base import PumpStatus
-from pumpctl.errors import InputError
+from pumpctl.drivers.base import PumpStatus, RateLimits
+from pumpctl.errors import InputError, PumpCommandError
 
 ACTIONS = ("identify", "status", "rate", "vtbi", "run", "stop", "dispensed")
 #: Per-attempt reply time-out and retries of the bench command: 2 x 0.5 s = 1.0 s in all.
 PUMP_TIMEOUT_S = 0.5
 PUMP_RETRIES = 1
 MODELS = ("NE1000", "NE500", "NE501", "NE1010")
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def register(sub: Any) -> None:
@@ -106,6 +107,26 @@ def _value(args: argparse.Namespace) -> float | None:
     return value
 
 
+def _check_value(action: str, value: float | None, limits: RateLimits) -> None:
+    """Values outside what the pump profile allows are the user's mistake (exit 2)."""
+    if value is None:
+        return
+    if action == "rate":
+        steps = value / limits.resolution_ml_per_h
+        if (
+            not limits.min_ml_per_h <= value <= limits.max_ml_per_h
+            or abs(steps - round(steps)) > 1e-6
+        ):
+            raise InputError(
+                f"rate {value:g} mL/h is not allowed; allowed: {limits.min_ml_per_h:g}-"
+                f"{limits.max_ml_per_h:g} mL/h in steps of {limits.resolution_ml_per_h:g}"
+            )
+    elif action == "vtbi" and not 0 < value <= limits.max_vtbi_ml:
+        raise InputError(
+            f"vtbi {value:g} mL is not allowed; allowed: up to {limits.max_vtbi_ml:g} mL"
+        )
+
+
 def _check_common(args: argparse.Namespace) -> None:
     if not 0 <= args.address <= 99:
         raise InputError(f"--address {args.address} is not allowed; allowed: 0-99")
@@ -150,6 +171,7 @@ def run_pump(args: argparse.Namespace) -> int:
     )
     try:
         act = args.action
+        _check_value(act, value, drv.limits)
         if act == "identify":
             ident = drv.identify()
             print(
@@ -179,9 +201,9 @@ def run_pump(args: argparse.Namespace) -> int:
         elif act == "run":
             drv.start()
             st = drv.status()
-            print(f"{st.run_state.value} at {st.rate_ml_per_h:g} mL/h")
             if st.run_state is not RunState.RUNNING:
-                return 5
+                raise PumpCommandError(f"the pump did not start: it reports {st.run_state.value}")
+            print(f"{st.run_state.value} at {st.rate_ml_per_h:g} mL/h")
         elif act == "stop":
             drv.stop()
             print(f"{drv.status().run_state.value}")
@@ -210,27 +232,35 @@ def run_emulate(args: argparse.Namespace) -> int:
         model_number=args.model[2:],
     )
     server = EmulatorServer(emu, args.link)
+    # Wait for SIGINT/SIGTERM without polling: the signal handler writes the signal number
+    # to a pipe (whichever thread the kernel picks), and the main thread blocks reading it.
+    # Installing handlers also undoes a shell's "ignore SIGINT" for background jobs.
+    rfd, wfd = os.pipe()
+    os.set_blocking(wfd, False)
+    old_fd = signal.set_wakeup_fd(wfd)
+    old_handlers = {s: signal.signal(s, _ignore) for s in STOP_SIGNALS}
     try:
-        url = server.start()
-    except OSError as exc:
-        raise InputError(f"cannot open {args.link}: {exc.strerror or exc}") from None
-    done = threading.Event()
-
-    def _stop(_signum: int, _frame: object) -> None:
-        done.set()
-
-    old = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+        try:
+            url = server.start()
+        except OSError as exc:
+            raise InputError(f"cannot open {args.link}: {exc.strerror or exc}") from None
         print(url, flush=True)
         print(
             f"emulating New Era {args.model} at address {args.address}; stop with Ctrl-C",
             file=sys.stderr,
             flush=True,
         )
-        while not done.wait(0.5):
+        while os.read(rfd, 1)[0] not in STOP_SIGNALS:
             pass
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
         server.stop()
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(old_fd)
+        os.close(rfd)
+        os.close(wfd)
     return 0
+
+
+def _ignore(_signum: int, _frame: object) -> None:
+    return None
