@@ -894,6 +894,15 @@ class NewEraDriver(PumpDriver):
             return self._query(command.upper(), args)
 
     @property
+    def on_alarm(self) -> Listener | None:
+        """Alias of ``listener``: called with the list of newly reported ``PumpAlarm``s."""
+        return self.listener
+
+    @on_alarm.setter
+    def on_alarm(self, fn: Listener | None) -> None:
+        self.listener = fn
+
+    @property
     def url(self) -> str:
         """The port URL or device path."""
         return str(self._url)
