@@ -22,6 +22,8 @@ COMMAND_MODULES = (
     "pumpctl.commands.log",
     "pumpctl.commands.diagram",
     "pumpctl.commands.campaign",
+    "pumpctl.commands.pump",
+    "pumpctl.commands.console",
     "pumpctl.commands.simulate",
 )
 

@@ -132,11 +132,16 @@ class SystemClock(_HeapClock):
         return self._t0_wall
 
     def run_pending(self) -> int:
-        """Run every callback that is due now and return how many ran (never blocks)."""
+        """Run the callbacks due when called and return how many ran (never blocks long).
+
+        Callbacks that fall due while these run wait for the next call, so a slow callback
+        that reschedules itself cannot keep the caller here forever.
+        """
         ran = 0
+        due_s = self.now()
         while True:
             with self._lock:
-                if not self._heap or self._heap[0].when_s > self.now():
+                if not self._heap or self._heap[0].when_s > due_s:
                     return ran
                 handle = heapq.heappop(self._heap)
             if not handle.cancelled:

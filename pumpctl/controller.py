@@ -116,6 +116,7 @@ class Controller:
         self.last_status: PumpStatus | None = None
         self._light_pending = False
         self._bag_builds: dict[int, Build] = {}
+        self._fault_in_bag_change = False
         self._silence_timers: dict[int, TimerHandle] = {}
         self._poll_timer: TimerHandle | None = None
         if hasattr(driver, "listener"):
@@ -418,7 +419,7 @@ class Controller:
         from_alarm = self.state is State.ALARM
         if from_alarm:
             empty = self.alarms.find_active("bag_empty")
-            if empty is None:
+            if empty is None and not self._fault_in_bag_change:
                 return self._refuse(
                     "hang_bag", "only after a bag-empty alarm or a bag change", operator
                 )
@@ -465,6 +466,7 @@ class Controller:
         return None
 
     def _hang_record(self, nb: Bag, operator: str) -> None:
+        self._fault_in_bag_change = False
         nb.hung_s = self.clock.now()
         nb.light_protected = self._light_pending
         self._light_pending = False
@@ -686,6 +688,8 @@ class Controller:
             cause = "bag_empty" if pa is PumpAlarm.VTBI_COMPLETE else kind
             self._gap_open(cause)
             if self.state in (State.PRIMING, State.INFUSING, State.BAG_CHANGE):
+                # A line that runs dry while the bag is off is finished by hanging the bag.
+                self._fault_in_bag_change = self.state is State.BAG_CHANGE
                 self._go("fault", "system", {"cause": cause})
             self.watchdog.cancel()
         self._raise(kind)
@@ -693,7 +697,12 @@ class Controller:
     def _poll(self) -> None:
         """Periodic read-back (real pumps, and simulated links that can fail)."""
         assert self.poll_s
-        self._poll_timer = self.clock.call_later(self.poll_s, self._poll)
+        try:
+            self._poll_once()
+        finally:  # the next read-back counts from the end of this one
+            self._poll_timer = self.clock.call_later(self.poll_s, self._poll)
+
+    def _poll_once(self) -> None:
         hb = getattr(self.driver, "heartbeat", None)
         if callable(hb):
             try:

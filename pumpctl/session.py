@@ -139,16 +139,14 @@ def open_session(
     else:
         from pumpctl.drivers.newera import NewEraDriver
 
-        ser = model.serial
-        timeout = safe_timeout_s if safe_timeout_s is not None else ser.get("safe_timeout_s", 0)
-        driver = NewEraDriver(
-            port,
-            address=address,
-            baud=baud or ser.get("baud", 19200),
-            safe_timeout_s=timeout,
-            limits=model.limits,
-            diameter_mm=ser.get("syringe_diameter_mm", 26.59),
-        )
+        overrides: dict[str, Any] = {"address": address}
+        if baud is not None:
+            overrides["baud"] = baud
+        if safe_timeout_s is not None:
+            overrides["safe_timeout_s"] = safe_timeout_s
+        ne = NewEraDriver.from_model(model, port, **overrides)
+        driver = ne
+        timeout = ne.safe_timeout_s
         poll_s = max(min(timeout / 3.0, 2.0), 0.5) if timeout else 2.0
     ctl = Controller(
         clock, driver, log, setting, reservoir_change=model.reservoir_change, poll_s=poll_s
@@ -156,12 +154,14 @@ def open_session(
     programmed = log.db.execute("SELECT 1 FROM events WHERE event = 'program'").fetchone()
     resumed = restore(ctl) if programmed else None
     sess = Session(clock, log, setting, model, driver, ctl, resumed)
-    if staff and isinstance(driver, SimDriver):
+    if staff:
         sess.staff = attach_staff(ctl, driver, seed, speed)
     return sess
 
 
-def attach_staff(ctl: Controller, driver: SimDriver, seed: int, speed: float = 1.0) -> list[object]:
+def attach_staff(
+    ctl: Controller, driver: PumpDriver, seed: int, speed: float = 1.0
+) -> list[object]:
     """Prompt simulated pharmacy and nurse; after a restart they pick up pending work.
 
     The nurse aims to finish a bag change a few seconds before the bag ends; in real

@@ -417,6 +417,7 @@ def test_emulate_command_prints_url_first_and_stops_on_sigterm(link: str) -> Non
 def test_third_party_nesp_lib_client(url: str, safe_timeout_s: int) -> None:
     nesp = pytest.importorskip("nesp_lib")
     port = nesp.Port(url, 19200)
+    pump = None
     try:
         pump = nesp.Pump(port, safe_mode_timeout_s=safe_timeout_s)
         assert pump.model_number == 1000 and pump.firmware_version == (3, 928)
@@ -426,6 +427,8 @@ def test_third_party_nesp_lib_client(url: str, safe_timeout_s: int) -> None:
         pump.run()
         assert abs(pump.volume_infused_ml - 0.05) < 1e-3
     finally:
+        if pump is not None and safe_timeout_s:
+            pump.safe_mode_timeout_s = 0  # joins nesp-lib's heartbeat thread before closing
         port.close()
 
 

@@ -25,21 +25,28 @@ EXAMPLE_CSV = Path(__file__).resolve().parents[1] / "examples" / "gravimetric_sa
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def constant_record(rate_ml_per_h: float, bias_pct: float = 0.0, duration_min: float = 120.0,
-                    step_min: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def constant_record(
+    rate_ml_per_h: float, bias_pct: float = 0.0, duration_min: float = 120.0, step_min: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
     """Cumulative volume of a pump running at rate * (1 + bias) from t = 0."""
     t = np.arange(0.0, duration_min + step_min / 2, step_min)
     return t, rate_ml_per_h * (1 + bias_pct / 100) * t / 60.0
 
 
-def ripple_record(rate_ml_per_h: float, bias_pct: float, ripple_pct: float, period_min: float
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def ripple_record(
+    rate_ml_per_h: float, bias_pct: float, ripple_pct: float, period_min: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Cumulative volume for q(t) = r (1 + b) + a r sin(2 pi t / T), exact integral, 0-120 min."""
     t = np.arange(0.0, 120.25, 0.5)
     b, a = bias_pct / 100, ripple_pct / 100
-    v = (rate_ml_per_h * (1 + b) * t
-         + a * rate_ml_per_h * period_min / (2 * math.pi)
-         * (1 - np.cos(2 * math.pi * t / period_min))) / 60.0
+    v = (
+        rate_ml_per_h * (1 + b) * t
+        + a
+        * rate_ml_per_h
+        * period_min
+        / (2 * math.pi)
+        * (1 - np.cos(2 * math.pi * t / period_min))
+    ) / 60.0
     return t, v
 
 
@@ -55,6 +62,7 @@ def use_trumpet_command(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # --- the numbers ---------------------------------------------------------------------------
+
 
 def test_perfect_constant_flow_has_zero_error() -> None:
     t, v = constant_record(12.5)
@@ -125,8 +133,9 @@ def test_error_outside_analysis_period_is_ignored_but_on_startup_curve() -> None
 
 @settings(max_examples=60, deadline=None)
 @given(bias_pct=st.floats(-10.0, 10.0), rate_ml_per_h=st.floats(0.1, 999.0))
-def test_any_constant_bias_gives_that_bias_everywhere(bias_pct: float,
-                                                      rate_ml_per_h: float) -> None:
+def test_any_constant_bias_gives_that_bias_everywhere(
+    bias_pct: float, rate_ml_per_h: float
+) -> None:
     t, v = constant_record(rate_ml_per_h, bias_pct=bias_pct)
     res = trumpet(t, v, rate_ml_per_h)
     for ep in (*res.ep_max_pct, *res.ep_min_pct, res.overall_error_pct):
@@ -134,6 +143,7 @@ def test_any_constant_bias_gives_that_bias_everywhere(bias_pct: float,
 
 
 # --- resampling ----------------------------------------------------------------------------
+
 
 def test_irregular_timestamps_hand_example() -> None:
     t = [0.0, 0.2, 0.9, 1.0, 1.6]
@@ -170,6 +180,7 @@ def test_irregular_timestamps_step_change_between_samples() -> None:
 
 # --- bad numeric input -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("t", "v", "rate", "words"),
     [
@@ -184,8 +195,9 @@ def test_irregular_timestamps_step_change_between_samples() -> None:
         ([0.0], [0.0], 5.0, "at least 2"),
     ],
 )
-def test_bad_record_raises_input_error(t: list[float], v: list[float], rate: float,
-                                       words: str) -> None:
+def test_bad_record_raises_input_error(
+    t: list[float], v: list[float], rate: float, words: str
+) -> None:
     with pytest.raises(InputError, match=words) as exc_info:
         trumpet(t, v, rate)
     assert "\n" not in str(exc_info.value)
@@ -221,9 +233,11 @@ def test_to_dict_is_plain_json() -> None:
 
 # --- CSV -------------------------------------------------------------------------------------
 
+
 def test_mass_csv_converted_with_density(tmp_path: Path) -> None:
-    p = write(tmp_path,
-              "Time_S,Mass_g,temp_c\n0,0.000,21\n30,0.105,21\n60,0.210,21\n\n90,0.315,21\n")
+    p = write(
+        tmp_path, "Time_S,Mass_g,temp_c\n0,0.000,21\n30,0.105,21\n60,0.210,21\n\n90,0.315,21\n"
+    )
     t, v = read_gravimetric_csv(p, density_g_per_ml=1.05)
     assert t.tolist() == [0.0, 0.5, 1.0, 1.5]
     assert v == pytest.approx([0.0, 0.1, 0.2, 0.3], rel=1e-12)
@@ -255,8 +269,10 @@ def test_volume_csv_in_minutes_ignores_density(tmp_path: Path) -> None:
         ("time_s,mass_g\n0,0\n30\n60,0.2\n", ["line 3", "no value in column mass_g"]),
         ("time_s,mass_g\n0,0\n30,0.1\n", ["2 data rows", "at least 3"]),
         ("", ["empty file"]),
-        ("time_s,mass_g\n0,0\n30,0.1\n20,0.2\n60,0.3\n", ["line 4", "column time_s",
-                                                          "strictly increase"]),
+        (
+            "time_s,mass_g\n0,0\n30,0.1\n20,0.2\n60,0.3\n",
+            ["line 4", "column time_s", "strictly increase"],
+        ),
     ],
 )
 def test_bad_csv_names_the_problem(tmp_path: Path, text: str, words: list[str]) -> None:
@@ -290,6 +306,7 @@ def test_example_recording_is_about_one_percent_high() -> None:
 
 # --- plot and CLI --------------------------------------------------------------------------
 
+
 def test_plot_writes_png(tmp_path: Path) -> None:
     t, v = ripple_record(10.0, bias_pct=1.0, ripple_pct=5.0, period_min=4.0)
     out = plot_trumpet(trumpet(t, v, 10.0), tmp_path / "t.png", stated_pct=5.0)
@@ -304,12 +321,24 @@ def test_cli_table(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtur
     assert [line.split()[0] for line in out.splitlines()[2:7]] == ["2", "5", "11", "19", "31"]
 
 
-def test_cli_writes_png_and_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_writes_png_and_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     use_trumpet_command(monkeypatch)
     out_dir = tmp_path / "made" / "here"
-    code = cli.main(["trumpet", str(EXAMPLE_CSV), "--rate-ml-per-h", "12.5", "--out",
-                     str(out_dir), "--json", "--stated-pct", "5"])
+    code = cli.main(
+        [
+            "trumpet",
+            str(EXAMPLE_CSV),
+            "--rate-ml-per-h",
+            "12.5",
+            "--out",
+            str(out_dir),
+            "--json",
+            "--stated-pct",
+            "5",
+        ]
+    )
     assert code == 0
     assert (out_dir / "trumpet.png").read_bytes()[:8] == PNG_MAGIC
     saved = json.loads((out_dir / "trumpet.json").read_text())
@@ -319,8 +348,9 @@ def test_cli_writes_png_and_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert printed == saved
 
 
-def test_cli_bad_csv_exits_2_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bad_csv_exits_2_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     use_trumpet_command(monkeypatch)
     p = write(tmp_path, "time_s,mass_g\n0,0\n30,oops\n60,0.2\n90,0.3\n")
     assert cli.main(["trumpet", str(p), "--rate-ml-per-h", "12.5"]) == 2
@@ -331,15 +361,29 @@ def test_cli_bad_csv_exits_2_with_one_line(tmp_path: Path, monkeypatch: pytest.M
     assert lines[0].startswith("pumpctl trumpet: ") and "line 3" in lines[0]
 
 
-def test_cli_short_record_and_bad_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_short_record_and_bad_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     use_trumpet_command(monkeypatch)
     rows = "\n".join(f"{i * 30},{i * 0.1:.4f}" for i in range(81))  # 40 min
     p = write(tmp_path, "time_s,mass_g\n" + rows + "\n")
     assert cli.main(["trumpet", str(p), "--rate-ml-per-h", "12.5"]) == 2
     assert len(capsys.readouterr().err.splitlines()) == 1
-    assert cli.main(["trumpet", str(p), "--rate-ml-per-h", "12.5", "--analysis-start-min", "10",
-                     "--analysis-end-min", "40"]) == 0
+    assert (
+        cli.main(
+            [
+                "trumpet",
+                str(p),
+                "--rate-ml-per-h",
+                "12.5",
+                "--analysis-start-min",
+                "10",
+                "--analysis-end-min",
+                "40",
+            ]
+        )
+        == 0
+    )
     assert "left out" in capsys.readouterr().out
     assert cli.main(["trumpet", str(p), "--rate-ml-per-h", "-1"]) == 2
     assert "rate" in capsys.readouterr().err

@@ -51,12 +51,16 @@ def run(args: argparse.Namespace) -> int:
     except (RefusedError, OverrideRequiredError) as exc:
         if args.json:  # scripts still get the build and its limit class on stdout
             partial = getattr(exc, "build", None)
-            out = partial.to_json() if partial is not None else {
-                "ordered_mg_per_day": float(order.dose_mg_per_day),
-                "limit": None,
-                "setting_version": setting.version,
-                "messages": [],
-            }
+            out = (
+                partial.to_json()
+                if partial is not None
+                else {
+                    "ordered_mg_per_day": float(order.dose_mg_per_day),
+                    "limit": None,
+                    "setting_version": setting.version,
+                    "messages": [],
+                }
+            )
             out["refused"] = str(exc)
             print(json.dumps(out, indent=2))
         raise

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "never restarted or programmed twice.",
     )
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--sim", action="store_true", help="simulated pump, with simulated staff")
+    where.add_argument("--sim", action="store_true", help="the simulated pump")
     where.add_argument("--port", metavar="URL", help="NE-1000 serial port or socket:// URL")
     p.add_argument("--dose-mg-per-day", metavar="D")
     p.add_argument("--weight-kg", metavar="W")
@@ -36,12 +36,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--baud", type=int, metavar="B")
     p.add_argument("--safe-timeout", type=int, metavar="S")
     p.add_argument("--until-h", type=float, metavar="H", help="stop the controller at this time")
-    p.add_argument("--no-staff", action="store_true", help="no simulated nurse or pharmacy")
+    p.add_argument(
+        "--no-staff",
+        action="store_true",
+        help="no simulated pharmacy and nurse (by default they prime, start and change bags; "
+        "on a real pump at the bench the physical steps are yours)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Open or resume the session and run the clock until interrupted."""
+    if args.port and args.speed != 1.0:
+        raise InputError(
+            f"--speed {args.speed} with --port: a real pump runs in real time; "
+            "allowed: --speed only with --sim"
+        )
     sess = open_session(
         args.db,
         port=args.port,
@@ -50,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         address=args.address,
         baud=args.baud,
         safe_timeout_s=args.safe_timeout,
-        staff=args.sim and not args.no_staff,
+        staff=not args.no_staff,
     )
     ctl = sess.controller
     if sess.resumed is None:

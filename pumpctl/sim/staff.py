@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pumpctl.alarms import KINDS
 from pumpctl.clock import Clock
 from pumpctl.controller import Controller
+from pumpctl.drivers.base import PumpDriver
 from pumpctl.drivers.sim import SimDriver
 from pumpctl.eventlog import Event
 from pumpctl.machine import State
@@ -23,7 +24,7 @@ from pumpctl.sim.scenario import Dist
 class World:
     """Faults in progress and when each cause goes away."""
 
-    def __init__(self, clock: Clock, driver: SimDriver) -> None:
+    def __init__(self, clock: Clock, driver: PumpDriver) -> None:
         self.clock = clock
         self.driver = driver
         self.clear_at_s: dict[str, float] = {}  # alarm kind -> when its cause is gone
@@ -31,8 +32,10 @@ class World:
         self.pharmacy_late: list[list[float]] = []  # [at_s, delay_s, used(0/1)]
 
     def schedule(self, kind: str, at_s: float, duration_s: float) -> None:
-        """Put one fault on the clock."""
+        """Put one fault on the clock (physical faults need the simulated pump)."""
         d, end = self.driver, at_s + duration_s
+        if kind not in ("nurse_absent", "pharmacy_late", "comm_loss"):
+            assert isinstance(d, SimDriver), "physical faults need the simulated pump"
         c = self.clock
         if kind == "occlusion":
             c.call_at(at_s, lambda: self._cause("occlusion", end, lambda: d.world("occlude")))
@@ -98,8 +101,18 @@ class Pharmacy:
                 delay_s += late[1]
         t_done = now + delay_s + self.compound_min.sample(self.rng) * 60.0
         t_there = t_done + self.deliver_min.sample(self.rng) * 60.0
-        self.clock.call_at(t_done, lambda: self.ctl.bag_compounded("pharmacy"))
-        self.clock.call_at(t_there, lambda: self.ctl.bag_delivered("pharmacy tech"))
+        token = self._token()
+        self.clock.call_at(t_done, lambda: self._if_same(token, self.ctl.bag_compounded))
+        self.clock.call_at(t_there, lambda: self._if_same(token, self.ctl.bag_delivered))
+
+    def _token(self) -> tuple[int, float | None] | None:
+        nb = self.ctl.next_bag
+        return None if nb is None else (nb.n, nb.requested_s)
+
+    def _if_same(self, token: object, act: Callable[[str], object]) -> None:
+        """Act only on the request this job was for (a discarded bag's job is dropped)."""
+        if token == self._token():
+            act("pharmacy")
 
 
 class Nurse:
@@ -108,7 +121,7 @@ class Nurse:
     def __init__(
         self,
         ctl: Controller,
-        driver: SimDriver,
+        driver: PumpDriver,
         world: World,
         rng: random.Random,
         response_min: Dist,
@@ -128,6 +141,11 @@ class Nurse:
         self.swapping = False
         self.connected_n: int | None = None  # which bag is spiked on the line
         ctl.listeners.append(self.on_event)
+
+    def _hands(self, action: str, *args: object) -> None:
+        """The physical part of the job; on a real pump the bench does it by hand."""
+        if isinstance(self.driver, SimDriver):
+            self.driver.world(action, *args)
 
     # -- timing -------------------------------------------------------------
     def _available(self, t_s: float) -> float:
@@ -180,7 +198,7 @@ class Nurse:
         assert nb is not None
         if not self._fresh_or_reorder():
             return
-        self.driver.world("connect_bag", nb.content_ml, nb.real_conc_mg_per_ml, f"bag {nb.n}")
+        self._hands("connect_bag", nb.content_ml, nb.real_conc_mg_per_ml, f"bag {nb.n}")
         self.connected_n = nb.n
         if self.ctl.prime(self.op, light_protected=True) is None:
             self.clock.call_later(self.prime_min.sample(self.rng) * 60.0, self._primed)
@@ -223,14 +241,14 @@ class Nurse:
         if self.ctl.begin_bag_change(self.op) is not None:
             return
         self.swapping = True
-        self.driver.world("disconnect_bag")
+        self._hands("disconnect_bag")
         self.clock.call_later(swap_s, self._finish_swap)
 
     def _finish_swap(self) -> None:
         self.swapping = False
         nb = self.ctl.next_bag
         assert nb is not None
-        self.driver.world("connect_bag", nb.content_ml, nb.real_conc_mg_per_ml, f"bag {nb.n}")
+        self._hands("connect_bag", nb.content_ml, nb.real_conc_mg_per_ml, f"bag {nb.n}")
         self.connected_n = nb.n
         if self.ctl.state is State.ALARM:  # the old bag ran out (or ran dry) meanwhile
             self._hang_after_empty()
@@ -249,7 +267,7 @@ class Nurse:
             self._hang_after_empty()
         elif not self.swapping:
             self.swapping = True
-            self.driver.world("disconnect_bag")
+            self._hands("disconnect_bag")
             self.clock.call_later(self.swap_s.sample(self.rng), self._finish_swap)
 
     def _hang_after_empty(self) -> None:
