@@ -82,6 +82,12 @@ def _utc(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")
 
 
+def _log_install(log: MemoryEventLog | EventLog, setting: Any, operator: str, t_s: float) -> None:
+    """The event every setting install leaves, whichever log it goes to."""
+    detail = {"name": setting.name, "version": setting.version, "path": setting.path}
+    log.append(t_s, "-", "-", "setting_install", detail, operator)
+
+
 class MemoryEventLog:
     """Events kept in a list (simulations); same interface as ``EventLog``."""
 
@@ -119,14 +125,7 @@ class MemoryEventLog:
 
     def install_setting(self, setting: Any, operator: str, t_s: float = 0.0) -> None:
         """Record a setting install."""
-        self.append(
-            t_s,
-            "-",
-            "-",
-            "setting_install",
-            {"name": setting.name, "version": setting.version, "path": setting.path},
-            operator,
-        )
+        _log_install(self, setting, operator, t_s)
         self.settings[setting.version] = (setting.name, operator)
 
     def is_installed(self, version: str) -> bool:
@@ -215,14 +214,7 @@ class EventLog:
     # -- settings -----------------------------------------------------------
     def install_setting(self, setting: Any, operator: str, t_s: float = 0.0) -> None:
         """Record a setting and its version; the event is committed first."""
-        self.append(
-            t_s,
-            "-",
-            "-",
-            "setting_install",
-            {"name": setting.name, "version": setting.version, "path": setting.path},
-            operator,
-        )
+        _log_install(self, setting, operator, t_s)
         self.db.execute(
             "INSERT OR REPLACE INTO settings VALUES (?, ?, ?, ?, ?, ?)",
             (

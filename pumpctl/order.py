@@ -282,17 +282,15 @@ def build(order: Order, setting: DrugSetting) -> Build:
         setting_version=setting.version,
         messages=tuple(messages),
     )
+    exc: PumpctlError | None = None
     if limit == "hard":
-        exc: PumpctlError = RefusedError(
-            f"refused by the hard limit: {detail}; no override possible"
-        )
-        exc.build = result  # type: ignore[attr-defined]
-        raise exc
-    if limit == "soft" and not order.override_reason:
+        exc = RefusedError(f"refused by the hard limit: {detail}; no override possible")
+    elif limit == "soft" and not order.override_reason:
         exc = OverrideRequiredError(
             f"soft limit exceeded: {detail}; give --override-reason TEXT and --operator ID"
         )
-        exc.build = result  # type: ignore[attr-defined]
+    if exc is not None:
+        exc.build = result  # type: ignore[attr-defined]  # so --json can still show it
         raise exc
     return result
 

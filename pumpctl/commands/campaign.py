@@ -6,9 +6,9 @@ import argparse
 import csv
 import json
 import sys
-import time
 from pathlib import Path
 
+from pumpctl.clock import SystemClock
 from pumpctl.errors import InputError
 from pumpctl.sim.campaign import plot_histograms, run_campaign, summarise
 from pumpctl.sim.scenario import load_scenario
@@ -33,7 +33,7 @@ class _Progress:
     """A one-line progress bar on stderr."""
 
     def __init__(self) -> None:
-        self.t0 = time.perf_counter()  # progress display only; not simulation time
+        self.clock = SystemClock()  # runs per second of wall time, for the display only
         self.last = -1
 
     def __call__(self, done: int, total: int) -> None:
@@ -43,7 +43,7 @@ class _Progress:
         if pct // step == self.last and done != total:
             return
         self.last = pct // step
-        rate = done / max(time.perf_counter() - self.t0, 1e-9)
+        rate = done / max(self.clock.now(), 1e-9)
         bar = "#" * (pct // 4) + "." * (25 - pct // 4)
         line = f"[{bar}] {done}/{total} runs, {rate:.0f} runs/s"
         if tty:
