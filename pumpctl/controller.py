@@ -16,10 +16,10 @@ from typing import Any
 
 from pumpctl.alarms import FROM_PUMP, KINDS, Alarm, AlarmList
 from pumpctl.clock import Clock, TimerHandle
-from pumpctl.drivers.base import FLOW_STOPPING_ALARMS, PumpAlarm, PumpDriver, PumpStatus, RunState
+from pumpctl.drivers.base import FLOW_STOPPING_ALARMS, PumpAlarm, PumpDriver, PumpStatus
 from pumpctl.errors import CommunicationError, PumpctlError, PumpError
 from pumpctl.eventlog import Event, EventLog, MemoryEventLog
-from pumpctl.machine import PumpMachine, State
+from pumpctl.machine import TRANSITIONS, PumpMachine, State
 from pumpctl.order import Build, Order, build
 from pumpctl.setting import DrugSetting
 from pumpctl.watchdog import Watchdog
@@ -154,7 +154,7 @@ class Controller:
     def _go(self, trigger: str, operator: str, detail: dict[str, Any] | None = None) -> None:
         """Log the state change, then make it (the guard was checked by the caller)."""
         src = self.machine.state.value
-        dest = next(d for t, _s, d, _g in _transitions() if t == trigger).value
+        dest = next(d for t, _s, d, _g in TRANSITIONS if t == trigger).value
         self._log(
             "state", {"from": src, "to": dest, "trigger": trigger, **(detail or {})}, operator
         )
@@ -703,13 +703,7 @@ class Controller:
             self._poll_timer = self.clock.call_later(self.poll_s, self._poll)
 
     def _poll_once(self) -> None:
-        hb = getattr(self.driver, "heartbeat", None)
-        if callable(hb):
-            try:
-                hb()
-            except CommunicationError as exc:
-                self._comm_lost(str(exc))
-                return
+        # A status read-back is also the safe-mode heartbeat: any valid packet counts.
         prev = self.last_status
         st = self._refresh_status()
         if st is None:
@@ -717,11 +711,11 @@ class Controller:
         new = st.alarms - (prev.alarms if prev else frozenset())
         if new:
             self._on_pump_alarms(sorted(new))
-        elif (
-            self.state in (State.INFUSING, State.BAG_CHANGE)
-            and st.run_state not in (RunState.RUNNING,)
-            and self.reservoir_change == "running"
-        ):
+            return
+        expect_running = self.state is State.INFUSING or (
+            self.state is State.BAG_CHANGE and self.reservoir_change == "running"
+        )
+        if expect_running and not st.running:
             self._gap_open("pump_stopped")
             self._raise("pump_failure", f"pump reports {st.run_state.value} while infusing")
             self._go("fault", "system", {"cause": "pump_stopped"})
@@ -761,12 +755,6 @@ class Controller:
             "interrupted_s": self.watchdog.interrupted_s(self.clock.now()),
             "link_ok": self.link_ok,
         }
-
-
-def _transitions() -> list[tuple[str, Any, State, str | None]]:
-    from pumpctl.machine import TRANSITIONS
-
-    return TRANSITIONS
 
 
 def _order_json(order: Order) -> dict[str, Any]:
