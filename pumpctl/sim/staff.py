@@ -177,8 +177,10 @@ class Nurse:
                 self._arrive(self._handle_alarm)
         elif ev.event == "bag_at_bedside":
             if self.ctl.state is State.IDLE and not self.ctl.line_primed and not self.ctl.bags:
+                # Setting up the infusion is part of the scenario, so an absence (which
+                # models the nurse away from a running infusion) does not delay it.
                 self.waiting_for_bag = False
-                self._at(self.clock.now(), self._prime)
+                self.clock.call_later(0.0, self._prime)
             elif self.waiting_for_bag:
                 self.waiting_for_bag = False
                 self._at(self.clock.now(), self._after_bag_arrived)
