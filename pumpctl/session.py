@@ -181,12 +181,6 @@ def attach_staff(
         5.0 + 0.05 * speed,
     )
     nb = ctl.next_bag
-    if nb is not None and nb.requested_s is not None and nb.delivered_s is None:
-        if nb.compounded_s is None:
-            ctl.clock.call_later(600, lambda: ctl.bag_compounded("pharmacy"))
-        ctl.clock.call_later(
-            900 if nb.compounded_s is None else 300, lambda: ctl.bag_delivered("pharmacy tech")
-        )
     if ctl.state is State.IDLE and not ctl.bags and nb is not None and nb.delivered_s is not None:
         nurse._prime()
     elif ctl.state is State.PRIMING:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["AutoNurse", "ConsoleApp", "ConsoleSession", "SimPharmacy"]
+__all__ = ["AutoNurse", "ConsoleApp", "ConsoleSession"]
 
 
 def __getattr__(name: str) -> Any:

@@ -47,7 +47,7 @@ from pumpctl.eventlog import Event
 from pumpctl.machine import State
 from pumpctl.order import Build, Order, build, to_decimal
 from pumpctl.sim.scenario import Dist
-from pumpctl.sim.staff import Nurse, World
+from pumpctl.sim.staff import Nurse, Pharmacy, World
 
 HISTORY_EVENTS = 300  # events loaded into the log view at start
 
@@ -61,53 +61,6 @@ class ConsoleSession(Protocol):
 
 
 # --------------------------------------------------------------------------- simulated staff
-class SimPharmacy:
-    """Compounds each requested bag after ``compound_min`` and hand-delivers it ``deliver_min``
-    later; a bag already recorded by the nurse, discarded or rebuilt is left alone."""
-
-    def __init__(
-        self, ctl: Controller, compound_min: float = 10.0, deliver_min: float = 15.0
-    ) -> None:
-        self.ctl = ctl
-        self.compound_s = compound_min * 60.0
-        self.deliver_s = deliver_min * 60.0
-        ctl.listeners.append(self.on_event)
-        nb = ctl.next_bag  # after a restart: pick up a request in progress
-        if nb is not None and nb.requested_s is not None and nb.delivered_s is None:
-            self._schedule(nb.n, nb.requested_s)
-
-    def on_event(self, ev: Event) -> None:
-        """A pharmacy request puts compounding and delivery on the clock."""
-        nb = self.ctl.next_bag
-        if ev.event == "pharmacy_request" and nb is not None and nb.requested_s is not None:
-            self._schedule(nb.n, nb.requested_s)
-
-    def _schedule(self, n: int, requested_s: float) -> None:
-        clock, nb = self.ctl.clock, self.ctl.next_bag
-        done_s = nb.compounded_s if nb is not None else None
-        if done_s is None:
-            done_s = max(requested_s + self.compound_s, clock.now())
-            clock.call_at(done_s, lambda: self._compound(n, requested_s))
-        clock.call_at(
-            max(done_s + self.deliver_s, clock.now()), lambda: self._deliver(n, requested_s)
-        )
-
-    def _mine(self, n: int, requested_s: float) -> Any:
-        nb = self.ctl.next_bag
-        ok = nb is not None and nb.n == n and nb.requested_s == requested_s
-        return nb if ok else None
-
-    def _compound(self, n: int, requested_s: float) -> None:
-        nb = self._mine(n, requested_s)
-        if nb is not None and nb.compounded_s is None:
-            self.ctl.bag_compounded("pharmacy")
-
-    def _deliver(self, n: int, requested_s: float) -> None:
-        nb = self._mine(n, requested_s)
-        if nb is not None and nb.compounded_s is not None and nb.delivered_s is None:
-            self.ctl.bag_delivered("pharmacy tech")
-
-
 class _Gate:
     """An on/off switch shared by the proxies of one auto-nurse shift."""
 
@@ -671,9 +624,17 @@ class ConsoleApp(App[None]):
         self.tick_s = tick_s
         self.bell_on = bell
         self.demo_defaults = self.sim is not None if demo_defaults is None else demo_defaults
-        self.pharmacy: SimPharmacy | None = None
+        self.pharmacy: Pharmacy | None = None
         if simulate_pharmacy if simulate_pharmacy is not None else self.sim is not None:
-            self.pharmacy = SimPharmacy(self.ctl)
+            clock = self.ctl.clock
+            self.pharmacy = Pharmacy(
+                self.ctl,
+                clock,
+                World(clock, self.driver),
+                random.Random(0),
+                Dist("fixed", 10),
+                Dist("fixed", 15),
+            )
         self.nurse: AutoNurse | None = None
         if self.sim is not None:
             jitter_s = tick_s * self.speed if hasattr(self.clock, "run_pending") else 0.0
@@ -1315,7 +1276,7 @@ class ConsoleApp(App[None]):
         )
 
 
-__all__ = ["AutoNurse", "ConsoleApp", "ConsoleSession", "SimPharmacy"]
+__all__ = ["AutoNurse", "ConsoleApp", "ConsoleSession"]
 
 
 if __name__ == "__main__":  # python -m pumpctl.console.app --sim --speed 600

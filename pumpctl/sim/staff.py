@@ -74,7 +74,12 @@ class World:
 
 
 class Pharmacy:
-    """Compounds on request and hand-delivers; may be late."""
+    """Compounds each requested bag and hand-delivers it; may be late.
+
+    Each job belongs to one request: a bag that was discarded, rebuilt by a new request,
+    or recorded at the bedside by hand is left alone. After a restart it picks up the
+    request in progress.
+    """
 
     def __init__(
         self,
@@ -88,31 +93,45 @@ class Pharmacy:
         self.ctl, self.clock, self.world, self.rng = ctl, clock, world, rng
         self.compound_min, self.deliver_min = compound_min, deliver_min
         ctl.listeners.append(self.on_event)
+        nb = ctl.next_bag
+        if nb is not None and nb.requested_s is not None and nb.delivered_s is None:
+            self._schedule(nb.requested_s)
 
     def on_event(self, ev: Event) -> None:
         """React to a pharmacy request."""
-        if ev.event != "pharmacy_request":
-            return
+        if ev.event == "pharmacy_request":
+            self._schedule(self.clock.now())
+
+    def _schedule(self, from_s: float) -> None:
         now = self.clock.now()
         delay_s = 0.0
         for late in self.world.pharmacy_late:
             if not late[2] and now >= late[0]:
                 late[2] = 1.0
                 delay_s += late[1]
-        t_done = now + delay_s + self.compound_min.sample(self.rng) * 60.0
-        t_there = t_done + self.deliver_min.sample(self.rng) * 60.0
+        nb = self.ctl.next_bag
         token = self._token()
-        self.clock.call_at(t_done, lambda: self._if_same(token, self.ctl.bag_compounded))
-        self.clock.call_at(t_there, lambda: self._if_same(token, self.ctl.bag_delivered))
+        t_done = nb.compounded_s if nb is not None else None
+        if t_done is None:
+            t_done = max(from_s + delay_s + self.compound_min.sample(self.rng) * 60.0, now)
+            self.clock.call_at(t_done, lambda: self._compound(token))
+        t_there = max(t_done + self.deliver_min.sample(self.rng) * 60.0, now)
+        self.clock.call_at(t_there, lambda: self._deliver(token))
 
     def _token(self) -> tuple[int, float | None] | None:
         nb = self.ctl.next_bag
         return None if nb is None else (nb.n, nb.requested_s)
 
-    def _if_same(self, token: object, act: Callable[[str], object]) -> None:
-        """Act only on the request this job was for (a discarded bag's job is dropped)."""
-        if token == self._token():
-            act("pharmacy")
+    def _compound(self, token: object) -> None:
+        nb = self.ctl.next_bag
+        if token == self._token() and nb is not None and nb.compounded_s is None:
+            self.ctl.bag_compounded("pharmacy")
+
+    def _deliver(self, token: object) -> None:
+        nb = self.ctl.next_bag
+        ok = token == self._token() and nb is not None
+        if ok and nb.delivered_s is None and nb.compounded_s is not None:
+            self.ctl.bag_delivered("pharmacy tech")
 
 
 class Nurse:
