@@ -21,7 +21,6 @@ from pumpctl.drivers.base import PumpDriver
 from pumpctl.drivers.sim import SimDriver
 from pumpctl.errors import InputError, PumpCommandError
 from pumpctl.eventlog import EventLog
-from pumpctl.machine import State
 from pumpctl.setting import DrugSetting, PumpModel, load_pump, load_setting
 from pumpctl.sim.physics import PumpPhysics
 from pumpctl.sim.scenario import Dist
@@ -180,17 +179,5 @@ def attach_staff(
         Dist("fixed", 2),
         5.0 + 0.05 * speed,
     )
-    nb = ctl.next_bag
-    if ctl.state is State.IDLE and not ctl.bags and nb is not None and nb.delivered_s is not None:
-        nurse._prime()
-    elif ctl.state is State.PRIMING:
-        ctl.clock.call_later(60, nurse._primed)
-    elif ctl.state is State.BAG_CHANGE:
-        ctl.clock.call_later(30, nurse._finish_swap)
-    elif ctl.state is State.ALARM:
-        nurse.busy_with_alarm = True
-        ctl.clock.call_later(60, nurse._handle_alarm)
-    elif ctl.alarms.find_active("prepare_bag_change"):
-        nurse.change_planned = True
-        ctl.clock.call_later(60, nurse._at_bedside_for_change)
+    nurse.pick_up_work()
     return [world, pharmacy, nurse]

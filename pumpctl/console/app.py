@@ -157,22 +157,7 @@ class AutoNurse:
 
         ctl.listeners[idx] = listener
         self._gate, self._listener = gate, listener
-        nb, state = ctl.next_bag, ctl.state
-        if state is State.IDLE and not ctl.bags:
-            if ctl.line_primed:
-                clock.call_later(0, lambda: proxy.start(self.operator))
-            elif nb is not None and nb.delivered_s is not None:
-                clock.call_later(0, nurse._prime)
-        elif state is State.PRIMING:
-            clock.call_later(60, nurse._primed)
-        elif state is State.BAG_CHANGE:
-            clock.call_later(30, nurse._finish_swap)
-        elif state is State.ALARM:
-            nurse.busy_with_alarm = True
-            clock.call_later(30, nurse._handle_alarm)
-        elif ctl.alarms.find_active("prepare_bag_change"):
-            nurse.change_planned = True
-            clock.call_later(30, nurse._at_bedside_for_change)
+        nurse.pick_up_work()
 
     def disable(self) -> None:
         """End the shift: nothing more is done by this nurse."""

@@ -161,6 +161,25 @@ class Nurse:
         self.connected_n: int | None = None  # which bag is spiked on the line
         ctl.listeners.append(self.on_event)
 
+    def pick_up_work(self, delay_s: float = 30.0) -> None:
+        """Start a shift on an infusion already under way (after a restart or a hand-over)."""
+        ctl, clock, nb = self.ctl, self.clock, self.ctl.next_bag
+        if ctl.state is State.IDLE and not ctl.bags:
+            if ctl.line_primed:
+                clock.call_later(0.0, lambda: ctl.start(self.op))
+            elif nb is not None and nb.delivered_s is not None:
+                clock.call_later(0.0, self._prime)
+        elif ctl.state is State.PRIMING:
+            clock.call_later(delay_s, self._primed)
+        elif ctl.state is State.BAG_CHANGE:
+            clock.call_later(delay_s, self._finish_swap)
+        elif ctl.state is State.ALARM:
+            self.busy_with_alarm = True
+            clock.call_later(delay_s, self._handle_alarm)
+        elif ctl.alarms.find_active("prepare_bag_change"):
+            self.change_planned = True
+            clock.call_later(delay_s, self._at_bedside_for_change)
+
     def _hands(self, action: str, *args: object) -> None:
         """The physical part of the job; on a real pump the bench does it by hand."""
         if isinstance(self.driver, SimDriver):
