@@ -188,3 +188,25 @@ def test_campaign_cli_writes_summary(tmp_path, capsys):
     assert {"p50", "p95", "max"} <= set(d["interrupted_s"])
     assert (out / "histograms.png").read_bytes()[:4] == b"\x89PNG"
     assert len((out / "runs.csv").read_text().splitlines()) == 7
+
+
+def test_titration_to_q6h_reprojects_with_the_new_rate(tmp_path):
+    path = write_scenario(
+        tmp_path,
+        """
+[[titrations]]
+at_h = 20
+dose_mg_per_day = 400
+""",
+    )
+    run = run_scenario(load_scenario(path), trace=False)
+    bags = run.controller.bags
+    new = [b for b in bags if b.rate_ml_per_h == 16.7]
+    assert new and all(b.mg == 100 for b in new)
+    projections = [e for e in run.log.events() if e.event == "projection"]
+    for b in new[:-1]:
+        # the watchdog projected the real end from the new rate: 100 mL / 16.7 mL/h
+        (p,) = [e for e in projections if e.detail["bag"] == b.n]
+        assert p.detail["end_s"] - b.hung_s == pytest.approx(100 / 16.7 * 3600, abs=1e-3)
+        assert b.ended_s - b.hung_s == pytest.approx(100 / 16.7 * 3600 - 5, abs=1e-3)
+    assert run.result["interrupted_s"] == 0
