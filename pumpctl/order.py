@@ -88,11 +88,6 @@ class Build:
                 out[key] = value
         return out
 
-    @property
-    def bag_content_ml(self) -> float:
-        """What really is in the bag (diluent plus syringe volume)."""
-        return float(self.final_volume_ml)
-
     def label(self) -> str:
         """A readable pharmacy label and pump program."""
         lines = [

@@ -454,7 +454,3 @@ class PumpPhysics:
             on_battery=not self.mains_on and self.model.battery_capacity_min > 0,
             battery_min_left=self.battery_min_left if self.model.battery_capacity_min else None,
         )
-
-    def flow_ml_per_h(self, t_s: float) -> float:
-        """Instantaneous physical flow to the patient (for plots and the trumpet curve)."""
-        return self._flow_ml_per_s(t_s) * 3600.0
