@@ -44,8 +44,8 @@ def test_pharmacy_late_escalates_and_measures_gap():
     (gap,) = r["interruptions"]
     empty = r["alarms"][i_empty]
     assert gap["start_h"] == pytest.approx(empty["t_h"], abs=1e-6)
-    # request 1 h before the bag end + 90 min late + 10 compound + 15 deliver + 1 min swap
-    assert gap["length_s"] == pytest.approx((-60 + 90 + 10 + 15 + 1) * 60 - 0, abs=1.0)
+    # request 60 min before the bag end; 90 min late + 10 compound + 15 deliver + 1 min swap
+    assert gap["length_s"] == pytest.approx((90 + 10 + 15 + 1 - 60) * 60, abs=1.0)
 
 
 def test_titration_on_day_two_changes_next_bag_not_rate():

@@ -274,8 +274,8 @@ class PumpPhysics:
                     raised.append(which)
                 else:
                     self._alarm_stop(PumpAlarm.BATTERY_DEPLETED, raised)
-            else:  # numerical safety: never spin
-                self.t_s = t + tol
+            else:  # rounding left the event a hair ahead: integrate up to it, never spin
+                self._integrate(t + tol)
         return raised
 
     def _alarm_stop(self, alarm: PumpAlarm, raised: list[PumpAlarm]) -> None:
