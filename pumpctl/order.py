@@ -28,12 +28,18 @@ def to_decimal(value: Any, name: str) -> Decimal:
         raise InputError(f"{name} = {value!r} is not a number") from None
     if not d.is_finite():
         raise InputError(f"{name} = {value!r} is not a finite number")
+    if d != 0 and not Decimal("1e-6") <= abs(d) <= Decimal("1e9"):
+        raise InputError(f"{name} = {value!r} is out of range; allowed: 0.000001 to 1000000000")
     return d
 
 
 @dataclass(frozen=True)
 class Order:
-    """A prescriber's order for a continuous anakinra infusion."""
+    """A prescriber's order for a continuous anakinra infusion.
+
+    The dose is mg/day, or mg/kg/day (``dose_mg_per_kg_per_day``) where the setting takes
+    it; ``dose_mg_per_day`` then holds the daily total for the weight.
+    """
 
     dose_mg_per_day: Decimal
     weight_kg: Decimal
@@ -43,21 +49,42 @@ class Order:
     approving_service: str = ""
     override_reason: str | None = None
     operator: str | None = None
+    confirm_deviation: str | None = None  # pharmacist's reason to accept a large deviation
+    dose_mg_per_kg_per_day: Decimal | None = None
+
+    @classmethod
+    def per_kg(cls, mg_per_kg_per_day: Decimal, weight_kg: Decimal, **kw: Any) -> Order:
+        """An order written per kg (pediatrics): the daily total follows from the weight."""
+        return cls(
+            mg_per_kg_per_day * weight_kg, weight_kg, dose_mg_per_kg_per_day=mg_per_kg_per_day, **kw
+        )
 
 
 @dataclass(frozen=True)
 class Build:
-    """The pharmacy build of an order: one bag recipe and the program for the pump."""
+    """The pharmacy build of an order: one bag recipe and the program for the pump.
+
+    ``achieved_mg_per_day`` is what really infuses: mg per bag times the share of the bag's
+    content the VTBI delivers (overfill and drug volume dilute it), times bags per day.
+    ``nominal_mg_per_day`` is bags per day times mg per bag; ``deviation_pct`` compares
+    the nominal dose with the order (the rounding the pharmacist accepts).
+    """
 
     ordered_mg_per_day: Decimal
+    nominal_mg_per_day: Decimal
     achieved_mg_per_day: Decimal
     deviation_pct: Decimal
+    real_deviation_pct: Decimal
+    needs_confirmation: bool
+    alternatives: tuple[dict[str, Any], ...]
     interval_h: int
     bags_per_day: int
     mg_per_bag: Decimal
-    syringes_per_bag: int
+    syringes_per_bag: Decimal
+    drug_volume_ml: Decimal
     bag_ml: int
     ordered_bag_ml: int
+    overfill_ml: Decimal
     final_volume_ml: Decimal
     concentration_mg_per_ml: Decimal
     real_concentration_mg_per_ml: Decimal
@@ -72,6 +99,7 @@ class Build:
     limit_detail: str
     override_reason: str | None
     operator: str | None
+    deviation_confirmation: str | None
     setting_name: str
     setting_version: str
     messages: tuple[str, ...] = field(default_factory=tuple)
@@ -82,6 +110,8 @@ class Build:
         for key, value in asdict(self).items():
             if isinstance(value, Decimal):
                 out[key] = _num(value)
+            elif key == "alternatives":
+                out[key] = [dict(a) for a in value]
             elif isinstance(value, tuple):
                 out[key] = list(value)
             else:
@@ -90,18 +120,21 @@ class Build:
 
     def label(self) -> str:
         """A readable pharmacy label and pump program."""
+        n_syr = _num(self.syringes_per_bag)
         lines = [
-            f"{self.setting_name}  (setting {self.setting_version})",
-            f"  ordered     {self.ordered_mg_per_day} mg/day, {self.weight_kg} kg",
-            f"  build       {_num(self.mg_per_bag)} mg ({self.syringes_per_bag} syringe"
-            f"{'s' if self.syringes_per_bag != 1 else ''}) in {self.bag_ml} mL NS, "
-            f"q{self.interval_h}h, {self.bags_per_day} bags/day",
-            f"  achieved    {_num(self.achieved_mg_per_day)} mg/day "
-            f"({_signed(self.deviation_pct)}% vs ordered), "
-            f"{_num(self.dose_mg_per_kg_per_h)} mg/kg/h",
-            f"  bag         final volume {_num(self.final_volume_ml)} mL, "
-            f"{_num(self.concentration_mg_per_ml)} mg/mL nominal, "
-            f"{_num(self.real_concentration_mg_per_ml)} mg/mL real",
+            f"{self.setting_name}  (setting {self.setting_version[:19]})",
+            f"  ordered     {_num(self.ordered_mg_per_day)} mg/day, {_num(self.weight_kg)} kg",
+            f"  build       {_num(self.mg_per_bag)} mg ({n_syr} syringe"
+            f"{'s' if n_syr != 1 else ''}, {_num(self.drug_volume_ml)} mL) in {self.bag_ml} mL "
+            f"NS, q{self.interval_h}h, {self.bags_per_day} bags/day",
+            f"  real dose   {_num1(self.achieved_mg_per_day)} mg/day "
+            f"({_signed(self.real_deviation_pct)}% vs ordered), "
+            f"{_num(self.dose_mg_per_kg_per_h)} mg/kg/h; nominal "
+            f"{_num(self.nominal_mg_per_day)} mg/day ({_signed(self.deviation_pct)}%)",
+            f"  bag         final volume {_num(self.final_volume_ml)} mL (overfill "
+            f"{_num(self.overfill_ml)} mL), {_num(self.real_concentration_mg_per_ml)} mg/mL real, "
+            f"{_num(self.concentration_mg_per_ml)} mg/mL nominal; "
+            f"{_num1(self.infused_mg_per_bag)} mg infused per bag",
             f"  pump        rate {_num(self.rate_ml_per_h)} mL/h, VTBI {_num(self.vtbi_ml)} mL, "
             f"bag lasts {_hours(self.bag_duration_h)}",
             f"  limit       {self.limit}: {self.limit_detail}",
@@ -110,6 +143,11 @@ class Build:
         ]
         if self.override_reason:
             lines.append(f"  override    by {self.operator}: {self.override_reason}")
+        if self.deviation_confirmation:
+            lines.append(
+                f"  deviation   {_signed(self.deviation_pct)}% confirmed by {self.operator}: "
+                f"{self.deviation_confirmation} (tell the prescriber)"
+            )
         lines += [f"  note        {m}" for m in self.messages]
         return "\n".join(lines)
 
@@ -119,8 +157,13 @@ def _num(value: Decimal) -> float | int:
     return int(q) if q == q.to_integral_value() else float(q)
 
 
+def _num1(value: Decimal) -> float | int:
+    q = value.quantize(Decimal("0.1"), rounding=ROUND_HALF_UP).normalize()
+    return int(q) if q == q.to_integral_value() else float(q)
+
+
 def _signed(value: Decimal) -> str:
-    v = _num(value)
+    v = _num1(value)
     return f"+{v}" if v > 0 else f"{v}"
 
 
@@ -129,10 +172,10 @@ def _hours(hours: Decimal) -> str:
     return f"{total_min // 60} h {total_min % 60:02d} min ({_num(hours)} h)"
 
 
-def mg_per_bag_for(dose_mg_per_day: Decimal, bags_per_day: int, syringe_mg: Decimal) -> Decimal:
-    """max(one syringe, syringe * round_half_up(dose / n / syringe))."""
-    syringes = round_half_up(dose_mg_per_day / bags_per_day / syringe_mg)
-    return max(syringe_mg, syringe_mg * syringes)
+def mg_per_bag_for(dose_mg_per_day: Decimal, bags_per_day: int, step_mg: Decimal) -> Decimal:
+    """max(one step, step * round_half_up(dose / n / step)); a step is a syringe or less."""
+    steps = round_half_up(dose_mg_per_day / bags_per_day / step_mg)
+    return max(step_mg, step_mg * steps)
 
 
 def _fits(mg: Decimal, bag_ml: int, setting: DrugSetting) -> bool:
@@ -150,12 +193,26 @@ def _pick_bag(mg: Decimal, ordered_ml: int, setting: DrugSetting) -> int | None:
 
 def validate_order(order: Order, setting: DrugSetting) -> None:
     """Reject missing or absurd input with one line naming the field and what is allowed."""
-    if order.dose_mg_per_day <= 0:
+    if not order.dose_mg_per_day.is_finite() or order.dose_mg_per_day <= 0:
         raise InputError(
             f"dose_mg_per_day = {order.dose_mg_per_day} is not allowed; allowed: a number > 0"
         )
+    if order.dose_mg_per_day > 10**6:
+        raise InputError(
+            f"dose_mg_per_day = {order.dose_mg_per_day} is not allowed; allowed: up to 1000000"
+        )
+    if order.dose_mg_per_kg_per_day is not None and setting.dose_forms == "mg_per_day":
+        raise InputError(
+            f"setting '{setting.name}' takes orders in mg/day only; allowed: --dose-mg-per-day "
+            "(use the pediatric setting for mg/kg/day)"
+        )
+    if order.dose_mg_per_kg_per_day is None and setting.dose_forms == "mg_per_kg_per_day":
+        raise InputError(
+            f"setting '{setting.name}' takes orders in mg/kg/day only; allowed: "
+            "--dose-mg-per-kg-per-day"
+        )
     lo, hi = setting.weight_min_kg, setting.weight_max_kg
-    if not lo <= order.weight_kg <= hi:
+    if not order.weight_kg.is_finite() or not lo <= order.weight_kg <= hi:
         raise InputError(f"weight_kg = {order.weight_kg} is out of range; allowed: {lo}-{hi} kg")
     if order.bag_ml is not None and order.bag_ml not in setting.bag_sizes_ml:
         allowed = ", ".join(str(s) for s in setting.bag_sizes_ml)
@@ -163,144 +220,312 @@ def validate_order(order: Order, setting: DrugSetting) -> None:
     if order.interval_h is not None and order.interval_h not in setting.intervals_h:
         allowed = " or ".join(str(i) for i in setting.intervals_h)
         raise InputError(f"interval_h = {order.interval_h} is not allowed; allowed: {allowed} h")
-    if order.override_reason is not None and not order.override_reason.strip():
-        raise InputError("override reason is empty; allowed: a non-empty reason")
-    if order.override_reason and not (order.operator and order.operator.strip()):
-        raise InputError("an override reason needs an operator id (--operator)")
+    for what, text in (
+        ("override reason", order.override_reason),
+        ("deviation confirmation", order.confirm_deviation),
+    ):
+        if text is not None and not text.strip():
+            raise InputError(f"{what} is empty; allowed: a non-empty reason")
+        if text and not (order.operator and order.operator.strip()):
+            raise InputError(f"a {what} needs an operator id (--operator)")
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    interval_h: int
+    mg: Decimal
+    bag_ml: int
+
+    @property
+    def n(self) -> int:
+        return 24 // self.interval_h
+
+    @property
+    def nominal(self) -> Decimal:
+        return self.n * self.mg
+
+    @property
+    def fluid_ml_per_day(self) -> int:
+        return self.n * self.bag_ml
+
+
+def _tie_key(c: _Candidate, dose: Decimal, ordered_ml: int, default_iv: int) -> tuple[Any, ...]:
+    """Nearest to the order; then the ordered bag size; then less fluid a day; then q8h."""
+    return (
+        abs(c.nominal - dose),
+        c.bag_ml != ordered_ml,
+        c.fluid_ml_per_day,
+        c.interval_h != default_iv,
+    )
+
+
+def _real(c: _Candidate, setting: DrugSetting) -> dict[str, Decimal]:
+    """Real figures of a candidate bag: drug volume, content, concentration, dose."""
+    drug_ml = c.mg / setting.syringe_mg * setting.syringe_ml
+    overfill = setting.overfill_ml(c.bag_ml)
+    content = Decimal(c.bag_ml) + overfill + drug_ml
+    conc = c.mg / content
+    vtbi = Decimal(c.bag_ml)
+    infused = vtbi * conc
+    return {
+        "drug_ml": drug_ml,
+        "overfill": overfill,
+        "content": content,
+        "conc": conc,
+        "vtbi": vtbi,
+        "infused": infused,
+        "real": infused * c.n,
+    }
+
+
+def achievable(setting: DrugSetting, ordered_ml: int, intervals: list[int]) -> list[_Candidate]:
+    """Every daily dose the build can make (one candidate per dose, by the tie rule)."""
+    step = setting.dose_resolution_mg
+    biggest = setting.conc_max_mg_per_ml * max(setting.bag_sizes_ml)
+    best: dict[Decimal, _Candidate] = {}
+    for iv in intervals:
+        k = 1
+        while k * step <= biggest:
+            mg = k * step
+            bag = _pick_bag(mg, ordered_ml, setting)
+            if bag is not None:
+                c = _Candidate(iv, mg, bag)
+                old = best.get(c.nominal)
+                key = (c.bag_ml != ordered_ml, c.fluid_ml_per_day, iv != setting.default_interval_h)
+                if old is None or key < (
+                    old.bag_ml != ordered_ml,
+                    old.fluid_ml_per_day,
+                    old.interval_h != setting.default_interval_h,
+                ):
+                    best[c.nominal] = c
+            k += 1
+    return [best[d] for d in sorted(best)]
+
+
+def _alternative(c: _Candidate, dose: Decimal, setting: DrugSetting, w: Decimal) -> dict[str, Any]:
+    real = _real(c, setting)["real"]
+    limit, _ = check_limits(real, w, setting)
+    return {
+        "mg_per_day": _num(c.nominal),
+        "interval_h": c.interval_h,
+        "mg_per_bag": _num(c.mg),
+        "bag_ml": c.bag_ml,
+        "deviation_pct": _num1((c.nominal - dose) / dose * 100),
+        "real_mg_per_day": _num1(real),
+        "limit": limit,
+    }
 
 
 def build(order: Order, setting: DrugSetting) -> Build:
-    """The pharmacy build of DESIGN.md section 1; raises Refused/OverrideRequired/InputError."""
+    """The pharmacy build; raises Refused / OverrideRequired / InputError with one line."""
     validate_order(order, setting)
     dose = order.dose_mg_per_day
-    syringe_mg = setting.syringe_mg
+    weight = order.weight_kg
     ordered_ml = order.bag_ml if order.bag_ml is not None else setting.default_bag_ml
     messages: list[str] = []
+    max_dev = setting.max_deviation_pct
 
-    # Step 2: interval. Candidates in the setting's order (default first wins ties).
+    # Lower limits on the ordered dose, before any rounding: a typo is caught here.
+    low_kind, low_detail = check_limits(dose, weight, setting, lower_only=True)
+    if low_kind == "hard":
+        raise RefusedError(f"refused by the lower hard limit: ordered {low_detail}")
+
+    # Interval and mg per bag: the nearest achievable dose, by the tie rule.
     intervals = list(setting.intervals_h)
-    intervals.sort(key=lambda iv: iv != setting.default_interval_h)
-    candidates = [(iv, mg_per_bag_for(dose, 24 // iv, syringe_mg)) for iv in intervals]
     if order.interval_h is not None:
-        ranked = [c for c in candidates if c[0] == order.interval_h]
+        intervals = [order.interval_h]
         messages.append(f"interval q{order.interval_h}h set by the pharmacist")
-    else:
-        ranked = sorted(
-            candidates, key=lambda c: abs((24 // c[0]) * c[1] - dose)
-        )  # stable: default interval first on a tie
-
-    # Step 3: a bag size inside the concentration window, falling back as the protocol says.
-    chosen: tuple[int, Decimal, int] | None = None
-    for rank, (iv, mg) in enumerate(ranked):
+    step = setting.dose_resolution_mg
+    ranked: list[_Candidate] = []
+    unfit: list[tuple[int, Decimal]] = []
+    for iv in intervals:
+        mg = mg_per_bag_for(dose, 24 // iv, step)
         bag = _pick_bag(mg, ordered_ml, setting)
         if bag is None:
-            if rank + 1 < len(ranked):
-                messages.append(
-                    f"no bag size holds {_num(mg)} mg at q{iv}h within "
-                    f"{_num(setting.conc_min_mg_per_ml)}-{_num(setting.conc_max_mg_per_ml)} "
-                    f"mg/mL; tried q{ranked[rank + 1][0]}h instead"
-                )
-            continue
-        chosen = (iv, mg, bag)
-        break
-    if chosen is None:
-        iv, mg = ranked[0]
+            unfit.append((iv, mg))
+        else:
+            ranked.append(_Candidate(iv, mg, bag))
+    ranked.sort(key=lambda c: _tie_key(c, dose, ordered_ml, setting.default_interval_h))
+    if not ranked:
+        iv, mg = unfit[0]
         cmax, cmin = setting.conc_max_mg_per_ml, setting.conc_min_mg_per_ml
-        need_ml = mg / cmax
         sizes = setting.bag_sizes_ml
-        if need_ml > sizes[-1]:
+        if mg / cmax > sizes[-1]:
             why = f"{_num(mg)} mg per bag needs more than {sizes[-1]} mL at {_num(cmax)} mg/mL"
         else:
             why = f"{_num(mg)} mg per bag is below {_num(cmin)} mg/mL in every bag size"
-        tried = ", ".join(f"q{c[0]}h" for c in ranked)
+        tried = ", ".join(f"q{i}h" for i, _ in unfit)
         raise RefusedError(f"no bag size fits ({tried}): {why}")
-    iv, mg, bag = chosen
+    for iv, mg in unfit:
+        messages.append(
+            f"no bag size holds {_num(mg)} mg at q{iv}h within "
+            f"{_num(setting.conc_min_mg_per_ml)}-{_num(setting.conc_max_mg_per_ml)} mg/mL; "
+            f"tried q{ranked[0].interval_h}h instead"
+        )
+    chosen = ranked[0]
+    if len(ranked) > 1:
+        other = ranked[1]
+        if (
+            abs(other.nominal - dose) == abs(chosen.nominal - dose)
+            and other.nominal != chosen.nominal
+        ):
+            why = (
+                "it keeps the ordered bag size"
+                if (chosen.bag_ml == ordered_ml) != (other.bag_ml == ordered_ml)
+                else f"it uses less fluid ({chosen.fluid_ml_per_day} vs "
+                f"{other.fluid_ml_per_day} mL/day)"
+                if chosen.fluid_ml_per_day != other.fluid_ml_per_day
+                else f"q{setting.default_interval_h}h is the default"
+            )
+            messages.append(
+                f"tie: q{chosen.interval_h}h ({_num(chosen.nominal)} mg/day) and "
+                f"q{other.interval_h}h ({_num(other.nominal)} mg/day) are as near the order; "
+                f"q{chosen.interval_h}h "
+                f"chosen because {why}"
+            )
+        elif chosen.interval_h != setting.default_interval_h and order.interval_h is None:
+            messages.append(
+                f"q{chosen.interval_h}h chosen: {_num(chosen.nominal)} mg/day is nearer the "
+                f"ordered {_num(dose)} mg/day than q{other.interval_h}h"
+            )
+
+    # Never round up across the hard limit when rounding down stays within the deviation.
+    options = achievable(setting, ordered_ml, intervals)
+    if check_limits(_real(chosen, setting)["real"], weight, setting)[0] == "hard":
+        below = [
+            c
+            for c in options
+            if c.nominal < chosen.nominal
+            and abs(c.nominal - dose) / dose * 100 <= max_dev
+            and check_limits(_real(c, setting)["real"], weight, setting)[0] != "hard"
+        ]
+        if below:
+            lower = below[-1]
+            messages.append(
+                f"{_num(chosen.nominal)} mg/day would cross the hard limit; rounded down to "
+                f"{_num(lower.nominal)} mg/day (within {_num(max_dev)}% of the order)"
+            )
+            chosen = lower
+
+    iv, mg, bag, n = chosen.interval_h, chosen.mg, chosen.bag_ml, chosen.n
     if bag != ordered_ml:
         messages.append(
             f"ordered {ordered_ml} mL bag gives {_num(mg / ordered_ml)} mg/mL, outside "
             f"{_num(setting.conc_min_mg_per_ml)}-{_num(setting.conc_max_mg_per_ml)} mg/mL; "
             f"using {bag} mL"
         )
-    n = 24 // iv
-    achieved = n * mg
-    if order.interval_h is None and iv != setting.default_interval_h:
-        messages.append(
-            f"q{iv}h chosen: {_num(achieved)} mg/day is nearer the ordered "
-            f"{_num(dose)} mg/day than q{setting.default_interval_h}h"
-        )
+    nominal = chosen.nominal
+    deviation = (nominal - dose) / dose * 100
+    needs_confirmation = abs(deviation) > max_dev
+    alternatives: list[dict[str, Any]] = []
+    below_opts = [c for c in options if c.nominal <= dose]
+    above_opts = [c for c in options if c.nominal >= dose]
+    if below_opts:
+        alternatives.append(_alternative(below_opts[-1], dose, setting, weight))
+    if above_opts and (not below_opts or above_opts[0].nominal != below_opts[-1].nominal):
+        alternatives.append(_alternative(above_opts[0], dose, setting, weight))
 
-    # Steps 4-5: rate, real duration, final volume, real concentration.
-    syringes = int(mg / syringe_mg)
+    # Rate, real duration, final volume (overfill and drug), real concentration and dose.
+    real = _real(chosen, setting)
     rate = round_half_up(Decimal(bag) / Decimal(iv), setting.rate_resolution_ml_per_h)
-    vtbi = Decimal(bag)
+    vtbi = real["vtbi"]
     duration_h = vtbi / rate
-    final_ml = Decimal(bag) + syringes * setting.syringe_ml
-    real_conc = mg / final_ml
-    infused_mg_per_bag = vtbi * real_conc
     if rate * iv != Decimal(bag):
         messages.append(
             f"rate rounded to {_num(rate)} mL/h; each bag really lasts {_hours(duration_h)}"
         )
-
-    # Limits, on the dose that will be infused.
-    weight = order.weight_kg
+    achieved = real["real"]
     mg_kg_h = achieved / HOURS_PER_DAY / weight
     limit, detail = check_limits(achieved, weight, setting)
+    if limit == "ok" and low_kind == "soft":
+        limit, detail = "soft", f"ordered {low_detail}"
     if limit != "soft" and order.override_reason:
         messages.append("override reason given but no soft limit is exceeded; not needed")
-    deviation = (achieved - dose) / dose * 100
+    if needs_confirmation:
+        messages.append(
+            f"the build is {_signed(deviation)}% from the order (more than {_num(max_dev)}%): "
+            "the pharmacist confirms and the prescriber is told; nearest achievable: "
+            + "; ".join(
+                f"{a['mg_per_day']} mg/day (q{a['interval_h']}h, {a['mg_per_bag']} mg in "
+                f"{a['bag_ml']} mL, {a['deviation_pct']:+}%)"
+                for a in alternatives
+            )
+        )
     result = Build(
         ordered_mg_per_day=dose,
+        nominal_mg_per_day=nominal,
         achieved_mg_per_day=achieved,
         deviation_pct=deviation,
+        real_deviation_pct=(achieved - dose) / dose * 100,
+        needs_confirmation=needs_confirmation,
+        alternatives=tuple(alternatives),
         interval_h=iv,
         bags_per_day=n,
         mg_per_bag=mg,
-        syringes_per_bag=syringes,
+        syringes_per_bag=mg / setting.syringe_mg,
+        drug_volume_ml=real["drug_ml"],
         bag_ml=bag,
         ordered_bag_ml=ordered_ml,
-        final_volume_ml=final_ml,
+        overfill_ml=real["overfill"],
+        final_volume_ml=real["content"],
         concentration_mg_per_ml=mg / Decimal(bag),
-        real_concentration_mg_per_ml=real_conc,
+        real_concentration_mg_per_ml=real["conc"],
         rate_ml_per_h=rate,
         vtbi_ml=vtbi,
         bag_duration_h=duration_h,
-        infused_mg_per_bag=infused_mg_per_bag,
+        infused_mg_per_bag=real["infused"],
         weight_kg=weight,
         dose_mg_per_kg_per_h=mg_kg_h,
         dose_mg_per_kg_per_day=achieved / weight,
         limit=limit,
         limit_detail=detail,
         override_reason=order.override_reason if limit == "soft" else None,
-        operator=order.operator if limit == "soft" else None,
+        operator=order.operator if (limit == "soft" or needs_confirmation) else None,
+        deviation_confirmation=order.confirm_deviation if needs_confirmation else None,
         setting_name=setting.name,
         setting_version=setting.version,
         messages=tuple(messages),
     )
     exc: PumpctlError | None = None
+    needs: list[str] = []
     if limit == "hard":
         exc = RefusedError(f"refused by the hard limit: {detail}; no override possible")
-    elif limit == "soft" and not order.override_reason:
-        exc = OverrideRequiredError(
-            f"soft limit exceeded: {detail}; give --override-reason TEXT and --operator ID"
-        )
+    else:
+        if limit == "soft" and not order.override_reason:
+            needs.append(f"soft limit exceeded: {detail}; give --override-reason TEXT")
+        if needs_confirmation and not order.confirm_deviation:
+            alts = "; ".join(
+                f"{a['mg_per_day']} mg/day ({a['deviation_pct']:+}%)" for a in alternatives
+            )
+            needs.append(
+                f"the build ({_num(nominal)} mg/day) is {_signed(deviation)}% from the ordered "
+                f"{_num(dose)} mg/day, more than {_num(max_dev)}%; nearest achievable: {alts}; "
+                "give --confirm-deviation REASON"
+            )
+        if needs:
+            exc = OverrideRequiredError("; ".join(needs) + " and --operator ID")
     if exc is not None:
         exc.build = result  # type: ignore[attr-defined]  # so --json can still show it
         raise exc
     return result
 
 
-def check_limits(mg_per_day: Decimal, weight_kg: Decimal, setting: DrugSetting) -> tuple[str, str]:
+def check_limits(
+    mg_per_day: Decimal, weight_kg: Decimal, setting: DrugSetting, *, lower_only: bool = False
+) -> tuple[str, str]:
     """Classify a daily dose against the setting's limits: ("ok"|"soft"|"hard", why)."""
     lims = setting.limits
     per_h = mg_per_day / HOURS_PER_DAY / weight_kg
-    dose_txt = f"{_num(mg_per_day)} mg/day = {_num(per_h)} mg/kg/h at {_num(weight_kg)} kg"
-    for level, word, cmp in (
+    dose_txt = f"{_num1(mg_per_day)} mg/day = {_num(per_h)} mg/kg/h at {_num(weight_kg)} kg"
+    levels = (
         ("upper_hard", "above", lambda d, lim: d > lim),
         ("lower_hard", "below", lambda d, lim: d < lim),
         ("upper_soft", "above", lambda d, lim: d > lim),
         ("lower_soft", "below", lambda d, lim: d < lim),
-    ):
+    )
+    for level, word, cmp in levels:
+        if lower_only and level.startswith("upper"):
+            continue
         lim = lims.get(level)
         if lim is not None and cmp(mg_per_day, lim.mg_per_day(weight_kg)):
             kind = "hard" if level.endswith("hard") else "soft"

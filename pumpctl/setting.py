@@ -16,7 +16,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pumpctl.drivers.base import RateLimits
 from pumpctl.errors import InputError
 
 SCHEMA_VERSION = 1
@@ -34,14 +33,14 @@ def profiles_dir() -> Path:
 # ---------------------------------------------------------------------------
 # A small strict schema language
 # ---------------------------------------------------------------------------
-class _Spec:
+class Spec:
     required = True
 
     def check(self, value: Any, where: str) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
-class Num(_Spec):
+class Num(Spec):
     """A number within [lo, hi] (``integer`` for whole numbers only)."""
 
     def __init__(
@@ -78,7 +77,7 @@ class Num(_Spec):
         return value
 
 
-class Str(_Spec):
+class Str(Spec):
     """A non-empty string, optionally one of ``choices``."""
 
     def __init__(self, choices: tuple[str, ...] = (), *, required: bool = True) -> None:
@@ -95,7 +94,7 @@ class Str(_Spec):
         return value
 
 
-class Anything(_Spec):
+class Anything(Spec):
     """Any value; the caller checks it further (lists of tables)."""
 
     def __init__(self, *, required: bool = True) -> None:
@@ -105,7 +104,7 @@ class Anything(_Spec):
         return value
 
 
-class Bool(_Spec):
+class Bool(Spec):
     """true or false."""
 
     def __init__(self, *, required: bool = True) -> None:
@@ -117,7 +116,7 @@ class Bool(_Spec):
         return value
 
 
-class NumList(_Spec):
+class NumList(Spec):
     """A non-empty list of distinct numbers, each checked by ``item``."""
 
     def __init__(self, item: Num, *, required: bool = True) -> None:
@@ -136,10 +135,10 @@ class NumList(_Spec):
         return value
 
 
-class Table(_Spec):
+class Table(Spec):
     """A TOML table with a fixed set of keys; unknown keys are errors."""
 
-    def __init__(self, fields: dict[str, _Spec], *, required: bool = True) -> None:
+    def __init__(self, fields: dict[str, Spec], *, required: bool = True) -> None:
         self.fields, self.required = fields, required
 
     def check(self, value: Any, where: str) -> Any:
@@ -170,7 +169,7 @@ def _key_where(where: str) -> str:
 LIMIT_LEVELS = ("lower_hard", "lower_soft", "upper_soft", "upper_hard")
 LIMIT_UNITS = ("mg_per_day", "mg_per_kg_per_day", "mg_per_kg_per_h")
 
-_LIMIT_FIELDS: dict[str, _Spec] = {
+_LIMIT_FIELDS: dict[str, Spec] = {
     f"{level}_{unit}": Num(0, 1e6, lo_open=True, required=False)
     for level in LIMIT_LEVELS
     for unit in LIMIT_UNITS
@@ -189,7 +188,15 @@ DRUG_SCHEMA = Table(
                 "syringe_mg": Num(0, 10000, lo_open=True),
                 "syringe_ml": Num(0, 100, lo_open=True),
                 "restricted_formulary": Bool(),
+                # "whole_syringes": whole syringes only; "partial": measured to dose_resolution_mg
+                "measure": Str(("whole_syringes", "partial"), required=False),
+                "dose_resolution_mg": Num(0, 10000, lo_open=True, required=False),
             }
+        ),
+        "dosing": Table(
+            # which order forms the setting takes: mg/day, mg/kg/day, or both
+            {"dose_forms": Str(("mg_per_day", "mg_per_kg_per_day", "both"))},
+            required=False,
         ),
         "build": Table(
             {
@@ -200,6 +207,8 @@ DRUG_SCHEMA = Table(
                 "concentration_min_mg_per_ml": Num(0, 1000, lo_open=True),
                 "concentration_max_mg_per_ml": Num(0, 1000, lo_open=True),
                 "rate_resolution_ml_per_h": Num(0.001, 10),
+                "overfill_ml": Anything(required=False),  # {bag size = mL}, checked below
+                "max_deviation_pct": Num(0, 100, required=False),
             }
         ),
         "patient": Table(
@@ -214,7 +223,8 @@ DRUG_SCHEMA = Table(
             {
                 "light_protection": Bool(),
                 "hand_delivery": Bool(),
-                "compounding_window_min": Num(1, 24 * 60),
+                "compounding_target_min": Num(0, 24 * 60, required=False),
+                "beyond_use_h": Num(0, 24 * 30, lo_open=True, required=False),
                 "bag_change_interval_min_h": Num(1, 24),
                 "bag_change_interval_max_h": Num(1, 24),
             }
@@ -226,7 +236,19 @@ DRUG_SCHEMA = Table(
                 "prepare_change_min": Num(1, 24 * 60),
                 "escalate_min": Num(0, 24 * 60, lo_open=True),
                 "silence_max_min": Num(0, 2, lo_open=True),
+                "plan_percentile": Num(50, 100, required=False),
+                "plan_margin_min": Num(0, 24 * 60, required=False),
+                "pharmacy_turnaround_seed_min": Num(0, 24 * 60, required=False),
+                "nurse_response_seed_min": Num(0, 24 * 60, required=False),
+                "plan_min_observations": Num(1, 1000, integer=True, required=False),
             }
+        ),
+        "titration": Table(
+            {
+                "mode": Str(("now", "next_bag")),
+                "rate_change_margin_min": Num(0, 24 * 60),
+            },
+            required=False,
         ),
     }
 )
@@ -254,7 +276,14 @@ PUMP_SCHEMA = Table(
                 "startup_tau_min": Num(0, 60),
             }
         ),
-        "reservoir": Table({"change": Str(("running", "stopped")), "buffer_ml": Num(0, 50)}),
+        "reservoir": Table(
+            {
+                "change": Str(("running", "stopped")),
+                "buffer_ml": Num(0, 50),
+                "capacity_ml": Num(0, 100000, lo_open=True, required=False),
+            }
+        ),
+        "line": Table({"prime_ml": Num(0, 100)}, required=False),
         "vtbi_complete": Table({"action": Str(("kvo", "stop")), "kvo_ml_per_h": Num(0, 50)}),
         "occlusion": Table(
             {
@@ -281,6 +310,16 @@ PUMP_SCHEMA = Table(
 # ---------------------------------------------------------------------------
 # Loaded objects
 # ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """Rate range and resolution of a pump model (from its profile)."""
+
+    min_ml_per_h: float
+    max_ml_per_h: float
+    resolution_ml_per_h: float
+    max_vtbi_ml: float = 9999.0
+
+
 @dataclass(frozen=True)
 class Limit:
     """One dose limit: level (e.g. ``upper_hard``), value and unit."""
@@ -384,8 +423,63 @@ class DrugSetting:
         return bool(self.raw["drug"]["restricted_formulary"])
 
     @property
-    def compounding_window_min(self) -> float:
-        return float(self.raw["handling"]["compounding_window_min"])
+    def measure(self) -> str:
+        """ "whole_syringes" (the adult protocol) or "partial" (measured doses)."""
+        return str(self.raw["drug"].get("measure", "whole_syringes"))
+
+    @property
+    def dose_resolution_mg(self) -> Decimal:
+        """Smallest dose step in a bag: one syringe, or the measured resolution."""
+        if self.measure == "partial":
+            return self._d("drug", "dose_resolution_mg")
+        return self.syringe_mg
+
+    @property
+    def dose_forms(self) -> str:
+        """Order forms accepted: mg_per_day, mg_per_kg_per_day or both."""
+        return str(self.raw.get("dosing", {}).get("dose_forms", "mg_per_day"))
+
+    def overfill_ml(self, bag_ml: int) -> Decimal:
+        """Manufacturer's overfill of a bag size (0 if the setting gives none)."""
+        table = self.raw["build"].get("overfill_ml", {})
+        return Decimal(str(table.get(str(bag_ml), 0)))
+
+    @property
+    def max_deviation_pct(self) -> Decimal:
+        """Largest build deviation from the order accepted without confirmation."""
+        return Decimal(str(self.raw["build"].get("max_deviation_pct", 10)))
+
+    @property
+    def compounding_target_min(self) -> float:
+        """Pharmacy aims to finish compounding this long before the hang."""
+        return float(self.raw["handling"].get("compounding_target_min", 60))
+
+    @property
+    def beyond_use_h(self) -> float:
+        """Beyond-use time of a compounded bag (USP <797> Category 1, room temperature)."""
+        return float(self.raw["handling"].get("beyond_use_h", 12))
+
+    @property
+    def titration_mode(self) -> str:
+        """ "now" (rate change or STAT bag) or "next_bag" (the old behaviour)."""
+        return str(self.raw.get("titration", {}).get("mode", "now"))
+
+    @property
+    def titration_margin_min(self) -> float:
+        """A rate change must leave the bag this much longer than the pharmacy lead."""
+        return float(self.raw.get("titration", {}).get("rate_change_margin_min", 30))
+
+    @property
+    def plan(self) -> dict[str, float]:
+        """How the watchdog plans its leads from observed staff times."""
+        w = self.raw["watchdog"]
+        return {
+            "percentile": float(w.get("plan_percentile", 95)),
+            "margin_min": float(w.get("plan_margin_min", 15)),
+            "pharmacy_seed_min": float(w.get("pharmacy_turnaround_seed_min", 45)),
+            "nurse_seed_min": float(w.get("nurse_response_seed_min", 5)),
+            "min_observations": float(w.get("plan_min_observations", 5)),
+        }
 
     @property
     def light_protection(self) -> bool:
@@ -395,6 +489,16 @@ class DrugSetting:
     def watchdog_min(self) -> dict[str, float]:
         """Watchdog lead times and the silence cap, minutes."""
         return {k: float(v) for k, v in self.raw["watchdog"].items()}
+
+    def max_bag_duration_h(self) -> Decimal:
+        """The longest a bag of this setting can run (largest bag at its slowest rate)."""
+        res = self.rate_resolution_ml_per_h
+        worst = Decimal(0)
+        for bag in self.bag_sizes_ml:
+            for iv in self.intervals_h:
+                rate = (Decimal(bag) / iv / res).quantize(Decimal(1), rounding="ROUND_HALF_UP")
+                worst = max(worst, Decimal(bag) / (rate * res))
+        return worst
 
 
 @dataclass(frozen=True)
@@ -413,6 +517,8 @@ class PumpModel:
     startup_tau_s: float
     reservoir_change: str
     buffer_ml: float
+    reservoir_capacity_ml: float
+    prime_ml: float
     vtbi_action: str
     kvo_ml_per_h: float
     occlusion_time_to_alarm_s: float
@@ -499,6 +605,24 @@ def _check_drug(raw: dict[str, Any]) -> None:
             f"build.concentration_max_mg_per_ml = {cmax}; allowed: min <= max"
         )
     syringe_mg = Decimal(str(raw["drug"]["syringe_mg"]))
+    measure = raw["drug"].get("measure", "whole_syringes")
+    if measure == "partial":
+        if "dose_resolution_mg" not in raw["drug"]:
+            raise InputError("missing key 'drug.dose_resolution_mg' (needed by measure 'partial')")
+        syringe_mg = Decimal(str(raw["drug"]["dose_resolution_mg"]))
+    over = b.get("overfill_ml", {})
+    if not isinstance(over, dict):
+        raise InputError(
+            f"key 'build.overfill_ml' = {over!r} has the wrong type; allowed: a table of "
+            "bag size = overfill mL"
+        )
+    for key, value in over.items():
+        if not key.isdigit() or int(key) not in b["bag_sizes_ml"]:
+            raise InputError(
+                f"key 'build.overfill_ml.{key}' is not one of build.bag_sizes_ml; allowed: "
+                + ", ".join(str(x) for x in b["bag_sizes_ml"])
+            )
+        Num(0, 1000).check(value, f"build.overfill_ml.{key}")
     for bag in b["bag_sizes_ml"]:
         k = max(1, -(-(cmin * bag) // syringe_mg))  # fewest syringes reaching cmin
         if k * syringe_mg / bag > cmax:
@@ -556,6 +680,16 @@ def _check_drug(raw: dict[str, Any]) -> None:
                 f"limits.{by_level[upper][0]} = {by_level[upper][1]}{at}; allowed: "
                 "lower hard < lower soft < upper soft < upper hard"
             )
+    # Hang-by rule: a bag requested at the pharmacy lead (at most the lead plus the longest
+    # planned turnaround before the hang) must end its infusion inside its beyond-use time.
+    bud_min = float(h.get("beyond_use_h", 12)) * 60.0
+    iv_max = max(b["intervals_h"]) * 60.0
+    if w["pharmacy_request_min"] + iv_max > bud_min:
+        raise InputError(
+            f"key 'watchdog.pharmacy_request_min' = {w['pharmacy_request_min']} plus the "
+            f"longest bag ({iv_max / 60:g} h) exceeds handling.beyond_use_h = {bud_min / 60:g} h; "
+            "allowed: a lead that keeps every bag inside its beyond-use time"
+        )
     leads = ["pharmacy_request_min", "not_at_bedside_min", "prepare_change_min", "escalate_min"]
     for a_key, b_key in zip(leads, leads[1:], strict=False):
         if not w[a_key] > w[b_key]:
@@ -624,6 +758,8 @@ def load_pump(name_or_path: str | Path) -> PumpModel:
         startup_tau_s=float(a["startup_tau_min"]) * 60.0,
         reservoir_change=res["change"],
         buffer_ml=float(res["buffer_ml"]),
+        reservoir_capacity_ml=float(res.get("capacity_ml", 100000)),
+        prime_ml=float(raw.get("line", {}).get("prime_ml", 0)),
         vtbi_action=raw["vtbi_complete"]["action"],
         kvo_ml_per_h=float(raw["vtbi_complete"]["kvo_ml_per_h"]),
         occlusion_time_to_alarm_s=float(occ["time_to_alarm_s"]),
@@ -633,6 +769,20 @@ def load_pump(name_or_path: str | Path) -> PumpModel:
         battery_low_min=float(bat["low_warning_min"]),
         serial=dict(raw["serial"]),
     )
+
+
+def check_fits(setting: DrugSetting, model: PumpModel) -> None:
+    """Every bag of the setting (with overfill and drug) must fit the pump's reservoir."""
+    for bag in setting.bag_sizes_ml:
+        most_mg = setting.conc_max_mg_per_ml * bag
+        drug_ml = most_mg / setting.syringe_mg * setting.syringe_ml
+        full = Decimal(bag) + setting.overfill_ml(bag) + drug_ml
+        if full > Decimal(str(model.reservoir_capacity_ml)):
+            raise InputError(
+                f"{setting.path}: a {bag} mL bag holds up to {full.normalize():f} mL, more than "
+                f"the {model.reservoir_capacity_ml:g} mL reservoir of pump '{model.name}' "
+                f"({model.path}); allowed: bag sizes that fit the reservoir"
+            )
 
 
 def load_any(path: str | Path) -> DrugSetting | PumpModel:

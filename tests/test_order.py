@@ -46,26 +46,107 @@ def test_round_half_up_is_not_bankers():
 
 
 @pytest.mark.parametrize(
-    ("dose", "interval", "mg", "achieved"),
+    ("dose", "interval", "mg", "nominal"),
     [
-        ("350", 8, 100, 300),  # 300 and 400 tie at 50 mg: keep q8h
+        ("350", 8, 100, 300),  # 300 and 400 tie at 50 mg, same bag: less fluid a day (q8h)
         ("750", 6, 200, 800),  # q8h 250 mg -> 2.5 -> 3 syringes (900); q6h 800 nearer
         ("450", 6, 100, 400),  # q8h 1.5 -> 2 syringes (600); q6h 400 nearer
         ("250", 8, 100, 300),  # below one syringe a bag: still one
-        ("1", 8, 100, 300),
         ("1050", 8, 400, 1200),  # 3.5 -> 4 syringes (banker's would give 4 too: 1200 vs q6h)
         ("900", 8, 300, 900),
         ("1400", 8, 500, 1500),  # q8h 466.7 -> 500 (1500, 100 off); q6h 350 -> 400 (1600)
     ],
 )
-def test_interval_choice_and_half_up(setting, dose, interval, mg, achieved):
-    b = build(order(dose, bag_ml=250 if int(dose) > 1000 else 100), setting)
-    assert (b.interval_h, b.mg_per_bag, b.achieved_mg_per_day) == (
+def test_interval_choice_and_half_up(setting, dose, interval, mg, nominal):
+    o = order(dose, bag_ml=250 if int(dose) > 1000 else 100, confirm_deviation="ok", operator="ph")
+    b = build(o, setting)
+    assert (b.interval_h, b.mg_per_bag, b.nominal_mg_per_day) == (
         interval,
         Decimal(mg),
-        Decimal(achieved),
+        Decimal(nominal),
     )
-    assert b.deviation_pct == (Decimal(achieved) - Decimal(dose)) / Decimal(dose) * 100
+    dev = (Decimal(nominal) - Decimal(dose)) / Decimal(dose) * 100
+    assert b.deviation_pct == dev
+    assert b.needs_confirmation == (abs(dev) > 10)
+
+
+@pytest.mark.parametrize(
+    ("dose", "below", "above"),
+    [
+        ("100", None, (300, 8, 100, 100)),
+        ("350", (300, 8, 100, 100), (400, 6, 100, 100)),
+        ("700", (600, 8, 200, 100), (800, 6, 200, 100)),
+    ],
+)
+def test_large_deviation_needs_confirmation_and_lists_alternatives(setting, dose, below, above):
+    with pytest.raises(OverrideRequiredError, match="confirm-deviation") as exc:
+        build(order(dose, bag_ml=100), setting)
+    b = exc.value.build  # type: ignore[attr-defined]
+    assert b.needs_confirmation
+    alts = [
+        (a["mg_per_day"], a["interval_h"], a["mg_per_bag"], a["bag_ml"]) for a in b.alternatives
+    ]
+    assert alts == [x for x in (below, above) if x is not None]
+    for a in b.alternatives:
+        want = (Decimal(a["mg_per_day"]) - Decimal(dose)) / Decimal(dose) * 100
+        assert abs(Decimal(str(a["deviation_pct"])) - want) <= Decimal("0.05")
+    ok = build(order(dose, bag_ml=100, confirm_deviation="SC dose", operator="ph1"), setting)
+    assert ok.deviation_confirmation == "SC dose" and ok.operator == "ph1"
+
+
+def test_small_deviation_is_silent(setting):
+    b = build(order("1700", bag_ml=100), setting)  # 1600 (q6h) or 1800: -5.9 %
+    assert not b.needs_confirmation and abs(b.deviation_pct) < 10
+
+
+def test_tie_keeps_the_ordered_bag_and_says_why(setting):
+    # 1700 in 100 mL: q8h 600 mg needs 250 mL (1800/day); q6h 400 mg fits 100 mL (1600).
+    b = build(order("1700", bag_ml=100), setting)
+    assert (b.interval_h, b.mg_per_bag, b.bag_ml) == (6, 400, 100)
+    assert any("keeps the ordered bag size" in m for m in b.messages)
+
+
+def test_tie_same_bag_prefers_less_fluid(setting):
+    b = build(order("350", bag_ml=100, confirm_deviation="x", operator="ph"), setting)
+    assert b.interval_h == 8 and any("less fluid" in m for m in b.messages)
+
+
+def test_never_rounds_up_across_the_hard_limit(setting):
+    # 1650 mg/day at 33 kg, q8h forced: 1650/3 = 550 -> 600 mg (1800 nominal, 1664 real
+    # = 2.10 mg/kg/h, over the hard limit) while 500 x 3 = 1500 is -9.1 %: within the
+    # deviation limit, so it rounds down.
+    b = build(order("1650", weight="33", bag_ml=250, interval_h=8), setting)
+    assert b.nominal_mg_per_day == 1500 and b.limit == "ok"
+    assert any("would cross the hard limit" in m for m in b.messages)
+
+
+def test_real_figures_by_hand(setting):
+    b = build(order("600", bag_ml=100), setting)
+    content = Decimal(100) + Decimal(8) + 2 * Decimal("0.67")  # diluent + overfill + drug
+    infused = Decimal(100) * Decimal(200) / content
+    assert b.final_volume_ml == content
+    assert abs(b.infused_mg_per_bag - infused) < Decimal("0.001")
+    assert abs(b.achieved_mg_per_day - 3 * infused) < Decimal("0.001")
+    assert b.nominal_mg_per_day == 600 and b.achieved_mg_per_day < 600
+
+
+def test_lower_hard_limit_caught_before_rounding(setting):
+    with pytest.raises(RefusedError, match="lower hard"):
+        build(order("1", bag_ml=100), setting)
+
+
+def test_pediatric_per_kg_partial_syringes():
+    from pumpctl.setting import load_setting
+
+    ped = load_setting("anakinra_continuous_pediatric")
+    b = build(Order.per_kg(Decimal(12), Decimal(10)), ped)  # 120 mg/day
+    assert b.mg_per_bag == 40 and b.nominal_mg_per_day == 120  # 40 mg = 0.4 syringe
+    assert b.drug_volume_ml == Decimal("0.268")
+    assert b.bag_ml == 25
+    with pytest.raises(InputError, match="mg/day only"):
+        build(Order.per_kg(Decimal(12), Decimal(10)), load_setting("anakinra_continuous"))
+    with pytest.raises(RefusedError, match="hard"):
+        build(Order.per_kg(Decimal(60), Decimal(10)), ped)  # 2.5 mg/kg/h
 
 
 def test_rate_half_up_and_real_duration(setting):
@@ -78,8 +159,8 @@ def test_rate_half_up_and_real_duration(setting):
 def test_final_volume_and_real_concentration(setting):
     b = build(order("600"), setting)
     assert b.syringes_per_bag == 2
-    assert b.final_volume_ml == Decimal("101.34")
-    assert b.real_concentration_mg_per_ml == Decimal(200) / Decimal("101.34")
+    assert b.final_volume_ml == Decimal("109.34")  # 100 + 8 overfill + 1.34 drug
+    assert b.real_concentration_mg_per_ml == Decimal(200) / Decimal("109.34")
     assert b.concentration_mg_per_ml == 2
 
 
@@ -110,8 +191,8 @@ def test_refused_when_no_size_fits_at_either_interval(setting):
 
 
 def test_forced_interval_is_kept(setting):
-    b = build(order("400", interval_h=8), setting)
-    assert (b.interval_h, b.mg_per_bag, b.achieved_mg_per_day) == (8, 100, 300)
+    b = build(order("400", interval_h=8, confirm_deviation="q8h only", operator="ph"), setting)
+    assert (b.interval_h, b.mg_per_bag, b.nominal_mg_per_day) == (8, 100, 300)
 
 
 @pytest.mark.parametrize(
@@ -120,8 +201,8 @@ def test_forced_interval_is_kept(setting):
         ("2400", "70", "ok"),  # at the soft limit: inclusive
         ("2700", "70", "soft"),
         ("2400", "50", "ok"),  # exactly 2 mg/kg/h: inclusive
-        ("2400", "49", "hard"),
-        ("1500", "30", "hard"),  # 2.08 mg/kg/h
+        ("2400", "45", "hard"),  # real 2219 mg/day = 2.05 mg/kg/h
+        ("1500", "28", "hard"),  # real 1387 mg/day = 2.06 mg/kg/h
         ("3000", "100", "soft"),
     ],
 )
@@ -142,8 +223,10 @@ def test_soft_limit_needs_reason(setting):
 
 
 def test_limit_checked_on_achieved_not_ordered(setting):
-    b = build(order("2450", bag_ml=250), setting)  # achieved 2400: not above soft
-    assert b.achieved_mg_per_day == 2400 and b.limit == "ok"
+    with pytest.raises(OverrideRequiredError):  # nominal 2700, real 2490: above soft
+        build(order("2600", bag_ml=250), setting)
+    b = build(order("2450", bag_ml=250), setting)  # nominal 2400, real 2219: not above soft
+    assert b.nominal_mg_per_day == 2400 and b.limit == "ok"
 
 
 @pytest.mark.parametrize(
@@ -161,19 +244,32 @@ def test_absurd_input(setting, dose, weight, bag):
         build(order(dose, weight=weight, bag_ml=bag), setting)
 
 
-@given(dose=st.integers(1, 2400), weight=st.integers(60, 200), bag=st.sampled_from([50, 100, 250]))
+@given(
+    dose=st.integers(100, 2400), weight=st.integers(60, 200), bag=st.sampled_from([50, 100, 250])
+)
 def test_build_invariants(setting, dose, weight, bag):
-    b = build(order(str(dose), weight=str(weight), bag_ml=bag), setting)
+    o = order(
+        str(dose),
+        weight=str(weight),
+        bag_ml=bag,
+        confirm_deviation="ok",
+        operator="ph",
+        override_reason="ok",
+    )
+    b = build(o, setting)
     assert b.mg_per_bag % 100 == 0 and b.mg_per_bag >= 100
     assert 1 <= b.mg_per_bag / b.bag_ml <= 5
-    assert b.achieved_mg_per_day == b.bags_per_day * b.mg_per_bag
+    assert b.nominal_mg_per_day == b.bags_per_day * b.mg_per_bag
+    assert b.needs_confirmation == (abs(b.deviation_pct) > 10)
+    real = b.mg_per_bag * b.vtbi_ml / b.final_volume_ml * b.bags_per_day
+    assert abs(b.achieved_mg_per_day - real) < Decimal("0.000001")
     assert abs(b.rate_ml_per_h - Decimal(b.bag_ml) / b.interval_h) <= Decimal("0.05")
     other = 6 if b.interval_h == 8 else 8
     from pumpctl.order import mg_per_bag_for
 
     alt = (24 // other) * mg_per_bag_for(Decimal(dose), 24 // other, Decimal(100))
-    if not any("tried" in m or "using" in m for m in b.messages):
-        assert abs(b.achieved_mg_per_day - dose) <= abs(alt - dose)
+    if not any("tried" in m or "using" in m or "cross" in m for m in b.messages):
+        assert abs(b.nominal_mg_per_day - dose) <= abs(alt - dose)
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -199,7 +295,10 @@ def test_cli_json_fields(capsys):
     for key in [
         "ordered_mg_per_day",
         "achieved_mg_per_day",
+        "nominal_mg_per_day",
         "deviation_pct",
+        "needs_confirmation",
+        "alternatives",
         "interval_h",
         "bags_per_day",
         "mg_per_bag",
@@ -218,6 +317,8 @@ def test_cli_json_fields(capsys):
     ]:
         assert key in d, key
     assert d["rate_ml_per_h"] == 12.5 and d["mg_per_bag"] == 200 and d["limit"] == "ok"
+    assert d["needs_confirmation"] is False and d["nominal_mg_per_day"] == 600
+    assert d["achieved_mg_per_day"] == pytest.approx(3 * 100 * 200 / 109.34, abs=1e-3)
     assert d["setting_version"].startswith("sha256:")
 
 
@@ -229,7 +330,21 @@ def test_cli_json_fields(capsys):
         (["--dose-mg-per-day", "300", "--weight-kg", "70", "--bag-ml", "75"], 2),
         (["--dose-mg-per-day", "300", "--weight-kg", "70", "--interval-h", "12"], 2),
         (["--dose-mg-per-day", "300"], 2),
-        (["--dose-mg-per-day", "1500", "--weight-kg", "30"], 3),
+        (["--dose-mg-per-day", "1500", "--weight-kg", "28"], 3),
+        (["--dose-mg-per-day", "100", "--weight-kg", "70"], 4),  # +200 %: confirm
+        (
+            [
+                "--dose-mg-per-day",
+                "100",
+                "--weight-kg",
+                "70",
+                "--confirm-deviation",
+                "SC dose",
+                "--operator",
+                "ph1",
+            ],
+            0,
+        ),
         (["--dose-mg-per-day", "3000", "--weight-kg", "100"], 4),
         (["--dose-mg-per-day", "3000", "--weight-kg", "100", "--override-reason", "x"], 2),
         (
@@ -261,7 +376,7 @@ def test_cli_exit_codes(capsys, argv, code):
 @pytest.mark.parametrize(
     ("argv", "code", "limit"),
     [
-        (["--dose-mg-per-day", "1500", "--weight-kg", "30"], 3, "hard"),
+        (["--dose-mg-per-day", "1500", "--weight-kg", "28"], 3, "hard"),
         (["--dose-mg-per-day", "3000", "--weight-kg", "100", "--bag-ml", "250"], 4, "soft"),
         (["--dose-mg-per-day", "9000", "--weight-kg", "300"], 3, None),  # no bag fits
     ],

@@ -35,9 +35,7 @@ def test_version_ignores_comments_and_layout(tmp_path):
     other = tmp_path / "s.toml"
     other.write_text("# a comment\n" + text.replace(" = ", "=") + "\n\n")
     assert load_setting(other).version == load_setting(SETTING).version
-    changed = mutate(
-        tmp_path, SETTING, r"^compounding_window_min = 60", "compounding_window_min = 59"
-    )
+    changed = mutate(tmp_path, SETTING, r"^beyond_use_h = 12", "beyond_use_h = 11")
     assert load_setting(changed).version != load_setting(SETTING).version
 
 
@@ -96,3 +94,27 @@ def test_check_prints_versions(capsys):
 def test_unknown_setting_name_lists_shipped():
     with pytest.raises(InputError, match="anakinra_continuous"):
         load_setting("no_such_setting")
+
+
+def test_check_refuses_a_bag_that_does_not_fit_the_reservoir(capsys):
+    ne = profiles_dir() / "pumps" / "newera_ne1000.toml"
+    assert main(["setting", "check", str(SETTING), str(ne)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "60 mL reservoir" in err[0] and "New Era NE-1000" in err[0]
+    syringe = profiles_dir() / "anakinra_continuous_syringe.toml"
+    assert main(["setting", "check", str(syringe), str(ne)]) == 0
+
+
+def test_scenario_with_a_bag_bigger_than_the_reservoir_is_bad_input(tmp_path, capsys):
+    from tests.helpers import write_scenario
+
+    sc = write_scenario(tmp_path, pump="newera_ne1000")
+    assert main(["simulate", str(sc), "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reservoir" in err[0]
+
+
+def test_hang_by_rule_checked_at_install(tmp_path):
+    bad = mutate(tmp_path, SETTING, r"^pharmacy_request_min = 60", "pharmacy_request_min = 300")
+    with pytest.raises(InputError, match="beyond-use"):
+        load_setting(bad)

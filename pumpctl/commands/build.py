@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pumpctl.errors import OverrideRequiredError, RefusedError
+from pumpctl.errors import InputError, OverrideRequiredError, RefusedError
 from pumpctl.order import Order, build, to_decimal
 from pumpctl.setting import load_setting
 
@@ -19,27 +19,46 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "Exit 0 built, 2 bad input, 3 refused (hard limit or no bag fits), "
         "4 soft limit without an override reason.",
     )
-    p.add_argument("--dose-mg-per-day", required=True, metavar="D")
-    p.add_argument("--weight-kg", required=True, metavar="W")
+    dose = p.add_mutually_exclusive_group(required=True)
+    dose.add_argument("--dose-mg-per-day", metavar="D", help="ordered daily dose (mg/day)")
+    dose.add_argument(
+        "--dose-mg-per-kg-per-day",
+        metavar="D",
+        help="ordered dose per kg (mg/kg/day; settings that take it, e.g. the pediatric one)",
+    )
+    p.add_argument("--weight-kg", required=True, metavar="W", help="patient weight (kg)")
     p.add_argument("--bag-ml", type=int, metavar="50|100|250")
     p.add_argument("--interval-h", type=int, metavar="8|6", help="force q8h or q6h")
     p.add_argument("--setting", default="anakinra_continuous", metavar="NAME_OR_PATH")
-    p.add_argument("--override-reason", metavar="TEXT")
+    p.add_argument("--override-reason", metavar="TEXT", help="reason to exceed a soft limit")
+    p.add_argument(
+        "--confirm-deviation",
+        metavar="REASON",
+        help="pharmacist accepts a build further from the order than the setting's "
+        "max_deviation_pct (default 10 %%); logged with --operator, the prescriber is told",
+    )
     p.add_argument("--operator", metavar="ID")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
 
 def order_from_args(args: argparse.Namespace) -> Order:
-    """An ``Order`` from parsed command-line arguments."""
-    return Order(
-        dose_mg_per_day=to_decimal(args.dose_mg_per_day, "--dose-mg-per-day"),
-        weight_kg=to_decimal(args.weight_kg, "--weight-kg"),
-        bag_ml=args.bag_ml,
-        interval_h=args.interval_h,
-        override_reason=args.override_reason,
-        operator=args.operator,
-    )
+    """An ``Order`` from parsed command-line arguments (mg/day or mg/kg/day)."""
+    weight = to_decimal(args.weight_kg, "--weight-kg")
+    extra = {
+        "bag_ml": args.bag_ml,
+        "interval_h": args.interval_h,
+        "override_reason": args.override_reason,
+        "operator": args.operator,
+        "confirm_deviation": getattr(args, "confirm_deviation", None),
+    }
+    per_kg = getattr(args, "dose_mg_per_kg_per_day", None)
+    if per_kg is not None:
+        d = to_decimal(per_kg, "--dose-mg-per-kg-per-day")
+        if d <= 0 or d > 10000:
+            raise InputError(f"--dose-mg-per-kg-per-day {per_kg}; allowed: > 0 and <= 10000")
+        return Order.per_kg(d, weight, **extra)
+    return Order(to_decimal(args.dose_mg_per_day, "--dose-mg-per-day"), weight, **extra)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,7 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def check(args: argparse.Namespace) -> int:
     """Validate every file; print ``OK kind name version`` or one error line each."""
+    from pumpctl.setting import PumpModel, check_fits
+
     failed = 0
+    loaded: list[DrugSetting | PumpModel] = []
     for f in args.files:
         try:
             item = load_any(f)
@@ -33,8 +36,17 @@ def check(args: argparse.Namespace) -> int:
             print(f"pumpctl setting check: {exc}", file=sys.stderr)
             failed += 1
             continue
+        loaded.append(item)
         kind = "setting" if isinstance(item, DrugSetting) else "pump"
         print(f"OK  {f}  {kind} '{item.name}'  version {item.version}")
+    # Settings checked together with pump profiles must fit those pumps' reservoirs.
+    for st in (x for x in loaded if isinstance(x, DrugSetting)):
+        for pm in (x for x in loaded if isinstance(x, PumpModel)):
+            try:
+                check_fits(st, pm)
+            except InputError as exc:
+                print(f"pumpctl setting check: {exc}", file=sys.stderr)
+                failed += 1
     return 2 if failed else 0
 
 

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from pumpctl.errors import PumpCommandError
+from pumpctl.setting import RateLimits
 
 
 class PumpAlarm(enum.StrEnum):
@@ -88,16 +89,6 @@ class PumpStatus:
         if self.vtbi_ml is None:
             return None
         return max(self.vtbi_ml - self.volume_infused_ml, 0.0)
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimits:
-    """Rate range and resolution of a pump model (from its profile)."""
-
-    min_ml_per_h: float
-    max_ml_per_h: float
-    resolution_ml_per_h: float
-    max_vtbi_ml: float = 9999.0
 
 
 class PumpDriver(ABC):
