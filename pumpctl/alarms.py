@@ -1,12 +1,14 @@
-"""Alarms with IEC 60601-1-8 priorities, acknowledge and capped silence."""
+"""Alarm kinds with IEC 60601-1-8 priorities, and the alarm board of one channel.
+
+The board is part of the channel state that events build (``pumpctl.events.apply``): it
+never changes except by applying a logged event, live or when a log is replayed.
+"""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
 from typing import Any
-
-from pumpctl.drivers.base import PumpAlarm
 
 
 class Priority(enum.StrEnum):
@@ -17,53 +19,78 @@ class Priority(enum.StrEnum):
     LOW = "low"
 
 
+class AlarmKind(enum.StrEnum):
+    """Every alarm a channel can raise."""
+
+    PHARMACY_REQUEST = "pharmacy_request"
+    NEXT_BAG_NOT_AT_BEDSIDE = "next_bag_not_at_bedside"
+    PREPARE_BAG_CHANGE = "prepare_bag_change"
+    NO_BAG_READY = "no_bag_ready"
+    BAG_PAST_HANG_BY = "bag_past_hang_by"
+    BAG_EMPTY = "bag_empty"
+    OCCLUSION = "occlusion"
+    AIR_IN_LINE = "air_in_line"
+    PUMP_FAILURE = "pump_failure"
+    BATTERY_DEPLETED = "battery_depleted"
+    PUMP_RESET = "pump_reset"
+    POWER_LOSS = "power_loss"
+    BATTERY_LOW = "battery_low"
+    COMM_LOSS = "comm_loss"
+    LOG_UNAVAILABLE = "log_unavailable"
+    LOG_TAMPERED = "log_tampered"
+
+    @property
+    def spec(self) -> AlarmSpec:
+        """Priority, whether it stops flow, and its screen text."""
+        return SPECS[self]
+
+    @property
+    def priority(self) -> Priority:
+        return SPECS[self].priority
+
+    @property
+    def flow_stopping(self) -> bool:
+        return SPECS[self].flow_stopping
+
+
 @dataclass(frozen=True, slots=True)
-class AlarmKind:
+class AlarmSpec:
     """What an alarm kind means and how loud it is."""
 
-    name: str
     priority: Priority
     flow_stopping: bool
     text: str
 
 
-_KINDS = [
-    AlarmKind(
-        "pharmacy_request",
-        Priority.LOW,
-        False,
-        "ask pharmacy to compound and hand-deliver the next bag",
+_H, _M, _L = Priority.HIGH, Priority.MEDIUM, Priority.LOW
+SPECS: dict[AlarmKind, AlarmSpec] = {
+    AlarmKind.PHARMACY_REQUEST: AlarmSpec(
+        _L, False, "ask pharmacy to compound and hand-deliver the next bag"
     ),
-    AlarmKind("next_bag_not_at_bedside", Priority.MEDIUM, False, "next bag not at bedside"),
-    AlarmKind("prepare_bag_change", Priority.MEDIUM, False, "prepare bag change"),
-    AlarmKind("no_bag_ready", Priority.HIGH, False, "bag ends soon and no new bag is ready"),
-    AlarmKind("bag_empty", Priority.HIGH, True, "bag empty: infusion interrupted"),
-    AlarmKind("occlusion", Priority.HIGH, True, "occlusion: flow stopped"),
-    AlarmKind("air_in_line", Priority.HIGH, True, "air in line: flow stopped"),
-    AlarmKind("pump_failure", Priority.HIGH, True, "pump failure: flow stopped"),
-    AlarmKind("battery_depleted", Priority.HIGH, True, "battery depleted: flow stopped"),
-    AlarmKind("pump_reset", Priority.HIGH, True, "pump was reset (power cut): flow stopped"),
-    AlarmKind("power_loss", Priority.MEDIUM, False, "mains power lost: running on battery"),
-    AlarmKind("battery_low", Priority.HIGH, False, "battery low: under 15 min left"),
-    AlarmKind("comm_loss", Priority.HIGH, False, "no communication with the pump"),
-]
-KINDS: dict[str, AlarmKind] = {k.name: k for k in _KINDS}
-
-#: How a pump-reported alarm maps onto a controller alarm kind.
-FROM_PUMP: dict[PumpAlarm, str] = {
-    PumpAlarm.VTBI_COMPLETE: "bag_empty",
-    PumpAlarm.OCCLUSION: "occlusion",
-    PumpAlarm.AIR_IN_LINE: "air_in_line",
-    PumpAlarm.STALL: "pump_failure",
-    PumpAlarm.PUMP_FAILURE: "pump_failure",
-    PumpAlarm.PROGRAM_ERROR: "pump_failure",
-    PumpAlarm.OUT_OF_RANGE: "pump_failure",
-    PumpAlarm.SAFE_TIMEOUT: "pump_failure",
-    PumpAlarm.BATTERY_DEPLETED: "battery_depleted",
-    PumpAlarm.RESET: "pump_reset",
-    PumpAlarm.POWER_LOSS: "power_loss",
-    PumpAlarm.BATTERY_LOW: "battery_low",
+    AlarmKind.NEXT_BAG_NOT_AT_BEDSIDE: AlarmSpec(_M, False, "next bag not at bedside"),
+    AlarmKind.PREPARE_BAG_CHANGE: AlarmSpec(_M, False, "prepare bag change"),
+    AlarmKind.NO_BAG_READY: AlarmSpec(
+        _H, False, "charge nurse: the bag ends soon and its change has not started"
+    ),
+    AlarmKind.BAG_PAST_HANG_BY: AlarmSpec(
+        _M, False, "next bag past its hang-by time: pharmacist to replace or release"
+    ),
+    AlarmKind.BAG_EMPTY: AlarmSpec(_H, True, "bag empty: infusion interrupted"),
+    AlarmKind.OCCLUSION: AlarmSpec(_H, True, "occlusion: flow stopped"),
+    AlarmKind.AIR_IN_LINE: AlarmSpec(_H, True, "air in line: flow stopped"),
+    AlarmKind.PUMP_FAILURE: AlarmSpec(_H, True, "pump failure: flow stopped"),
+    AlarmKind.BATTERY_DEPLETED: AlarmSpec(_H, True, "battery depleted: flow stopped"),
+    AlarmKind.PUMP_RESET: AlarmSpec(_H, True, "pump was reset (power cut): flow stopped"),
+    AlarmKind.POWER_LOSS: AlarmSpec(_M, False, "mains power lost: running on battery"),
+    AlarmKind.BATTERY_LOW: AlarmSpec(_H, False, "battery low: under 15 min left"),
+    AlarmKind.COMM_LOSS: AlarmSpec(_H, False, "no communication with the pump"),
+    AlarmKind.LOG_UNAVAILABLE: AlarmSpec(_H, False, "event log unavailable: events kept in memory"),
+    AlarmKind.LOG_TAMPERED: AlarmSpec(_H, False, "event log failed verification"),
 }
+
+#: Kept for callers that look kinds up by name.
+KINDS: dict[str, AlarmKind] = {k.value: k for k in AlarmKind}
+PRIORITY_RANK = {Priority.HIGH: 0, Priority.MEDIUM: 1, Priority.LOW: 2}
 
 
 @dataclass(slots=True)
@@ -71,67 +98,79 @@ class Alarm:
     """One raised alarm and what was done about it."""
 
     id: int
-    kind: str
+    kind: AlarmKind
     raised_s: float
     bag_n: int | None = None
+    detail: str = ""
     acknowledged_s: float | None = None
     acknowledged_by: str | None = None
     silenced_until_s: float | None = None
     cleared_s: float | None = None
-    detail: str = ""
 
     @property
-    def spec(self) -> AlarmKind:
-        return KINDS[self.kind]
+    def spec(self) -> AlarmSpec:
+        return SPECS[self.kind]
 
     @property
     def priority(self) -> Priority:
-        return self.spec.priority
+        return SPECS[self.kind].priority
 
     @property
     def active(self) -> bool:
         return self.cleared_s is None
 
+    @property
+    def text(self) -> str:
+        """Screen text with its detail."""
+        return self.spec.text + (f" ({self.detail})" if self.detail else "")
+
     def to_json(self) -> dict[str, Any]:
         """Plain dict for logs and reports."""
         return {
             "id": self.id,
-            "kind": self.kind,
+            "kind": self.kind.value,
             "priority": self.priority.value,
             "flow_stopping": self.spec.flow_stopping,
             "raised_s": self.raised_s,
             "bag_n": self.bag_n,
             "acknowledged_s": self.acknowledged_s,
             "cleared_s": self.cleared_s,
-            "text": self.spec.text + (f" ({self.detail})" if self.detail else ""),
+            "text": self.text,
         }
 
 
-class AlarmList:
-    """The alarms of one channel, newest last."""
+class AlarmBoard:
+    """The alarms of one channel, newest last; changed only by applied events."""
+
+    __slots__ = ("all",)
 
     def __init__(self) -> None:
         self.all: list[Alarm] = []
 
-    def raise_(self, kind: str, t_s: float, bag_n: int | None = None, detail: str = "") -> Alarm:
-        """Add a new alarm (callers check ``find_active`` first to avoid repeats)."""
-        if kind not in KINDS:
-            raise KeyError(kind)
-        alarm = Alarm(len(self.all) + 1, kind, t_s, bag_n, detail=detail)
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AlarmBoard) and self.all == other.all
+
+    def next_id(self) -> int:
+        """The id the next raised alarm gets."""
+        return len(self.all) + 1
+
+    def add(self, alarm: Alarm) -> None:
+        """Record a raised alarm (from an ``alarm`` event)."""
         self.all.append(alarm)
-        return alarm
 
     def find_active(self, kind: str) -> Alarm | None:
         """The active alarm of this kind, if any."""
         for a in reversed(self.all):
-            if a.kind == kind and a.active:
+            if a.kind == kind and a.cleared_s is None:
                 return a
         return None
 
     def active(self) -> list[Alarm]:
         """Active alarms, highest priority first, then oldest."""
-        order = {Priority.HIGH: 0, Priority.MEDIUM: 1, Priority.LOW: 2}
-        return sorted((a for a in self.all if a.active), key=lambda a: (order[a.priority], a.id))
+        return sorted(
+            (a for a in self.all if a.cleared_s is None),
+            key=lambda a: (PRIORITY_RANK[a.priority], a.id),
+        )
 
     def get(self, alarm_id: int) -> Alarm | None:
         """Alarm by id."""

@@ -136,6 +136,7 @@ class MemoryEventLog:
         """Write every event to a new SQLite log in one transaction."""
         with EventLog(path) as log:
             log.extend(self._events, self.wall_epoch_s)
+            log.db.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
 
     def close(self) -> None:
         """Nothing to release."""
@@ -251,3 +252,40 @@ class EventLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_events(path: str | Path) -> list[Event]:
+    """Every event of a pumpctl log, opened read-only (the file is never changed).
+
+    A file that is not a pumpctl log, or a row whose detail does not parse, is one clear
+    ``InputError``, never a traceback.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{path}: no such event log; allowed: a pumpctl event log (SQLite)")
+    try:
+        db = sqlite3.connect(f"file:{p.resolve()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise InputError(f"{path}: cannot open ({exc})") from None
+    try:
+        try:
+            rows = db.execute(
+                "SELECT id, t_s, wall_utc, pump, state, event, detail, operator FROM events "
+                "ORDER BY id"
+            ).fetchall()
+        except sqlite3.DatabaseError:
+            raise InputError(
+                f"{path}: not a pumpctl event log (no events table); allowed: a pumpctl log"
+            ) from None
+    finally:
+        db.close()
+    out: list[Event] = []
+    for r in rows:
+        try:
+            detail = json.loads(r[6])
+        except (TypeError, ValueError):
+            raise InputError(
+                f"{path}: event row {r[0]} has a detail that is not JSON; the log is damaged"
+            ) from None
+        out.append(Event(r[0], r[1], r[2], r[3], r[4], r[5], detail, r[7]))
+    return out

@@ -1,94 +1,458 @@
-"""Reports of a simulated infusion: JSON, Markdown and plots (matplotlib, Agg, no pyplot state).
+"""Reports made from events: the result JSON, Markdown and plots of any pumpctl log.
 
-Every figure is built from the run's own record: the pump physics' segments (what reached
-the patient), the controller's bags and alarms, and the measured interruptions.
+A simulated run and a ``pumpctl run`` on a real pump leave the same kinds of events, so
+one function turns either into a report. A simulation also logs what reached the patient
+(``delivery_segment`` events from the pump physics) and how it was set up (``run_end``):
+interruptions then come from the physics (an occlusion counts from the moment the line
+closed, not from the alarm). Without segments (a real pump) they come from the
+controller's ``gap_start``/``gap_end`` events.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pumpctl.errors import InputError
-from pumpctl.sim.runner import SimRun
-from pumpctl.trumpet import TrumpetResult, plot_trumpet, trumpet
+from pumpctl.events import ChannelState, EventKind, EventLike, fold
 
+SCHEMA_VERSION = 2
 PRIORITY_COLOURS = {"high": "#d62728", "medium": "#e6b800", "low": "#17becf"}
+_PHYSICS_CAUSE = {
+    "vtbi_complete": "bag_empty",
+    "stall": "pump_failure",
+    "reset": "power_loss",
+    "safe_timeout": "pump_failure",
+}
+E = EventKind
 
 
-def flow_accuracy(run: SimRun) -> TrumpetResult | None:
-    """IEC 60601-2-24 start-up and trumpet curves from the first two hours of simulated flow."""
-    samples = run.volume_samples
-    bag = run.controller.bags[0] if run.controller.bags else None
-    if bag is None or len(samples) < 2:
+def _h(t_s: float) -> float:
+    return round(t_s / 3600.0, 6)
+
+
+def _segments(events: Sequence[EventLike]) -> list[dict[str, Any]]:
+    return [dict(e.detail) for e in events if e.event == E.DELIVERY_SEGMENT]
+
+
+def _seg_cause(seg: dict[str, Any]) -> str | None:
+    if seg.get("occluded"):
+        return "occlusion"
+    mode = seg["mode"]
+    if mode == "running":
         return None
-    t0 = samples[0][0]
-    t_min = np.array([(t - t0) / 60.0 for t, _v in samples])
-    v_ml = np.array([v - samples[0][1] for _t, v in samples])
-    end_min = float(np.floor(t_min[-1] * 2) / 2)
-    start_min = 60.0 if end_min >= 120.0 else max(end_min - 60.0, 0.0)
-    try:
-        return trumpet(
-            t_min, v_ml, bag.rate_ml_per_h, analysis_start_min=start_min, analysis_end_min=end_min
-        )
-    except InputError:
-        return None  # too short a run for the analysis
+    if mode == "kvo":
+        return "bag_empty"
+    cause = seg.get("cause") or "stopped"
+    return _PHYSICS_CAUSE.get(cause, cause)
 
 
-def result_with_accuracy(run: SimRun) -> dict[str, Any]:
-    """The result JSON plus the flow-accuracy numbers (without the long start-up arrays)."""
-    out = dict(run.result)
-    acc = flow_accuracy(run)
-    if acc is not None:
-        d = acc.to_dict()
-        d.pop("startup", None)
-        d["stated_accuracy_pct"] = run.pump.stated_accuracy_pct
-        out["flow_accuracy"] = d
+def interruptions(
+    events: Sequence[EventLike], s: ChannelState, start_s: float | None, end_s: float
+) -> list[dict[str, Any]]:
+    """Gaps in delivery after the start, with their causes (physics when logged)."""
+    if start_s is None:
+        return [{"start_s": 0.0, "end_s": end_s, "cause": "never_started"}]
+    segs = _segments(events)
+    gaps: list[dict[str, Any]] = []
+    if not segs:  # a real pump: the controller's measured gaps
+        for g in s.gaps:
+            g_end = g.end_s if g.end_s is not None else end_s
+            if g_end > start_s:
+                gaps.append({"start_s": max(g.start_s, start_s), "end_s": g_end, "cause": g.cause})
+        return gaps
+    for seg in segs:
+        if seg["end_s"] <= start_s:
+            continue
+        cause = _seg_cause(seg)
+        if cause is None:
+            continue
+        if cause == "stopped":  # ask the controller why it stopped the pump
+            for g in s.gaps:
+                g_end = g.end_s if g.end_s is not None else end_s
+                if g.start_s <= seg["start_s"] + 1e-6 and g_end >= seg["start_s"]:
+                    cause = g.cause
+                    break
+        start = max(seg["start_s"], start_s)
+        if gaps and abs(gaps[-1]["end_s"] - start) < 1e-6:
+            gaps[-1]["end_s"] = seg["end_s"]
+        else:
+            gaps.append({"start_s": start, "end_s": seg["end_s"], "cause": cause})
+    return gaps
+
+
+def _dose_timeline(events: Sequence[EventLike]) -> list[tuple[float, float, float]]:
+    """(time, ordered mg/day, planned real mg/day) at the program and every titration."""
+    out: list[tuple[float, float, float]] = []
+    for e in events:
+        if e.event in (E.PROGRAM, E.TITRATION):
+            d = e.detail
+            out.append(
+                (
+                    e.t_s,
+                    float(d["order"]["dose_mg_per_day"]),
+                    float(d["recipe"]["achieved_mg_per_day"]),
+                )
+            )
     return out
 
 
+def _integrate(timeline: list[tuple[float, float, float]], col: int, t0: float, t1: float) -> float:
+    """mg over [t0, t1] of the dose in column ``col`` of the timeline."""
+    total = 0.0
+    for i, row in enumerate(timeline):
+        a = max(row[0], t0)
+        b = timeline[i + 1][0] if i + 1 < len(timeline) else t1
+        b = min(b, t1)
+        if i == 0:
+            a = t0
+        if b > a:
+            total += row[col] * (b - a) / 86400.0
+    return total
+
+
+def build_result(events: Sequence[EventLike], *, end_s: float | None = None) -> dict[str, Any]:
+    """The report JSON of a log: interruptions, dose, bags, alarms, waste and a verdict."""
+    if not events:
+        raise InputError("the event log is empty; allowed: a log with a programmed infusion")
+    s = fold(events)
+    meta: dict[str, Any] = {}
+    for e in events:
+        if e.event == E.RUN_END:
+            meta = dict(e.detail)
+    last_t = max(e.t_s for e in events if e.event != E.DELIVERY_SEGMENT) if len(events) else 0.0
+    if meta.get("controller_stopped"):  # a live run: it went on until its last event
+        end = max(float(meta["end_s"]), last_t)
+    else:
+        end = float(meta.get("end_s", end_s if end_s is not None else last_t))
+    start_s = next(
+        (e.t_s for e in events if e.event == E.STATE and e.detail.get("trigger") == "start"), None
+    )
+    gaps = interruptions(events, s, start_s, end)
+    interrupted_s = sum(g["end_s"] - g["start_s"] for g in gaps)
+    timeline = _dose_timeline(events)
+    segs = _segments(events)
+    if segs:
+        delivered = sum(float(g["drug_mg"]) for g in segs)
+        delivered_ml = sum(float(g["actual_ml"]) for g in segs)
+    else:  # a real pump: programmed rate x real concentration while not interrupted
+        delivered, delivered_ml = _delivered_from_events(events, s, end)
+    ordered = planned = 0.0
+    if start_s is not None and timeline:
+        ordered = _integrate(timeline, 1, start_s, end)
+        planned = _integrate(timeline, 2, start_s, end)
+    err_pct = (delivered - ordered) / ordered * 100.0 if ordered else -100.0
+    delivery_err = (delivered - planned) / planned * 100.0 if planned else -100.0
+    by_bag: dict[str, float] = {}
+    for g in segs:
+        by_bag[g.get("bag", "")] = by_bag.get(g.get("bag", ""), 0.0) + float(g["drug_mg"])
+    prime_ml = next(
+        (
+            float(e.detail.get("prime_ml", 0.0))
+            for e in events
+            if e.detail.get("trigger") == "primed"
+        ),
+        0.0,
+    )
+    bags = []
+    for b in s.hung_bags:
+        ended = b.ended_s is not None
+        b_end = b.ended_s if ended else (s.projected_end_s or end)
+        got = by_bag.get(f"bag {b.n}")
+        lost_to_prime = prime_ml * b.recipe.conc_mg_per_ml if b is s.hung_bags[0] else 0.0
+        residual = None if got is None or not ended else max(b.recipe.mg - got - lost_to_prime, 0.0)
+        bags.append(
+            {
+                "n": b.n,
+                "hung_h": _h(b.hung_s or 0.0),
+                "end_h": _h(min(b_end, end)),
+                "ended": ended,
+                "mg": b.recipe.mg,
+                "ml": round(b.recipe.content_ml, 4),
+                "bag_ml": b.recipe.bag_ml,
+                "conc_mg_per_ml": round(b.recipe.conc_mg_per_ml, 6),
+                "rate_ml_per_h": b.rate_ml_per_h,
+                "vtbi_ml": b.vtbi_ml,
+                "stat": b.stat,
+                "compounded_min_before_hang": None
+                if b.compounded_s is None or b.hung_s is None
+                else round((b.hung_s - b.compounded_s) / 60.0, 2),
+                "hang_by_h": None if b.hang_by_s is None else _h(b.hang_by_s),
+                "released_past_hang_by": b.released_by is not None,
+                "light_protected": b.light_protected,
+                "delivered_mg": None if got is None else round(got, 3),
+                "residual_mg": None if residual is None else round(residual, 3),
+                "wasted_mg": round(b.wasted_mg, 3),
+            }
+        )
+    discarded = [
+        {"n": b.n, "discarded_h": _h(b.discarded_s or 0.0), "wasted_mg": round(b.wasted_mg, 3)}
+        for b in s.bags.values()
+        if b.discarded_s is not None
+    ]
+    wasted = sum(d["wasted_mg"] for d in discarded) + sum(b["wasted_mg"] for b in bags)
+    last = s.hung_bags[-1] if s.hung_bags else None
+    line_mg = prime_ml * last.recipe.conc_mg_per_ml if last else 0.0
+    alarms = [
+        {
+            "id": a.id,
+            "t_h": _h(a.raised_s),
+            "kind": a.kind.value,
+            "priority": a.priority.value,
+            "acknowledged_h": None if a.acknowledged_s is None else _h(a.acknowledged_s),
+            "cleared_h": None if a.cleared_s is None else _h(a.cleared_s),
+            "bag": a.bag_n,
+        }
+        for a in s.alarms.all
+    ]
+    exp = meta.get("expect", {})
+    max_int = float(exp.get("max_interrupted_s", 0.0))
+    tol = float(exp.get("dose_tolerance_pct", 5.0))
+    failed: list[str] = []
+    if interrupted_s > max_int + 1e-6:
+        failed.append(f"interrupted {_hms(interrupted_s)} > allowed {_hms(max_int)}")
+    if abs(delivery_err) > tol:
+        failed.append(f"delivered {delivery_err:+.2f}% vs the planned dose, outside +/-{tol:g}%")
+    kinds = {a["kind"] for a in alarms}
+    failed += [
+        f"expected alarm '{k}' never raised" for k in exp.get("alarms", []) if k not in kinds
+    ]
+    failed += [
+        f"alarm '{k}' raised but not allowed" for k in exp.get("no_alarms", []) if k in kinds
+    ]
+    causes = {g["cause"] for g in gaps}
+    failed += [f"no interruption caused by '{c}'" for c in exp.get("causes", []) if c not in causes]
+    if exp.get("bags") is not None and len(bags) != exp["bags"]:
+        failed.append(f"{len(bags)} bags hung, expected {exp['bags']}")
+    if exp.get("min_interruptions") is not None and len(gaps) < exp["min_interruptions"]:
+        failed.append(f"{len(gaps)} interruptions, expected at least {exp['min_interruptions']}")
+    if start_s is None:
+        failed.append("the infusion never started")
+    first = next((e.detail for e in events if e.event == E.PROGRAM), None)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "scenario": meta.get("scenario", "pumpctl run"),
+        "scenario_path": meta.get("scenario_path"),
+        "seed": meta.get("seed"),
+        "verdict": "fail" if failed else "pass",
+        "expectations_met": not failed,
+        "failed_expectations": failed,
+        "duration_h": round(end / 3600.0, 6),
+        "start_h": None if start_s is None else _h(start_s),
+        "ordered_mg": round(ordered, 3),
+        "planned_mg": round(planned, 3),
+        "delivered_mg": round(delivered, 3),
+        "dose_error_pct": round(err_pct, 3),
+        "delivery_error_pct": round(delivery_err, 3),
+        "delivered_ml": round(delivered_ml, 3),
+        "interrupted_s": round(interrupted_s, 3),
+        "interruptions": [
+            {
+                "start_h": _h(g["start_s"]),
+                "end_h": _h(g["end_s"]),
+                "length_s": round(g["end_s"] - g["start_s"], 3),
+                "cause": g["cause"],
+            }
+            for g in gaps
+        ],
+        "bags": bags,
+        "discarded_bags": discarded,
+        "wasted_mg": round(wasted, 3),
+        "line_residual_mg": round(line_mg, 3),
+        "alarms": alarms,
+        "alarms_by_priority": {
+            p: sum(1 for a in alarms if a["priority"] == p) for p in ("high", "medium", "low")
+        },
+        "titrations": [
+            {
+                "t_h": _h(e.t_s),
+                "dose_mg_per_day": e.detail["order"]["dose_mg_per_day"],
+                "mode": e.detail.get("mode"),
+                "why": (e.detail.get("plan") or {}).get("why"),
+            }
+            for e in events
+            if e.event == E.TITRATION
+        ],
+        "setting": meta.get("setting"),
+        "setting_version": meta.get("setting_version", _last_install(events)),
+        "pump": meta.get("pump"),
+        "pump_version": meta.get("pump_version"),
+        "program": None
+        if first is None
+        else {
+            "mg_per_bag": first["recipe"]["mg"],
+            "bag_ml": first["recipe"]["bag_ml"],
+            "interval_h": first["recipe"]["interval_h"],
+            "rate_ml_per_h": first["recipe"]["rate_ml_per_h"],
+            "achieved_mg_per_day": first["recipe"]["achieved_mg_per_day"],
+            "nominal_mg_per_day": first["recipe"]["nominal_mg_per_day"],
+        },
+        "events": len(events),
+        "flow_accuracy": meta.get("flow_accuracy"),
+        "stated_accuracy_pct": meta.get("stated_accuracy_pct"),
+    }
+
+
+def _last_install(events: Sequence[EventLike]) -> str | None:
+    versions = [e.detail.get("version") for e in events if e.event == E.SETTING_INSTALL]
+    return versions[-1] if versions else None
+
+
+def _delivered_from_events(
+    events: Sequence[EventLike], s: ChannelState, end_s: float
+) -> tuple[float, float]:
+    """Delivered mg and mL from programmed rates while infusing (a real pump's run)."""
+    mg = ml = 0.0
+    rate = conc = 0.0
+    t_prev: float | None = None
+    flowing = False
+    for e in events:
+        if t_prev is not None and flowing:
+            dt_h = (e.t_s - t_prev) / 3600.0
+            ml += rate * dt_h
+            mg += rate * conc * dt_h
+        t_prev = e.t_s
+        if e.event == E.BAG_HUNG:
+            rate = float(e.detail["rate_ml_per_h"])
+            conc = s.bags[int(e.detail["bag"])].recipe.conc_mg_per_ml
+        elif e.event == E.RATE_CHANGE:
+            rate = float(e.detail["rate_ml_per_h"])
+        elif e.event == E.STATE:
+            flowing = e.detail["to"] in ("infusing", "bag_change") and not e.detail.get(
+                "stops_flow"
+            )
+        elif e.event == E.GAP_START:
+            flowing = False
+        elif e.event == E.GAP_END:
+            flowing = True
+    if t_prev is not None and flowing and end_s > t_prev:
+        dt_h = (end_s - t_prev) / 3600.0
+        ml += rate * dt_h
+        mg += rate * conc * dt_h
+    return mg, ml
+
+
+def _hms(seconds: float) -> str:
+    """h:mm:ss (durations for people)."""
+    total = int(round(seconds))
+    return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
 # ---------------------------------------------------------------------------- plots
-def _figure(rows: int, height_in: float) -> tuple[Any, list[Any]]:
+def _figure(rows: int, height_in: float, *, sharex: bool = True) -> tuple[Any, list[Any]]:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, height_in), dpi=100, layout="constrained")
-    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0].tolist()
+    axes = fig.subplots(rows, 1, sharex=sharex, squeeze=False)[:, 0].tolist()
     return fig, axes
 
 
-def _shade_gaps(ax: Any, result: dict[str, Any]) -> None:
+def _shade_gaps(ax: Any, result: dict[str, Any], label: bool = True) -> None:
+    """Gaps of any length visible: at least 0.4 % of the axis wide, labelled with length."""
+    span_h = max(result["duration_h"], 1e-6)
+    min_w = span_h * 0.004
     for i, g in enumerate(result["interruptions"]):
+        a, b = g["start_h"], g["end_h"]
+        if b - a < min_w:
+            mid = (a + b) / 2
+            a, b = mid - min_w / 2, mid + min_w / 2
         ax.axvspan(
-            g["start_h"],
-            g["end_h"],
+            a,
+            b,
             color="#d62728",
-            alpha=0.25,
+            alpha=0.3,
             lw=0,
-            label="interruption" if i == 0 else None,
+            label="interruption" if (i == 0 and label) else None,
         )
 
 
-def _step_series(run: SimRun) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Segment edges (h) and mean flow (mL/h) and dose rate (mg/h) on each segment."""
-    segs = run.driver.physics.segments
-    edges = [segs[0].start_s] if segs else [0.0]
-    flow, dose = [], []
+def _label_gaps(ax: Any, result: dict[str, Any]) -> None:
+    ymax = ax.get_ylim()[1]
+    for g in result["interruptions"]:
+        ax.annotate(
+            _hms(g["length_s"]),
+            ((g["start_h"] + g["end_h"]) / 2, ymax),
+            xytext=(0, -2),
+            textcoords="offset points",
+            ha="center",
+            va="top",
+            fontsize=7,
+            color="#a01010",
+            rotation=90,
+        )
+
+
+def _step_series(result: dict[str, Any], segs: list[dict[str, Any]]) -> tuple[Any, Any, Any]:
+    import numpy as np
+
+    end_h = result["duration_h"]
+    edges: list[float] = []
+    flow: list[float] = []
+    dose: list[float] = []
     for s in segs:
-        dur_h = (s.end_s - s.start_s) / 3600.0
-        edges.append(s.end_s)
-        flow.append(s.actual_ml / dur_h if dur_h > 0 else 0.0)
-        dose.append(s.drug_mg / dur_h if dur_h > 0 else 0.0)
-    return np.array(edges) / 3600.0, np.array(flow), np.array(dose)
+        if s["start_s"] / 3600.0 >= end_h:
+            break
+        dur_h = (s["end_s"] - s["start_s"]) / 3600.0
+        if not edges:
+            edges.append(s["start_s"] / 3600.0)
+        edges.append(min(s["end_s"] / 3600.0, end_h))
+        flow.append(s["actual_ml"] / dur_h if dur_h > 0 else 0.0)
+        dose.append(s["drug_mg"] / dur_h if dur_h > 0 else 0.0)
+    return np.array(edges), np.array(flow), np.array(dose)
 
 
-def plot_delivery(run: SimRun, path: Path) -> Path:
-    """Flow and dose rate with gaps shaded, and cumulative delivered versus ordered dose."""
-    result = run.result
+def _ordered_steps(result: dict[str, Any], events: Sequence[EventLike]) -> tuple[Any, Any, Any]:
+    import numpy as np
+
+    start_h = result["start_h"] or 0.0
+    tl = _dose_timeline(events)
+    pts = [(max(_h(t), start_h), o / 24.0, p / 24.0) for t, o, p in tl] or [(start_h, 0.0, 0.0)]
+    pts[0] = (start_h, pts[0][1], pts[0][2])
+    edges = np.array([p[0] for p in pts] + [result["duration_h"]])
+    return edges, np.array([p[1] for p in pts]), np.array([p[2] for p in pts])
+
+
+def _programmed_rates(
+    result: dict[str, Any], events: Sequence[EventLike]
+) -> tuple[list[float], list[float]]:
+    """The rate programmed on the pump over time (bag hangs and rate changes)."""
+    t: list[float] = []
+    v: list[float] = []
+    for e in events:
+        if e.event in (E.BAG_HUNG, E.RATE_CHANGE) and "rate_ml_per_h" in e.detail:
+            if t and abs(_h(e.t_s) - t[-1]) < 1e-9:
+                v[-1] = float(e.detail["rate_ml_per_h"])
+                continue
+            t.append(_h(e.t_s))
+            v.append(float(e.detail["rate_ml_per_h"]))
+    if not t:
+        return [], []
+    return [*t, result["duration_h"]], v
+
+
+def _bag_marks(ax: Any, result: dict[str, Any], label: bool) -> None:
+    for i, b in enumerate(result["bags"]):
+        ax.axvline(
+            b["hung_h"],
+            color="#555555",
+            lw=0.7,
+            ls=":",
+            label="bag hung" if (label and i == 0) else None,
+        )
+
+
+def plot_delivery(result: dict[str, Any], events: Sequence[EventLike], path: Path) -> Path:
+    """Flow and dose rate with gaps and bag changes, and cumulative delivered vs ordered."""
+    import numpy as np
+
     fig, (ax_flow, ax_dose, ax_cum) = _figure(3, 9.5)
-    edges, flow, dose = _step_series(run)
+    segs = _segments(events)
+    edges, flow, dose = _step_series(result, segs)
     if flow.size:
         ax_flow.stairs(flow, edges, color="#1f77b4", lw=1.2, label="flow to patient")
         ax_dose.stairs(dose, edges, color="#2ca02c", lw=1.2, label="dose rate delivered")
@@ -100,197 +464,294 @@ def plot_delivery(run: SimRun, path: Path) -> Path:
             colors="k",
             lw=0.8,
             linestyles="--",
-            label="programmed rate" if b["n"] == 1 else None,
+            label="programmed rate" if b["n"] == result["bags"][0]["n"] else None,
         )
-    ordered_mg_per_h = _ordered_steps(run)
+    t_ord, ord_h, plan_h = _ordered_steps(result, events)
+    ax_dose.stairs(ord_h, t_ord, color="k", lw=0.8, linestyle="--", label="ordered dose rate")
     ax_dose.stairs(
-        ordered_mg_per_h[1],
-        ordered_mg_per_h[0],
-        color="k",
-        lw=0.8,
-        linestyle="--",
-        label="ordered dose rate",
+        plan_h, t_ord, color="#9467bd", lw=0.8, linestyle=":", label="planned (real) dose rate"
     )
     for ax in (ax_flow, ax_dose):
         _shade_gaps(ax, result)
+        _bag_marks(ax, result, ax is ax_flow)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    _label_gaps(ax_flow, result)
     ax_flow.set_ylabel("flow (mL/h)")
     ax_dose.set_ylabel("dose rate (mg/h)")
+    verdict = "expectations met" if result["expectations_met"] else "expectations NOT met"
     ax_flow.set_title(
-        f"{result['scenario']}: flow and dose rate "
-        f"(interrupted {result['interrupted_s']:.0f} s, verdict {result['verdict'].upper()})"
+        f"{result['scenario']}: flow and dose rate (interrupted {_hms(result['interrupted_s'])} "
+        f"in {len(result['interruptions'])} gap(s); {verdict})"
     )
-    # Cumulative dose.
-    cum = np.concatenate([[0.0], np.cumsum([s.drug_mg for s in run.driver.physics.segments])])
-    ax_cum.plot(edges[: cum.size], cum, color="#2ca02c", lw=1.5, label="delivered")
-    t_ord, mg_per_h = ordered_mg_per_h
-    cum_ord = np.concatenate([[0.0], np.cumsum(mg_per_h * np.diff(t_ord))])
+    cum_t = [edges[0]] if edges.size else [0.0]
+    cum = [0.0]
+    for s in segs:
+        if s["start_s"] / 3600.0 >= result["duration_h"]:
+            break
+        cum_t.append(min(s["end_s"] / 3600.0, result["duration_h"]))
+        cum.append(cum[-1] + s["drug_mg"])
+    ax_cum.plot(cum_t, cum, color="#2ca02c", lw=1.5, label="delivered")
+    cum_ord = np.concatenate([[0.0], np.cumsum(ord_h * np.diff(t_ord))])
+    cum_plan = np.concatenate([[0.0], np.cumsum(plan_h * np.diff(t_ord))])
     ax_cum.plot(t_ord, cum_ord, color="k", lw=1, ls="--", label="ordered")
+    ax_cum.plot(t_ord, cum_plan, color="#9467bd", lw=1, ls=":", label="planned (real)")
     _shade_gaps(ax_cum, result)
     ax_cum.set_ylabel("cumulative dose (mg)")
     ax_cum.set_xlabel("time since order (h)")
     ax_cum.set_title(
-        f"delivered {result['delivered_mg']:.1f} mg vs ordered {result['ordered_mg']:.1f} mg "
-        f"({result['dose_error_pct']:+.2f}%)"
+        f"delivered {result['delivered_mg']:.1f} mg: {result['dose_error_pct']:+.2f}% vs ordered "
+        f"{result['ordered_mg']:.1f} mg, {result['delivery_error_pct']:+.2f}% vs planned "
+        f"{result['planned_mg']:.1f} mg"
     )
     ax_cum.grid(alpha=0.3)
-    ax_cum.legend(loc="upper left", fontsize=8)
+    ax_cum.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax_cum.set_xlim(0, result["duration_h"])
     fig.savefig(path)
     return path
 
 
-def _ordered_steps(run: SimRun) -> tuple[np.ndarray, np.ndarray]:
-    """Ordered dose rate (mg/h) as steps from the start to the end."""
-    sc = run.scenario
-    start_h = (run.start_s or 0.0) / 3600.0
-    pts = [(start_h, sc.dose_mg_per_day / 24.0)]
-    for t in sorted(sc.titrations, key=lambda t: t.at_h):
-        if t.at_h > start_h:
-            pts.append((t.at_h, t.dose_mg_per_day / 24.0))
-        else:
-            pts[0] = (start_h, t.dose_mg_per_day / 24.0)
-    edges = np.array([p[0] for p in pts] + [sc.duration_h])
-    return edges, np.array([p[1] for p in pts])
+def plot_bags(result: dict[str, Any], events: Sequence[EventLike], path: Path) -> Path:
+    """Volume left to infuse in each bag, with requests, deliveries and hang-by marked."""
+    import numpy as np
 
-
-def plot_bags(run: SimRun, path: Path) -> Path:
-    """Volume left to infuse in each bag, with bag changes and pharmacy requests marked."""
-    result = run.result
-    fig, (ax,) = _figure(1, 4.2)
-    for b in result["bags"]:
+    fig, (ax,) = _figure(1, 4.4)
+    cmap = ["#1f77b4", "#ff7f0e"]
+    for i, b in enumerate(result["bags"]):
         t = np.linspace(b["hung_h"], b["end_h"], 50)
-        left = np.clip(b["bag_ml"] - b["rate_ml_per_h"] * (t - b["hung_h"]), 0, None)
-        ax.plot(t, left, lw=1.5, label=f"bag {b['n']}" if len(result["bags"]) <= 10 else None)
-        ax.axvline(b["hung_h"], color="k", lw=0.6, ls=":")
-    req = [e.t_s / 3600 for e in run.log.events() if e.event == "pharmacy_request"]
-    got = [e.t_s / 3600 for e in run.log.events() if e.event == "bag_at_bedside"]
+        vtbi = b["vtbi_ml"] or b["bag_ml"]
+        left = np.clip(vtbi - b["rate_ml_per_h"] * (t - b["hung_h"]), 0, None)
+        ax.plot(t, left, lw=1.6, color=cmap[i % 2])
+        ax.annotate(
+            f"{b['n']}", (b["hung_h"], vtbi), xytext=(2, 2), textcoords="offset points", fontsize=7
+        )
+    req = [e.t_s / 3600 for e in events if e.event == E.PHARMACY_REQUEST]
+    got = [e.t_s / 3600 for e in events if e.event == E.BAG_AT_BEDSIDE]
     ax.plot(req, [2] * len(req), "v", color="#17becf", ms=8, label="pharmacy request")
     ax.plot(got, [6] * len(got), "^", color="#9467bd", ms=8, label="bag at bedside")
+    hb = [b["hang_by_h"] for b in result["bags"] if b["hang_by_h"] is not None]
+    ax.plot(hb, [10] * len(hb), "x", color="k", ms=6, label="hang-by time")
     _shade_gaps(ax, result)
+    _bag_marks(ax, result, True)
     ax.set_ylabel("volume left to infuse (mL)")
-    ax.set_xlabel("time since order (h)  (dotted lines: bag hung)")
-    ax.set_title(f"bags: {len(result['bags'])} hung; {len(req)} pharmacy requests")
+    ax.set_xlabel("time since order (h)   (numbers: bag)")
+    ax.set_title(
+        f"bags: {len(result['bags'])} hung, {len(result['discarded_bags'])} discarded, "
+        f"{len(req)} pharmacy requests; wasted {result['wasted_mg']:.1f} mg"
+    )
     ax.set_xlim(0, result["duration_h"])
-    ax.set_ylim(-5, max([b["bag_ml"] for b in result["bags"]] + [50]) * 1.08)
+    ax.set_ylim(-5, max([b["bag_ml"] for b in result["bags"]] + [50]) * 1.12)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7, ncol=12, frameon=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.savefig(path)
     return path
 
 
-def plot_alarms(run: SimRun, path: Path) -> Path:
-    """Alarm timeline by IEC 60601-1-8 priority: raised to cleared, acknowledged marked."""
-    result = run.result
-    fig, (ax,) = _figure(1, 3.6)
-    levels = {"low": 0, "medium": 1, "high": 2}
-    for a in result["alarms"]:
-        y = levels[a["priority"]]
+def plot_alarms(result: dict[str, Any], path: Path) -> Path:
+    """Alarm timeline: one row per kind, IEC 60601-1-8 colours, acknowledgements marked."""
+    alarms = result["alarms"]
+    rank = {"high": 0, "medium": 1, "low": 2}
+    kinds = sorted({(rank[a["priority"]], a["kind"]) for a in alarms}, reverse=True)
+    rows = {k: i for i, (_r, k) in enumerate(kinds)}
+    fig, (ax,) = _figure(1, max(2.4, 1.2 + 0.38 * len(rows)))
+    span = max(result["duration_h"], 1e-6)
+    for a in alarms:
+        y = rows[a["kind"]]
         end = a["cleared_h"] if a["cleared_h"] is not None else result["duration_h"]
         c = PRIORITY_COLOURS[a["priority"]]
-        ax.hlines(y, a["t_h"], max(end, a["t_h"] + 0.05), colors=c, lw=6, alpha=0.8)
+        ax.hlines(y, a["t_h"], max(end, a["t_h"] + span * 0.003), colors=c, lw=7, alpha=0.85)
         if a["acknowledged_h"] is not None:
-            ax.plot(a["acknowledged_h"], y, "k|", ms=14)
-    kinds_by_level: dict[int, set[str]] = {0: set(), 1: set(), 2: set()}
-    for a in result["alarms"]:
-        kinds_by_level[levels[a["priority"]]].add(a["kind"])
-    ax.set_yticks(
-        [0, 1, 2],
-        [f"{p}\n" + ", ".join(sorted(kinds_by_level[i])) for p, i in levels.items()],
-        fontsize=7,
-    )
-    ax.set_ylim(-0.6, 2.6)
+            ax.plot(a["acknowledged_h"], y, "k|", ms=12)
+    prio = {a["kind"]: a["priority"] for a in alarms}
+    ax.set_yticks(list(rows.values()), [f"{k} ({prio[k]})" for k in rows], fontsize=8)
+    ax.set_ylim(-0.7, max(len(rows), 1) - 0.3)
     ax.set_xlim(0, result["duration_h"])
     _shade_gaps(ax, result)
-    ax.set_xlabel("time since order (h)   (| acknowledged)")
-    ax.set_title(f"alarms by priority ({len(result['alarms'])} raised)")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, lw=6, label=p) for p, c in PRIORITY_COLOURS.items()]
+    handles.append(Line2D([], [], color="k", marker="|", ls="", ms=10, label="acknowledged"))
+    ax.legend(
+        handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False
+    )
+    ax.set_xlabel("time since order (h)")
+    bp = result["alarms_by_priority"]
+    ax.set_title(
+        f"alarms: {len(alarms)} raised ({bp['high']} high, {bp['medium']} medium, {bp['low']} low)"
+    )
     ax.grid(alpha=0.3, axis="x")
     fig.savefig(path)
     return path
 
 
-def write_plots(run: SimRun, out: Path) -> list[Path]:
-    """All plots of a run into ``out``."""
-    paths = [
-        plot_delivery(run, out / "delivery.png"),
-        plot_bags(run, out / "bags.png"),
-        plot_alarms(run, out / "alarms.png"),
-    ]
-    acc = flow_accuracy(run)
+def flow_accuracy_result(events: Sequence[EventLike]) -> Any:
+    """IEC 60601-2-24 analysis of the logged flow trace (first two hours), or None."""
+    trace = next((e.detail for e in events if e.event == "flow_trace"), None)
+    if trace is None or len(trace["t_s"]) < 2:
+        return None
+    import numpy as np
+
+    from pumpctl.trumpet import trumpet
+
+    t = np.asarray(trace["t_s"], dtype=float)
+    v = np.asarray(trace["volume_ml"], dtype=float)
+    t_min = (t - t[0]) / 60.0
+    v_ml = v - v[0]
+    end_min = float(np.floor(t_min[-1] * 2) / 2)
+    start_min = 60.0 if end_min >= 120.0 else max(end_min - 60.0, 0.0)
+    try:
+        return trumpet(
+            t_min,
+            v_ml,
+            float(trace["rate_ml_per_h"]),
+            analysis_start_min=start_min,
+            analysis_end_min=end_min,
+        )
+    except InputError:
+        return None
+
+
+def write_plots(result: dict[str, Any], events: Sequence[EventLike], out: Path) -> list[Path]:
+    """Every plot of a run into ``out``."""
+    paths = [plot_delivery(result, events, out / "delivery.png")]
+    if result["bags"]:
+        paths.append(plot_bags(result, events, out / "bags.png"))
+    paths.append(plot_alarms(result, out / "alarms.png"))
+    acc = flow_accuracy_result(events)
     if acc is not None:
+        from pumpctl.trumpet import plot_trumpet
+
         paths.append(
             plot_trumpet(
                 acc,
                 out / "flow_accuracy.png",
-                stated_pct=run.pump.stated_accuracy_pct,
-                title=f"IEC 60601-2-24 flow accuracy, {run.pump.name} (simulated)",
+                stated_pct=result.get("stated_accuracy_pct"),
+                title=f"IEC 60601-2-24 flow accuracy, {result['pump']} (simulated)",
             )
         )
     return paths
 
 
 # ------------------------------------------------------------------------- markdown
+def _opt(value: Any, fmt: str = "{}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
 def markdown(result: dict[str, Any]) -> str:
     """A readable report."""
     r = result
+    met = r["expectations_met"]
+    gaps = r["interruptions"]
+    head = (
+        "**Expectations met.**"
+        if met
+        else "**Expectations NOT met:** " + "; ".join(r["failed_expectations"])
+    )
+    if gaps:
+        head += (
+            f" Interrupted {_hms(r['interrupted_s'])} in {len(gaps)} gap"
+            f"{'s' if len(gaps) != 1 else ''} ("
+            + ", ".join(f"{g['cause']} {_hms(g['length_s'])}" for g in gaps[:6])
+            + (", ..." if len(gaps) > 6 else "")
+            + ")."
+        )
+    else:
+        head += " No interruption: the drug reached the patient at the ordered rate throughout."
+    bp = r["alarms_by_priority"]
     lines = [
-        f"# Simulation report: {r['scenario']}",
+        f"# Infusion report: {r['scenario']}",
         "",
-        f"**Verdict: {r['verdict'].upper()}**"
-        + ("" if not r["failed_expectations"] else " - " + "; ".join(r["failed_expectations"])),
+        head,
         "",
         "| | |",
         "|---|---|",
-        f"| scenario | `{r['scenario_path']}` (seed {r['seed']}) |",
-        f"| setting | {r['setting']} `{r['setting_version']}` |",
-        f"| pump | {r['pump']} `{r['pump_version']}` |",
-        f"| duration | {r['duration_h']} h (infusion started at {r['start_h']} h) |",
+        f"| scenario | `{r['scenario_path'] or '-'}` (seed {_opt(r['seed'])}) |",
+        f"| setting | {r['setting'] or '-'} `{(r['setting_version'] or '-')[:19]}` |",
+        f"| pump | {r['pump'] or '-'} |",
+        f"| duration | {r['duration_h']:.2f} h (infusion started at "
+        f"{_opt(r['start_h'], '{:.2f}')} h) |",
         f"| ordered | {r['ordered_mg']:.1f} mg |",
-        f"| delivered | {r['delivered_mg']:.1f} mg ({r['dose_error_pct']:+.2f}%) |",
-        f"| interrupted | {r['interrupted_s']:.1f} s in {len(r['interruptions'])} gaps |",
-        f"| bags hung | {len(r['bags'])} |",
-        f"| alarms | {len(r['alarms'])} |",
+        f"| planned (real dose of the builds) | {r['planned_mg']:.1f} mg |",
+        f"| delivered | {r['delivered_mg']:.1f} mg ({r['dose_error_pct']:+.2f}% vs ordered, "
+        f"{r['delivery_error_pct']:+.2f}% vs planned) |",
+        f"| interrupted | {_hms(r['interrupted_s'])} in {len(gaps)} gap(s) |",
+        f"| bags | {len(r['bags'])} hung, {len(r['discarded_bags'])} discarded |",
+        f"| drug wasted | {r['wasted_mg']:.1f} mg; in the line at the end "
+        f"{r['line_residual_mg']:.1f} mg |",
+        f"| alarms | {len(r['alarms'])} ({bp['high']} high, {bp['medium']} medium, "
+        f"{bp['low']} low) |",
     ]
     if r.get("program"):
         p = r["program"]
         lines.append(
             f"| program | {p['mg_per_bag']:g} mg in {p['bag_ml']} mL q{p['interval_h']}h at "
-            f"{p['rate_ml_per_h']:g} mL/h ({p['achieved_mg_per_day']:g} mg/day) |"
+            f"{p['rate_ml_per_h']:g} mL/h ({p['achieved_mg_per_day']:.1f} mg/day real, "
+            f"{p['nominal_mg_per_day']:g} nominal) |"
         )
-    lines += ["", "## Interruptions", ""]
-    if r["interruptions"]:
-        lines += ["| start (h) | end (h) | length (s) | cause |", "|---|---|---|---|"]
+    if r["titrations"]:
+        lines += ["", "## Titrations", "", "| at (h) | mg/day | how | why |", "|---|---|---|---|"]
         lines += [
-            f"| {g['start_h']:.4f} | {g['end_h']:.4f} | {g['length_s']:.1f} | {g['cause']} |"
-            for g in r["interruptions"]
+            f"| {t['t_h']:.2f} | {t['dose_mg_per_day']:g} | {t['mode']} | {t['why'] or ''} |"
+            for t in r["titrations"]
+        ]
+    lines += ["", "## Interruptions", ""]
+    if gaps:
+        lines += ["| start (h) | end (h) | length | cause |", "|---|---|---|---|"]
+        lines += [
+            f"| {g['start_h']:.3f} | {g['end_h']:.3f} | {_hms(g['length_s'])} | {g['cause']} |"
+            for g in gaps
         ]
     else:
-        lines.append("None: the drug reached the patient at the ordered rate throughout.")
+        lines.append("None.")
     lines += [
         "",
         "## Bags",
         "",
-        "| n | hung (h) | end (h) | mg | mL | rate (mL/h) | compounded before hang (min) |",
-        "|---|---|---|---|---|---|---|",
+        "| n | hung (h) | end (h) | mg | content mL | rate mL/h | compounded before hang (min) "
+        "| hang-by (h) | residual mg | wasted mg |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {b['n']} | {b['hung_h']:.3f} | {b['end_h']:.3f}{'' if b['ended'] else ' (running)'} | "
-        f"{b['mg']:g} | {b['ml']:g} | {b['rate_ml_per_h']:g} | {b['compounded_min_before_hang']} |"
+        f"| {b['n']}{' STAT' if b['stat'] else ''} | {b['hung_h']:.2f} | {b['end_h']:.2f}"
+        f"{'' if b['ended'] else ' (running)'} | {b['mg']:g} | {b['ml']:.2f} | "
+        f"{b['rate_ml_per_h']:g} | {_opt(b['compounded_min_before_hang'], '{:.0f}')} | "
+        f"{_opt(b['hang_by_h'], '{:.2f}')}{' (released)' if b['released_past_hang_by'] else ''} | "
+        f"{_opt(b['residual_mg'], '{:.1f}')} | {b['wasted_mg']:.1f} |"
         for b in r["bags"]
     ]
-    lines += [
-        "",
-        "## Alarms",
-        "",
-        "| raised (h) | kind | priority | acknowledged (h) | cleared (h) |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {a['t_h']:.4f} | {a['kind']} | {a['priority']} | {a['acknowledged_h']} "
-        f"| {a['cleared_h']} |"
-        for a in r["alarms"]
-    ]
+    if r["discarded_bags"]:
+        lines += [
+            "",
+            "Discarded: "
+            + ", ".join(
+                f"bag {d['n']} at {d['discarded_h']:.2f} h ({d['wasted_mg']:.0f} mg)"
+                for d in r["discarded_bags"]
+            ),
+        ]
+    lines += ["", "## Alarms", ""]
+    by_kind: dict[tuple[str, str], int] = {}
+    for a in r["alarms"]:
+        by_kind[(a["priority"], a["kind"])] = by_kind.get((a["priority"], a["kind"]), 0) + 1
+    if by_kind:
+        lines += ["| priority | kind | count |", "|---|---|---|"]
+        order = {"high": 0, "medium": 1, "low": 2}
+        lines += [
+            f"| {p} | {k} | {n} |"
+            for (p, k), n in sorted(by_kind.items(), key=lambda x: (order[x[0][0]], x[0][1]))
+        ]
+        lines += [
+            "",
+            "| raised (h) | kind | priority | acknowledged (h) | cleared (h) |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {a['t_h']:.3f} | {a['kind']} | {a['priority']} | "
+            f"{_opt(a['acknowledged_h'], '{:.3f}')} | {_opt(a['cleared_h'], '{:.3f}')} |"
+            for a in r["alarms"]
+        ]
+    else:
+        lines.append("None.")
     acc = r.get("flow_accuracy")
     if acc:
         lines += [
@@ -298,7 +759,7 @@ def markdown(result: dict[str, Any]) -> str:
             "## Flow accuracy (IEC 60601-2-24, simulated)",
             "",
             f"Overall error A over {acc['analysis_start_min']:g}-{acc['analysis_end_min']:g} min: "
-            f"{acc['overall_error_pct']:+.3f}% (stated +/-{acc['stated_accuracy_pct']:g}%)",
+            f"{acc['overall_error_pct']:+.3f}% (stated +/-{_opt(r.get('stated_accuracy_pct'))}%)",
             "",
             "| window (min) | Ep max (%) | Ep min (%) |",
             "|---|---|---|",
@@ -307,23 +768,64 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {w['window_min']:g} | {w['ep_max_pct']:+.3f} | {w['ep_min_pct']:+.3f} |"
             for w in acc["windows"]
         ]
-    lines += ["", "_pumpctl is a simulator for QA and bench rigs, not a medical device._", ""]
+    lines += [
+        "",
+        "_pumpctl is a simulator and controller for QA and bench rigs, not a medical device._",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def write_report(run: SimRun, out: Path, *, plots: bool = True) -> dict[str, Any]:
-    """Write report.json, report.md, events.db and (optionally) the plots into ``out``."""
+def with_flow_accuracy(result: dict[str, Any], events: Sequence[EventLike]) -> dict[str, Any]:
+    """The result plus the IEC flow-accuracy figures (without the long start-up arrays)."""
+    out = dict(result)
+    acc = flow_accuracy_result(events)
+    if acc is not None:
+        d = acc.to_dict()
+        d.pop("startup", None)
+        d["stated_accuracy_pct"] = result.get("stated_accuracy_pct")
+        out["flow_accuracy"] = d
+    return out
+
+
+def write_report(
+    result: dict[str, Any],
+    events: Sequence[EventLike],
+    out: Path,
+    *,
+    plots: bool = True,
+    write_db: Any = None,
+) -> dict[str, Any]:
+    """Write report.json, report.md, events.db (``write_db(path)``) and plots into ``out``.
+
+    Everything is written to a temporary directory beside ``out`` and renamed when
+    complete, so a crash never leaves a half-written report.
+    """
+    out = Path(out)
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a directory; allowed: a directory")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
     except OSError as exc:
         raise InputError(f"--out {out}: cannot create the directory ({exc.strerror})") from None
-    result = result_with_accuracy(run)
-    if plots:
-        result["plots"] = [p.name for p in write_plots(run, out)]
-    (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "report.md").write_text(markdown(result))
-    db = out / "events.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
-    run.log.write_sqlite(db)
+    try:
+        result = with_flow_accuracy(result, events)
+        if plots:
+            result["plots"] = [p.name for p in write_plots(result, events, tmp)]
+        (tmp / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+        (tmp / "report.md").write_text(markdown(result))
+        if write_db is not None:
+            write_db(tmp / "events.db")
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
+            os.rename(out, old / "x")
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return result

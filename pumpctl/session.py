@@ -147,9 +147,7 @@ def open_session(
         driver = ne
         timeout = ne.safe_timeout_s
         poll_s = max(min(timeout / 3.0, 2.0), 0.5) if timeout else 2.0
-    ctl = Controller(
-        clock, driver, log, setting, reservoir_change=model.reservoir_change, poll_s=poll_s
-    )
+    ctl = Controller(clock, driver, log, setting, model=model, poll_s=poll_s)
     programmed = log.db.execute("SELECT 1 FROM events WHERE event = 'program'").fetchone()
     resumed = restore(ctl) if programmed else None
     sess = Session(clock, log, setting, model, driver, ctl, resumed)

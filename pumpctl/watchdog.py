@@ -1,83 +1,128 @@
-"""Bag-change watchdog and gap accounting, scheduled on the clock.
+"""Bag-change watchdog: lead times planned from the staff, stages scheduled on the clock.
 
-The projected end of the current bag comes from what the pump says is left and the
-rate it really runs at; it is re-projected after every rate change, bag change and
-resume. Each stage (T-60 pharmacy, T-30 not at bedside, T-15 prepare, T-10 escalate)
-fires once per bag; a stage whose time has already passed at projection fires at once.
+The projected end of the current bag comes from what the pump says is left and the rate
+it really runs at; it is re-projected after every rate change, bag change and resume.
+Each stage fires once per bag; a stage whose time has already passed fires at once.
+
+Leads plan from the staff: the pharmacy request goes out at the larger of the setting's
+lead and the observed turnaround (request -> bag at the bedside) at a high percentile
+plus a margin; the nurse prompt likewise from the observed nurse response (prompt ->
+acknowledged at the bedside). Observations come from this controller's own events and
+are seeded by the setting until enough have been seen.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pumpctl.clock import Clock, TimerHandle
 from pumpctl.setting import DrugSetting
 
-#: Stage name, setting key for its lead time.
-STAGES: tuple[tuple[str, str], ...] = (
-    ("pharmacy_request", "pharmacy_request_min"),
-    ("next_bag_not_at_bedside", "not_at_bedside_min"),
-    ("prepare_bag_change", "prepare_change_min"),
-    ("no_bag_ready", "escalate_min"),
-)
+
+class Stage:
+    """Stage names, in the order they fire before a bag's end."""
+
+    PHARMACY_REQUEST = "pharmacy_request"
+    NOT_AT_BEDSIDE = "next_bag_not_at_bedside"
+    PREPARE = "prepare_bag_change"
+    ESCALATE = "no_bag_ready"
+    ALL = (PHARMACY_REQUEST, NOT_AT_BEDSIDE, PREPARE, ESCALATE)
 
 
-@dataclass(slots=True)
-class Gap:
-    """A measured interruption of flow."""
+@dataclass(frozen=True, slots=True)
+class Lead:
+    """A lead time and why it is what it is."""
 
-    start_s: float
-    end_s: float | None
-    cause: str
+    s: float
+    why: str
 
-    def length_s(self, now_s: float) -> float:
-        """Length so far (or in all, once closed)."""
-        return (self.end_s if self.end_s is not None else now_s) - self.start_s
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (never below an observed value at that rank)."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[rank - 1]
+
+
+class LeadPlanner:
+    """Leads from the setting and from observed staff times."""
+
+    def __init__(self, setting: DrugSetting) -> None:
+        w = setting.watchdog_min
+        plan = setting.plan
+        self.q = plan["percentile"]
+        self.margin_s = plan["margin_min"] * 60.0
+        self.min_obs = int(plan["min_observations"])
+        self.floor_s = {
+            Stage.PHARMACY_REQUEST: w["pharmacy_request_min"] * 60.0,
+            Stage.NOT_AT_BEDSIDE: w["not_at_bedside_min"] * 60.0,
+            Stage.PREPARE: w["prepare_change_min"] * 60.0,
+            Stage.ESCALATE: w["escalate_min"] * 60.0,
+        }
+        self.seed_s = {
+            Stage.PHARMACY_REQUEST: plan["pharmacy_seed_min"] * 60.0,
+            Stage.PREPARE: plan["nurse_seed_min"] * 60.0,
+        }
+        self.observed: dict[str, list[float]] = {Stage.PHARMACY_REQUEST: [], Stage.PREPARE: []}
+
+    def observe(self, stage: str, seconds: float) -> None:
+        """One observed turnaround (pharmacy) or response (nurse)."""
+        if seconds >= 0 and stage in self.observed:
+            self.observed[stage].append(seconds)
+
+    def lead(self, stage: str) -> Lead:
+        """The lead for ``stage`` now, with the reason."""
+        floor = self.floor_s[stage]
+        if stage not in self.observed:
+            return Lead(floor, f"setting {floor / 60:g} min")
+        obs = self.observed[stage]
+        seed = self.seed_s[stage]
+        if len(obs) < self.min_obs:
+            base = max([seed, *obs])
+            how = f"seed {seed / 60:g} min ({len(obs)} observed" + (
+                f", max {max(obs) / 60:.1f} min)" if obs else ")"
+            )
+        else:
+            base = percentile(obs, self.q)
+            how = f"p{self.q:g} of {len(obs)} observed = {base / 60:.1f} min"
+        planned = base + self.margin_s
+        if planned <= floor:
+            return Lead(floor, f"setting {floor / 60:g} min (>= {how} + {self.margin_s / 60:g})")
+        return Lead(planned, f"{how} + margin {self.margin_s / 60:g} min")
 
 
 class Watchdog:
-    """Stages of the bag change, projected on the clock; measures every gap."""
+    """Schedules the stages of one bag's change on the clock."""
 
     def __init__(
         self,
         clock: Clock,
-        setting: DrugSetting,
-        on_stage: Callable[[str, int, float], None],
+        planner: LeadPlanner,
+        on_stage: Callable[[str, int, float, Lead], None],
     ) -> None:
         self.clock = clock
+        self.planner = planner
         self.on_stage = on_stage
-        leads = setting.watchdog_min
-        self.leads_s = {stage: leads[key] * 60.0 for stage, key in STAGES}
-        self.bag_n: int | None = None
-        self.projected_end_s: float | None = None
-        self.fired: set[str] = set()
         self._timers: list[TimerHandle] = []
-        self.gaps: list[Gap] = []
+        self.projected_end_s: float | None = None
 
-    # -- projection ----------------------------------------------------------
-    def project(self, bag_n: int, vtbi_left_ml: float, rate_ml_per_h: float) -> float:
-        """(Re)project the end of bag ``bag_n`` and (re)schedule its stages."""
+    def schedule(self, bag_n: int, end_s: float, fired: list[str]) -> None:
+        """(Re)schedule every stage of bag ``bag_n`` not yet fired, for an end at ``end_s``."""
         self.cancel()
-        if bag_n != self.bag_n:
-            self.fired = set()
-            self.bag_n = bag_n
-        now = self.clock.now()
-        end = now + vtbi_left_ml / rate_ml_per_h * 3600.0
-        self.projected_end_s = end
-        for stage, _key in STAGES:
-            if stage in self.fired:
+        self.projected_end_s = end_s
+        for stage in Stage.ALL:
+            if stage in fired:
                 continue
-            at = end - self.leads_s[stage]
-            self._timers.append(self.clock.call_at(at, self._fire_cb(stage, bag_n, end)))
-        return end
+            lead = self.planner.lead(stage)
+            self._timers.append(
+                self.clock.call_at(end_s - lead.s, self._fire_cb(stage, bag_n, end_s, lead))
+            )
 
-    def _fire_cb(self, stage: str, bag_n: int, end_s: float) -> Callable[[], None]:
+    def _fire_cb(self, stage: str, bag_n: int, end_s: float, lead: Lead) -> Callable[[], None]:
         def fire() -> None:
-            if self.bag_n != bag_n or stage in self.fired:
-                return
-            self.fired.add(stage)
-            self.on_stage(stage, bag_n, end_s)
+            self.on_stage(stage, bag_n, end_s, lead)
 
         return fire
 
@@ -93,27 +138,3 @@ class Watchdog:
         if self.projected_end_s is None:
             return None
         return max(self.projected_end_s - self.clock.now(), 0.0)
-
-    # -- gap accounting -----------------------------------------------------
-    def gap_open(self, t_s: float, cause: str) -> Gap | None:
-        """Start a gap unless one is open; returns the new gap."""
-        if self.gaps and self.gaps[-1].end_s is None:
-            return None
-        gap = Gap(t_s, None, cause)
-        self.gaps.append(gap)
-        return gap
-
-    def gap_close(self, t_s: float) -> Gap | None:
-        """End the open gap, if any; returns it."""
-        if self.gaps and self.gaps[-1].end_s is None:
-            self.gaps[-1].end_s = t_s
-            return self.gaps[-1]
-        return None
-
-    def open_gap(self) -> Gap | None:
-        """The gap in progress, if any."""
-        return self.gaps[-1] if self.gaps and self.gaps[-1].end_s is None else None
-
-    def interrupted_s(self, now_s: float) -> float:
-        """Total measured interruption so far."""
-        return sum(g.length_s(now_s) for g in self.gaps)

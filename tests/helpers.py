@@ -64,7 +64,7 @@ class Rig:
             self.driver,
             self.log,
             setting,
-            reservoir_change=model.reservoir_change,
+            model=model,
             poll_s=poll_s,
         )
 

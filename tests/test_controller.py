@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pumpctl.events import fold
 from pumpctl.machine import State, mermaid
 from pumpctl.sim.runner import run_scenario
 from pumpctl.sim.scenario import load_scenario
@@ -54,27 +57,35 @@ def test_illegal_requests_never_raise_and_are_logged(setting, lvp):
     assert rig.ctl.state is State.IDLE
 
 
-def test_72h_prompt_staff_nine_bags_no_gap_stages_on_time():
+def test_72h_prompt_staff_no_gap_stages_on_time():
     run = run_scenario(load_scenario("examples/anakinra_72h.toml"))
     r = run.result
     assert r["verdict"] == "pass" and r["interrupted_s"] == 0 and r["interruptions"] == []
-    assert len(r["bags"]) == 9
     bags = run.controller.bags
+    assert len(r["bags"]) == len(bags) == 10
     lead_s = run.scenario.hang_lead_s  # the nurse finishes the change this early
-    for b in bags[:-1]:  # every bag ran its full real duration (VTBI / rate) less the lead
+    # The first bag lost its prime to the line: its VTBI is what it can really give.
+    content = 100 + 8 + 2 * 0.67
+    vtbi1 = math.floor((content - 15) / 1.05 * 10) / 10
+    assert bags[0].vtbi_ml == pytest.approx(vtbi1)
+    assert bags[0].ended_s - bags[0].hung_s == pytest.approx(vtbi1 / 12.5 * 3600 - lead_s, abs=1e-3)
+    for b in bags[1:-1]:  # every later bag ran its full real duration (VTBI / rate)
         assert b.ended_s - b.hung_s == pytest.approx(100 / 12.5 * 3600 - lead_s, abs=1e-3)
     ends = {b.n: b.ended_s for b in bags if b.ended_s is not None}
     stages = [e for e in run.log.events() if e.event == "watchdog"]
     for n, end_s in ends.items():
         mine = {e.detail["stage"]: e for e in stages if e.detail["bag"] == n}
         assert set(mine) == set(STAGE_LEADS_MIN)
-        for stage, lead in STAGE_LEADS_MIN.items():
-            # projected end (real volume and rate) is the real end; each stage fires at lead
-            assert mine[stage].detail["end_s"] == pytest.approx(end_s + lead_s, abs=1e-3)
-            assert mine[stage].t_s == pytest.approx(end_s + lead_s - lead * 60, abs=1e-3)
+        for stage, floor_min in STAGE_LEADS_MIN.items():
+            ev = mine[stage]
+            # projected end (real volume and rate) is the real end; each stage fires at
+            # its planned lead, never shorter than the setting's
+            assert ev.detail["end_s"] == pytest.approx(end_s + lead_s, abs=1e-3)
+            assert ev.detail["lead_min"] >= floor_min and ev.detail["why"]
+            assert ev.t_s == pytest.approx(end_s + lead_s - ev.detail["lead_min"] * 60, abs=0.02)
     # Dose matches the physics: delivered volume times each bag's real concentration.
     phys = run.driver.physics
-    assert r["delivered_mg"] == pytest.approx(phys.actual_ml_total * 200 / 101.34, abs=1e-3)
+    assert r["delivered_mg"] == pytest.approx(phys.actual_ml_total * 200 / content, abs=1e-3)
     run_h = 72 - r["start_h"]
     k_ml_per_h = 12.5 * (1 + run.pump.bias_pct / 100)
     assert phys.actual_ml_total == pytest.approx(k_ml_per_h * run_h, abs=0.5)
@@ -86,7 +97,7 @@ def test_nurse_never_comes_bag_empty_alarm_and_gap(tmp_path):
             tmp_path,
             """
 [[faults]]
-at_h = 8
+at_h = 7
 kind = "nurse_absent"
 duration_min = 6000
 """,
@@ -95,7 +106,7 @@ duration_min = 6000
     run = run_scenario(sc)
     r = run.result
     bag1 = run.controller.bags[0]
-    real_end_s = bag1.hung_s + 100 / 12.5 * 3600
+    real_end_s = bag1.hung_s + bag1.vtbi_ml / 12.5 * 3600
     empty = [a for a in run.controller.alarms.all if a.kind == "bag_empty"]
     assert len(empty) == 1 and empty[0].priority == "high"
     assert empty[0].raised_s == pytest.approx(real_end_s, abs=1e-6)
@@ -106,6 +117,12 @@ duration_min = 6000
         72 * 3600 - real_end_s, abs=0.01
     )
     assert r["verdict"] == "fail"
+    # The escalation fired at T-10 although the bag was at the bedside: no nurse came.
+    esc = [a for a in run.controller.alarms.all if a.kind == "no_bag_ready"]
+    assert esc and "no nurse" in esc[0].detail
+    assert esc[0].raised_s == pytest.approx(real_end_s - 600, abs=1e-3)
+    # The gap's end is logged too, with its length (it is still open at the run's end).
+    assert [e.detail["cause"] for e in run.log.events() if e.event == "gap_start"] == ["bag_empty"]
 
 
 def test_silence_is_capped_for_flow_stopping_alarm_and_reannunciates(setting, lvp):
@@ -145,22 +162,54 @@ def test_comm_loss_alarm_within_poll_period_and_recovery(setting, lvp):
     assert alarm.cleared_s is not None and rig.events("comm_restored")
 
 
-def test_titration_rebuilds_next_bag_keeps_rate(setting, lvp):
+def test_titration_now_changes_the_running_bags_rate(setting, lvp):
     rig = Rig(setting, lvp)
     rig.start_infusion("300")
+    cur = rig.ctl.current_bag
+    rig.clock.advance(600)
     assert rig.ctl.titrate(rig.order("600"), "md1") is None
-    nb = rig.ctl.next_bag
-    assert nb.mg == 200 and nb.rate_ml_per_h == 12.5
+    (tit,) = rig.events("titration")
+    assert tit.detail["mode"] == "rate_now" and tit.detail["plan"]["why"]
+    (rc,) = rig.events("rate_change")
+    want = 600 * 100 * 3 / (100 + 8 + 1.34) / 3 / 24  # new real mg/h ... from the new build
+    new_dose_h = tit.detail["recipe"]["achieved_mg_per_day"] / 24
+    rate = round(new_dose_h / cur.recipe.conc_mg_per_ml + 1e-9, 1)
+    assert rc.detail["rate_ml_per_h"] == pytest.approx(rate) and want > 0
+    assert rig.driver.status().rate_ml_per_h == pytest.approx(rate)  # at once, on the pump
+    # The watchdog re-projected the running bag from the new rate.
+    proj = rig.events("projection")[-1]
+    left = rig.driver.status().vtbi_left_ml
+    assert proj.detail["end_s"] == pytest.approx(rig.clock.now() + left / rate * 3600, abs=1e-3)
+
+
+def test_titration_next_bag_mode_keeps_the_running_bag(setting, lvp, tmp_path):
+    from pumpctl.setting import load_setting
+    from tests.test_setting import SETTING, mutate
+
+    old = load_setting(mutate(tmp_path, SETTING, r'^mode = "now"', 'mode = "next_bag"'))
+    rig = Rig(old, lvp)
+    rig.start_infusion("300")
+    assert rig.ctl.titrate(rig.order("600"), "md1") is None
+    assert rig.events("titration")[0].detail["mode"] == "next_bag"
+    assert not rig.events("rate_change")
     assert rig.ctl.current_bag.mg == 100  # the running bag is not touched
-    assert rig.events("titration")[0].detail["applies_to_bag"] == 2
 
 
-def test_expired_bag_refused(setting, lvp):
+def test_bag_past_hang_by_alarms_and_waits_for_the_pharmacist(setting, lvp):
     rig = Rig(setting, lvp)
     assert rig.ctl.program(rig.order(), "md1") is None
     rig.deliver_next()
-    rig.clock.advance(61 * 60)
-    assert "compounded 61 min ago" in rig.ctl.prime("rn1", light_protected=True)
+    nb = rig.ctl.next_bag
+    # hang-by = compounded + 12 h beyond-use - the bag's 8 h: four hours from now
+    assert nb.hang_by_s == pytest.approx(12 * 3600 - 8 * 3600)
+    rig.clock.advance(4 * 3600 + 1)
+    (alarm,) = [a for a in rig.ctl.alarms.active() if a.kind == "bag_past_hang_by"]
+    assert "hang-by" in rig.ctl.prime("rn1", light_protected=True)
+    assert rig.ctl.next_bag is nb and nb.discarded_s is None  # never thrown away by itself
+    assert rig.ctl.release_bag("ph1", "replacement would interrupt") is None
+    assert alarm.cleared_s is not None
+    rig.connect_next()
+    assert rig.ctl.prime("rn1", light_protected=True) is None
 
 
 def test_mermaid_diagram_lists_every_transition():
@@ -233,4 +282,6 @@ def test_random_requests_keep_machine_legal_and_log_in_step(setting, lvp, seq):
         if ctl.state is State.INFUSING:
             assert ctl.line_primed and ctl.build is not None
         if ctl.state is State.ALARM:
-            assert any(a.spec.flow_stopping for a in ctl.alarms.active()) or ctl.watchdog.open_gap()
+            assert any(a.spec.flow_stopping for a in ctl.alarms.active()) or ctl.s.open_gap
+        # Events are the record: replaying the log gives exactly the live state.
+        assert fold(rig.log.events()) == ctl.s

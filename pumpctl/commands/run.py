@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     until_s = None if args.until_h is None else args.until_h * 3600.0
     sess.clock.run(until_s)
+    ctl.stop_record()
     snap = ctl.snapshot()
     print(
         f"controller stopped at {snap['t_s'] / 3600:.3f} h: state {snap['state']}, "

@@ -6,10 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from pumpctl.report import markdown, result_with_accuracy, write_report
-from pumpctl.sim.runner import run_scenario
-from pumpctl.sim.scenario import load_scenario
-
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``simulate`` sub-command."""
@@ -30,12 +26,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     """Simulate, print, write; the exit code is the verdict."""
+    from pumpctl.report import markdown, with_flow_accuracy, write_report
+    from pumpctl.sim.runner import run_scenario
+    from pumpctl.sim.scenario import load_scenario
+
     sc = load_scenario(args.scenario)
     sim = run_scenario(sc, args.seed)
+    events = sim.log.events()
     if args.out:
-        result = write_report(sim, Path(args.out), plots=not args.no_plots)
+        result = write_report(
+            sim.result,
+            events,
+            Path(args.out),
+            plots=not args.no_plots,
+            write_db=sim.log.write_sqlite,
+        )
     else:
-        result = result_with_accuracy(sim)
+        result = with_flow_accuracy(sim.result, events)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

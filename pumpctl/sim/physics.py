@@ -35,6 +35,7 @@ class Segment:
     drug_mg: float
     occluded: bool = False
     cause: str = ""
+    bag: str = ""  # the reservoir it came from (segments never merge across bags)
 
 
 @dataclass(slots=True)
@@ -70,6 +71,8 @@ class PumpPhysics:
     _bag: _Reservoir | None = None
     _chamber_ml: float = 0.0
     _chamber_mg: float = 0.0
+    _chamber_label: str = ""
+    primed_ml: float = 0.0
 
     def __post_init__(self) -> None:
         self.battery_min_left = float(self.model.battery_capacity_min)
@@ -217,6 +220,7 @@ class PumpPhysics:
         if not self.mains_on and mode in (RunState.RUNNING, RunState.KVO):
             self.battery_min_left = max(self.battery_min_left - (t1_s - t0) / 60.0, 0.0)
         if self.keep_segments:
+            label = self._bag.label if self._bag else self._chamber_label
             segs = self.segments
             occl = self.occluded_since_s is not None
             last = segs[-1] if segs else None
@@ -227,12 +231,13 @@ class PumpPhysics:
                 and last.rate_ml_per_h == nominal
                 and last.occluded == occl
                 and last.cause == self.cause
+                and last.bag == label
             ):
                 last.end_s = t1_s
                 last.actual_ml += vol
                 last.drug_mg += mg
             else:
-                segs.append(Segment(t0, t1_s, mode, nominal, vol, mg, occl, self.cause))
+                segs.append(Segment(t0, t1_s, mode, nominal, vol, mg, occl, self.cause, label))
         self.t_s = t1_s
 
     def advance(self, t1_s: float) -> list[PumpAlarm]:
@@ -349,10 +354,21 @@ class PumpPhysics:
             self._chamber_mg += take * conc_mg_per_ml
         self._bag = bag
 
+    def prime_line(self, t_s: float, prime_ml: float) -> float:
+        """Prime the administration set from the reservoir: that volume fills the line."""
+        self.advance(t_s)
+        take = min(prime_ml, self._bag.content_ml) if self._bag else 0.0
+        if self._bag is not None:
+            self._bag.content_ml -= take
+        self.primed_ml += take
+        return take
+
     def disconnect_bag(self, t_s: float) -> float:
         """Take the reservoir off; returns the volume left in it (discarded)."""
         self.advance(t_s)
         left = self._bag.content_ml if self._bag else 0.0
+        if self._bag is not None:
+            self._chamber_label = self._bag.label
         self._bag = None
         return left
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pumpctl.errors import InputError
-from pumpctl.setting import Anything, Num, Str, Table, _Spec
+from pumpctl.events import GapCause
+from pumpctl.setting import Anything, Num, Str, Table, Spec
 
 FAULT_KINDS = (
     "occlusion",
@@ -27,18 +28,7 @@ FAULT_KINDS = (
 )
 _Z95 = 1.6448536269514722
 #: Causes an interruption can have in a report.
-GAP_CAUSES = (
-    "bag_empty",
-    "bag_change",
-    "occlusion",
-    "air_in_line",
-    "power_loss",
-    "battery_depleted",
-    "pump_failure",
-    "pump_stopped",
-    "stopped",
-    "never_started",
-)
+GAP_CAUSES = tuple(c.value for c in GapCause)
 
 
 @dataclass(frozen=True)
@@ -81,7 +71,7 @@ class Dist:
         return {"dist": self.kind, **dict(zip(names, (self.a, self.b, self.c), strict=False))}
 
 
-class DistSpec(_Spec):
+class DistSpec(Spec):
     """A number in [lo, hi], or a distribution table whose parameters lie in [lo, hi]."""
 
     def __init__(self, lo: float, hi: float, *, required: bool = True) -> None:
@@ -150,6 +140,7 @@ SCENARIO_SCHEMA = Table(
                 "bag_ml": Num(1, 5000, integer=True, required=False),
                 "interval_h": Num(1, 24, integer=True, required=False),
                 "override_reason": Str(required=False),
+                "confirm_deviation": Str(required=False),
                 "operator": Str(required=False),
             }
         ),
@@ -167,6 +158,7 @@ SCENARIO_SCHEMA = Table(
             },
             required=False,
         ),
+        "charge_nurse": Table({"response_min": DistSpec(0, 24 * 60)}, required=False),
         "faults": Anything(required=False),
         "expect": Table(
             {
@@ -189,6 +181,7 @@ _TITRATION = Table(
         "dose_mg_per_day": Num(0, 1e6, lo_open=True),
         "bag_ml": Num(1, 5000, integer=True, required=False),
         "override_reason": Str(required=False),
+        "confirm_deviation": Str(required=False),
         "operator": Str(required=False),
     }
 )
@@ -210,6 +203,7 @@ class Titration:
     bag_ml: int | None = None
     override_reason: str | None = None
     operator: str | None = None
+    confirm_deviation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -253,6 +247,8 @@ class Scenario:
     expect_bags: int | None
     expect_min_interruptions: int | None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    confirm_deviation: str | None = None
+    charge_response_min: Dist | None = None
 
     @property
     def has_distributions(self) -> bool:
@@ -356,6 +352,7 @@ def load_scenario(path: str | Path) -> Scenario:
                 t.get("bag_ml"),
                 t.get("override_reason"),
                 t.get("operator"),
+                t.get("confirm_deviation"),
             )
             for t in titrations
         ),
@@ -376,4 +373,8 @@ def load_scenario(path: str | Path) -> Scenario:
         expect_bags=exp.get("bags"),
         expect_min_interruptions=exp.get("min_interruptions"),
         raw=raw,
+        confirm_deviation=o.get("confirm_deviation"),
+        charge_response_min=None
+        if "charge_nurse" not in raw
+        else to_dist(raw["charge_nurse"]["response_min"]),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Any
 
 from pumpctl.alarms import KINDS
 from pumpctl.clock import Clock
@@ -30,6 +31,7 @@ class World:
         self.clear_at_s: dict[str, float] = {}  # alarm kind -> when its cause is gone
         self.nurse_absent: list[tuple[float, float]] = []
         self.pharmacy_late: list[list[float]] = []  # [at_s, delay_s, used(0/1)]
+        self.connected_n: int | None = None  # which bag is spiked on the line
 
     def schedule(self, kind: str, at_s: float, duration_s: float) -> None:
         """Put one fault on the clock (physical faults need the simulated pump)."""
@@ -74,11 +76,13 @@ class World:
 
 
 class Pharmacy:
-    """Compounds each requested bag and hand-delivers it; may be late.
+    """Compounds each requested bag and hand-delivers it; may be late; decides hang-by.
 
-    Each job belongs to one request: a bag that was discarded, rebuilt by a new request,
-    or recorded at the bedside by hand is left alone. After a restart it picks up the
-    request in progress.
+    Each job belongs to one request (bag number): a bag that was discarded, replaced or
+    recorded at the bedside by hand is left alone. After a restart it picks up the
+    request in progress. A bag past its hang-by time is replaced when a fresh one can
+    arrive in time, else released with the reason logged: never discarded while the
+    line is dry or about to run dry.
     """
 
     def __init__(
@@ -89,20 +93,24 @@ class Pharmacy:
         rng: random.Random,
         compound_min: Dist,
         deliver_min: Dist,
+        operator: str = "pharm1",
     ) -> None:
         self.ctl, self.clock, self.world, self.rng = ctl, clock, world, rng
         self.compound_min, self.deliver_min = compound_min, deliver_min
+        self.op = operator
         ctl.listeners.append(self.on_event)
         nb = ctl.next_bag
-        if nb is not None and nb.requested_s is not None and nb.delivered_s is None:
-            self._schedule(nb.requested_s)
+        if nb is not None and nb.delivered_s is None:
+            self._schedule(nb.n, nb.requested_s)
 
     def on_event(self, ev: Event) -> None:
-        """React to a pharmacy request."""
+        """React to a pharmacy request and to a bag past its hang-by time."""
         if ev.event == "pharmacy_request":
-            self._schedule(self.clock.now())
+            self._schedule(int(ev.detail["bag"]), self.clock.now())
+        elif ev.event == "alarm" and ev.detail["kind"] == "bag_past_hang_by":
+            self.clock.call_later(0.0, self._decide_hang_by)
 
-    def _schedule(self, from_s: float) -> None:
+    def _schedule(self, n: int, from_s: float) -> None:
         now = self.clock.now()
         delay_s = 0.0
         for late in self.world.pharmacy_late:
@@ -110,32 +118,53 @@ class Pharmacy:
                 late[2] = 1.0
                 delay_s += late[1]
         nb = self.ctl.next_bag
-        token = self._token()
-        t_done = nb.compounded_s if nb is not None else None
+        t_done = nb.compounded_s if nb is not None and nb.n == n else None
         if t_done is None:
             t_done = max(from_s + delay_s + self.compound_min.sample(self.rng) * 60.0, now)
-            self.clock.call_at(t_done, lambda: self._compound(token))
+            self.clock.call_at(t_done, lambda: self._compound(n))
         t_there = max(t_done + self.deliver_min.sample(self.rng) * 60.0, now)
-        self.clock.call_at(t_there, lambda: self._deliver(token))
+        self.clock.call_at(t_there, lambda: self._deliver(n))
 
-    def _token(self) -> tuple[int, float | None] | None:
+    def _mine(self, n: int) -> Any:
         nb = self.ctl.next_bag
-        return None if nb is None else (nb.n, nb.requested_s)
+        return nb if nb is not None and nb.n == n else None
 
-    def _compound(self, token: object) -> None:
-        nb = self.ctl.next_bag
-        if token == self._token() and nb is not None and nb.compounded_s is None:
-            self.ctl.bag_compounded("pharmacy")
+    def _compound(self, n: int) -> None:
+        nb = self._mine(n)
+        if nb is not None and nb.compounded_s is None:
+            self.ctl.bag_compounded(self.op)
 
-    def _deliver(self, token: object) -> None:
-        nb = self.ctl.next_bag
-        ok = token == self._token() and nb is not None
-        if ok and nb.delivered_s is None and nb.compounded_s is not None:
+    def _deliver(self, n: int) -> None:
+        nb = self._mine(n)
+        if nb is not None and nb.delivered_s is None and nb.compounded_s is not None:
             self.ctl.bag_delivered("pharmacy tech")
+
+    def _decide_hang_by(self) -> None:
+        nb = self.ctl.next_bag
+        if nb is None or not nb.past_hang_by(self.clock.now() + 1e-6):
+            return
+        left = self.ctl.watchdog.seconds_to_end()
+        turnaround_s = self.ctl.planner.lead("pharmacy_request").s
+        if left is not None and left > turnaround_s:
+            self.ctl.replace_next_bag(self.op, "past its hang-by time; a fresh bag arrives in time")
+        else:
+            self.ctl.release_bag(
+                self.op,
+                "past its hang-by time; a replacement would interrupt the infusion "
+                "(released to run past its beyond-use time)",
+            )
 
 
 class Nurse:
-    """Primes, starts, changes bags with no delay, answers alarms."""
+    """Primes, starts, changes bags with no delay, answers alarms.
+
+    She comes when the watchdog's prompt calls (acknowledging it at the bedside, which the
+    watchdog learns her response time from), changes the bag a few seconds before the
+    projected end, hangs a STAT bag as soon as it arrives, and never throws a bag away: a
+    bag past its hang-by time waits for the pharmacist's decision.
+    """
+
+    MAX_RESUME_TRIES = 120  # 1 h of looking every 30 s; then she waits for the next alarm
 
     def __init__(
         self,
@@ -148,18 +177,25 @@ class Nurse:
         prime_min: Dist,
         hang_lead_s: float,
         operator: str = "rn1",
+        answers: tuple[str, ...] = ("prepare_bag_change",),
     ) -> None:
         self.ctl, self.driver, self.world, self.rng = ctl, driver, world, rng
         self.clock = ctl.clock
         self.response_min, self.swap_s, self.prime_min = response_min, swap_s, prime_min
         self.hang_lead_s = hang_lead_s
         self.op = operator
+        self.answers = answers
         self.change_planned = False
         self.waiting_for_bag = False
         self.busy_with_alarm = False
         self.swapping = False
-        self.connected_n: int | None = None  # which bag is spiked on the line
+        self.resume_tries = 0
         ctl.listeners.append(self.on_event)
+
+    @property
+    def connected_n(self) -> int | None:
+        """Which bag is spiked on the line (shared by everyone at the bedside)."""
+        return self.world.connected_n
 
     def pick_up_work(self, delay_s: float = 30.0) -> None:
         """Start a shift on an infusion already under way (after a restart or a hand-over)."""
@@ -176,7 +212,7 @@ class Nurse:
         elif ctl.state is State.ALARM:
             self.busy_with_alarm = True
             clock.call_later(delay_s, self._handle_alarm)
-        elif ctl.alarms.find_active("prepare_bag_change"):
+        elif ctl.alarms.find_active("prepare_bag_change") or ctl.alarms.find_active("no_bag_ready"):
             self.change_planned = True
             clock.call_later(delay_s, self._at_bedside_for_change)
 
@@ -184,6 +220,10 @@ class Nurse:
         """The physical part of the job; on a real pump the bench does it by hand."""
         if isinstance(self.driver, SimDriver):
             self.driver.world(action, *args)
+
+    def _spike(self, bag: Any) -> None:
+        self._hands("connect_bag", bag.content_ml, bag.real_conc_mg_per_ml, f"bag {bag.n}")
+        self.world.connected_n = bag.n
 
     # -- timing -------------------------------------------------------------
     def _available(self, t_s: float) -> float:
@@ -207,14 +247,16 @@ class Nurse:
         """React to what the controller logged."""
         if ev.event == "alarm":
             kind = ev.detail["kind"]
-            if kind == "prepare_bag_change" and not self.change_planned:
+            if kind in self.answers and not self.change_planned:
                 self.change_planned = True
                 self._arrive(self._at_bedside_for_change)
             elif KINDS[kind].flow_stopping and not self.busy_with_alarm:
                 self.busy_with_alarm = True
                 self._arrive(self._handle_alarm)
         elif ev.event == "bag_at_bedside":
-            if self.ctl.state is State.IDLE and not self.ctl.line_primed and not self.ctl.bags:
+            ctl = self.ctl
+            nb = ctl.next_bag
+            if ctl.state is State.IDLE and not ctl.line_primed and not ctl.bags:
                 # Setting up the infusion is part of the scenario, so an absence (which
                 # models the nurse away from a running infusion) does not delay it.
                 self.waiting_for_bag = False
@@ -222,25 +264,29 @@ class Nurse:
             elif self.waiting_for_bag:
                 self.waiting_for_bag = False
                 self._at(self.clock.now(), self._after_bag_arrived)
+            elif nb is not None and nb.stat and ctl.state is State.INFUSING:
+                self.change_planned = True  # a STAT bag: the new dose goes up at once
+                self._arrive(self._at_bedside_for_change)
+        elif ev.event == "bag_released" and self.waiting_for_bag:
+            self.waiting_for_bag = False
+            self._at(self.clock.now(), self._after_bag_arrived)
 
-    def _fresh_or_reorder(self) -> bool:
-        """True if the next bag may be hung; else ask pharmacy for a fresh one and wait."""
-        why = self.ctl.bag_expired()
-        if why is None:
-            return True
-        self.ctl.replace_next_bag(self.op, why)
-        self.waiting_for_bag = True
-        return False
+    def _hangable(self) -> bool:
+        """True if the next bag may be hung now; else wait for it or for the pharmacist."""
+        nb = self.ctl.next_bag
+        if nb is None or nb.delivered_s is None or self.ctl.bag_expired() is not None:
+            self.waiting_for_bag = True
+            return False
+        return True
 
     # -- first bag ---------------------------------------------------------------
     def _prime(self) -> None:
         nb = self.ctl.next_bag
-        assert nb is not None
-        if not self._fresh_or_reorder():
+        if nb is None or not self._hangable():
             return
-        self._hands("connect_bag", nb.content_ml, nb.real_conc_mg_per_ml, f"bag {nb.n}")
-        self.connected_n = nb.n
+        self._spike(nb)
         if self.ctl.prime(self.op, light_protected=True) is None:
+            self._hands("prime_line", self.ctl.prime_ml)
             self.clock.call_later(self.prime_min.sample(self.rng) * 60.0, self._primed)
 
     def _primed(self) -> None:
@@ -248,37 +294,57 @@ class Nurse:
             self.ctl.start(self.op)
 
     # -- bag change ----------------------------------------------------------------
+    def _ack_prompts(self) -> None:
+        for kind in ("prepare_bag_change", "no_bag_ready"):
+            a = self.ctl.alarms.find_active(kind)
+            if a is not None and a.acknowledged_s is None:
+                self.ctl.acknowledge(a.id, self.op)
+
     def _at_bedside_for_change(self) -> None:
-        nb = self.ctl.next_bag
         if self.ctl.state is State.ALARM:
+            self.change_planned = False
             return  # the alarm visit deals with it
-        if nb is None or nb.delivered_s is None:
-            self.waiting_for_bag = True
+        if self.ctl.state is not State.INFUSING or self.swapping:
+            self.change_planned = False
+            return  # someone else is changing it, or it is done
+        self._ack_prompts()
+        if not self._hangable():
             return
         self._schedule_swap()
 
     def _schedule_swap(self) -> None:
+        nb = self.ctl.next_bag
         end = self.ctl.watchdog.projected_end_s
         swap = self.swap_s.sample(self.rng)
-        begin = self.clock.now() if end is None else end - self.hang_lead_s - swap
+        if nb is not None and nb.stat or end is None:
+            begin = self.clock.now()
+        else:
+            begin = end - self.hang_lead_s - swap
         self.clock.call_at(max(begin, self.clock.now()), lambda: self._begin_swap(swap))
 
     def _after_bag_arrived(self) -> None:
         if self.ctl.state is State.ALARM and self.ctl.alarms.find_active("bag_empty"):
             self._bag_path()
-        elif self.ctl.state is State.INFUSING:
+        elif self.ctl.state is State.INFUSING and self._hangable():
             self._schedule_swap()
 
     def _begin_swap(self, swap_s: float) -> None:
-        if self.ctl.state is not State.INFUSING or self.swapping:
+        ctl = self.ctl
+        if ctl.state is not State.INFUSING or self.swapping:
             return
-        end = self.ctl.watchdog.projected_end_s
-        if end is not None and end - self.hang_lead_s - swap_s > self.clock.now() + 1e-6:
+        nb = ctl.next_bag
+        end = ctl.watchdog.projected_end_s
+        stat = nb is not None and nb.stat
+        if (
+            not stat
+            and end is not None
+            and end - self.hang_lead_s - swap_s > self.clock.now() + 1e-6
+        ):
             self.clock.call_at(end - self.hang_lead_s - swap_s, lambda: self._begin_swap(swap_s))
             return  # re-projected later (e.g. after an alarm): wait for the new time
-        if not self._fresh_or_reorder():
+        if not self._hangable():
             return
-        if self.ctl.begin_bag_change(self.op) is not None:
+        if ctl.begin_bag_change(self.op) is not None:
             return
         self.swapping = True
         self._hands("disconnect_bag")
@@ -287,9 +353,9 @@ class Nurse:
     def _finish_swap(self) -> None:
         self.swapping = False
         nb = self.ctl.next_bag
-        assert nb is not None
-        self._hands("connect_bag", nb.content_ml, nb.real_conc_mg_per_ml, f"bag {nb.n}")
-        self.connected_n = nb.n
+        if nb is None:
+            return
+        self._spike(nb)
         if self.ctl.state is State.ALARM:  # the old bag ran out (or ran dry) meanwhile
             self._hang_after_empty()
         elif self.ctl.hang_bag(self.op, light_protected=True) is None:
@@ -298,10 +364,7 @@ class Nurse:
     def _bag_path(self) -> None:
         """At the bedside with a bag-empty alarm: hang the next bag as soon as there is one."""
         nb = self.ctl.next_bag
-        if nb is None or nb.delivered_s is None:
-            self.waiting_for_bag = True
-            return
-        if not self._fresh_or_reorder():
+        if nb is None or not self._hangable():
             return
         if self.connected_n == nb.n:
             self._hang_after_empty()
@@ -311,7 +374,7 @@ class Nurse:
             self.clock.call_later(self.swap_s.sample(self.rng), self._finish_swap)
 
     def _hang_after_empty(self) -> None:
-        if self.ctl.state is not State.ALARM or not self._fresh_or_reorder():
+        if self.ctl.state is not State.ALARM or not self._hangable():
             return
         self._ack_all()
         if self.ctl.hang_bag(self.op, light_protected=True) is None:
@@ -344,6 +407,7 @@ class Nurse:
         if "bag_empty" in kinds:
             self._bag_path()
             return
+        self.resume_tries = 0
         self.clock.call_at(self.world.cause_gone_at(kinds), self._try_resume)
 
     def _try_resume(self) -> None:
@@ -359,5 +423,8 @@ class Nurse:
             if self.ctl.alarms.find_active("prepare_bag_change") and not self.swapping:
                 self.change_planned = True
                 self._at_bedside_for_change()
-        else:
+        elif self.resume_tries < self.MAX_RESUME_TRIES:
+            self.resume_tries += 1
             self.clock.call_later(30.0, self._try_resume)  # cause not gone yet: look again
+        else:
+            self.busy_with_alarm = False  # give up; the next alarm calls her again
