@@ -166,10 +166,10 @@ class AlarmBoard:
         return None
 
     def active(self) -> list[Alarm]:
-        """Active alarms, highest priority first, then oldest."""
+        """Active alarms: highest priority first, flow-stopping first, then oldest."""
         return sorted(
             (a for a in self.all if a.cleared_s is None),
-            key=lambda a: (PRIORITY_RANK[a.priority], a.id),
+            key=lambda a: (PRIORITY_RANK[a.priority], not a.spec.flow_stopping, a.id),
         )
 
     def get(self, alarm_id: int) -> Alarm | None:

@@ -142,7 +142,16 @@ class Bag:
         return self.hang_by_s is not None and now_s > self.hang_by_s and self.released_by is None
 
     def to_json(self) -> dict[str, Any]:
-        """Plain dict."""
+        """Plain dict (the recipe's figures also at the top level, for screens)."""
         d = asdict(self)
-        d["status"] = self.status.value
+        r = self.recipe
+        d.update(
+            status=self.status.value,
+            mg=r.mg,
+            bag_ml=r.bag_ml,
+            content_ml=r.content_ml,
+            conc_mg_per_ml=r.conc_mg_per_ml,
+            rate_ml_per_h=r.rate_ml_per_h if self.rate_ml_per_h is None else self.rate_ml_per_h,
+            vtbi_ml=r.vtbi_ml if self.vtbi_ml is None else self.vtbi_ml,
+        )
         return d

@@ -71,6 +71,8 @@ def order_from_json(o: dict[str, Any]) -> Order:
         Decimal(str(o["weight_kg"])),
         bag_ml=o.get("bag_ml"),
         interval_h=o.get("interval_h"),
+        indication=o.get("indication", ""),
+        approving_service=o.get("approving_service", ""),
         override_reason=o.get("override_reason"),
         operator=o.get("operator"),
         confirm_deviation=o.get("confirm_deviation"),

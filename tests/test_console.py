@@ -135,7 +135,7 @@ async def test_bag_change_without_interruption(bench: Bench) -> None:
     assert [e.detail["bag"] for e in hung] == [1, 2]
     assert hung[1].operator == "rn1" and hung[1].detail["light_protected"] is True
     assert not events(b, "gap_start") and not events(b, "refused")
-    assert b.controller.watchdog.interrupted_s(b.clock.now()) == 0
+    assert b.controller.s.interrupted_s(b.clock.now()) == 0
     triggers = [e.detail["trigger"] for e in events(b, "state")]
     assert triggers == ["prime", "primed", "start", "begin_bag_change", "finish_bag_change"]
     assert b.driver.status().running
@@ -153,7 +153,7 @@ async def test_soft_limit_needs_override_reason_and_operator(bench: Bench) -> No
         await pilot.pause()
         text = screen(app)
         assert "SOFT LIMIT" in text and "upper soft limit" in text
-        assert "1000 mg (10 syringes) in 250 mL NS" in text
+        assert "1000 mg (10 syringes, 6.7 mL) in 250 mL NS" in text
         await pilot.click("#ok")  # no reason yet: nothing is sent
         await pilot.pause()
         assert app.screen is dialog and not events(b, "program")
@@ -280,7 +280,7 @@ async def test_occlusion_acknowledge_silence_capped_resume(bench: Bench) -> None
     assert [e.detail["kind"] for e in events(b, "alarm_cleared")] == ["occlusion"]
     refused = [e.detail["request"] for e in events(b, "refused")]
     assert refused == ["resume", "resume"]
-    (gap,) = b.controller.watchdog.gaps
+    (gap,) = b.controller.s.gaps
     assert gap.cause == "occlusion" and gap.end_s is not None and gap.length_s(0) > 120
 
 
@@ -302,13 +302,13 @@ async def test_bag_empty_then_hang_restarts_the_pump(bench: Bench) -> None:
         text = screen(app)
         assert "INFUSING" in text and "bag 2 · 100 mg/100 mL" in text
     assert b.controller.state is State.INFUSING and b.driver.status().running
-    (gap,) = b.controller.watchdog.gaps
+    (gap,) = b.controller.s.gaps
     assert gap.cause == "bag_empty" and gap.end_s is not None
     assert events(b, "bag_hung")[-1].detail["bag"] == 2
 
 
 @pytest.mark.asyncio
-async def test_titrate_changes_the_next_bag_only(bench: Bench) -> None:
+async def test_titrate_shows_the_plan_and_changes_the_rate_now(bench: Bench) -> None:
     b = bench
     app = make_app(b)
     async with app.run_test(size=SIZE) as pilot:
@@ -318,15 +318,16 @@ async def test_titrate_changes_the_next_bag_only(bench: Bench) -> None:
         assert isinstance(dialog, OrderScreen)
         dialog.query_one("#dose", Input).value = "600"
         await pilot.pause()
-        assert "applies to  bag 2" in screen(app)
+        assert "plan        bag 1 at" in screen(app)  # the plan shows before confirming
         await pilot.click("#ok")
         await pilot.pause()
         text = screen(app)
-        assert "bag 2 · 200 mg/100 mL NEW DOSE" in text
-        assert "600 mg/day" in text and "12.5 mL/h" in text
+        assert "600 mg/day" in text
     (tit,) = events(b, "titration")
-    assert tit.detail["applies_to_bag"] == 2 and tit.operator == "rn1"
+    assert tit.detail["mode"] == "rate_now" and tit.operator == "rn1"
+    (rc,) = events(b, "rate_change")
     assert b.controller.current_bag is not None and b.controller.current_bag.mg == 100
+    assert b.controller.last_status.rate_ml_per_h == rc.detail["rate_ml_per_h"] > 12.5
 
 
 @pytest.mark.asyncio

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from pumpctl.cli import main
-from pumpctl.clock import SimClock
 from pumpctl.controller import Controller, restore
 from pumpctl.eventlog import EventLog, read_events
 from pumpctl.events import EventKind, fold

@@ -460,7 +460,7 @@ class OrderScreen(ModalScreen[None]):
                     continue
                 t.append(line + "\n")
             if self.mode == "titrate":
-                t.append(f"  applies to  {self._applies_to()}\n", style="bold")
+                t.append(f"  plan        {self.ctl.titration_plan(b)['why']}\n", style="bold")
         if kind == "ok":
             t.append("LIMIT CHECK OK: ", style="bold green")
             t.append(msg)
@@ -481,13 +481,6 @@ class OrderScreen(ModalScreen[None]):
             t.append(msg, style="red")
         self.query_one("#preview", Static).update(t)
         self.query_one("#override").set_class(kind in ("needs_reason", "soft"), "-shown")
-
-    def _applies_to(self) -> str:
-        nb = self.ctl.next_bag
-        n = len(self.ctl.bags) + 1
-        if nb is not None and nb.compounded_s is not None:
-            return f"bag {n + 1} (bag {nb.n} is already compounded and runs as built)"
-        return f"bag {n}; the bag running now is not changed"
 
     # -- events -----------------------------------------------------------------
     def on_input_changed(self, _event: Input.Changed) -> None:
@@ -758,7 +751,7 @@ class ConsoleApp(App[None]):
         weight = float(order.weight_kg) if order else None
         ordered = float(order.dose_mg_per_day) if order else None
         alarms = [self._alarm_view(a, now) for a in ctl.alarms.active()]
-        gap = ctl.watchdog.open_gap()
+        gap = ctl.s.open_gap
         st = ctl.last_status
         return ChannelView(
             t_s=now,
@@ -798,7 +791,7 @@ class ConsoleApp(App[None]):
             bag=snap["bag"],
             next_bag=snap["next_bag"],
             next_bag_expired=ctl.bag_expired() if ctl.next_bag is not None else None,
-            compounding_window_min=ctl.setting.compounding_window_min,
+            beyond_use_h=ctl.setting.beyond_use_h,
             light_protection=ctl.setting.light_protection,
             alarms=alarms,
             keys=self._keys(),
@@ -1018,7 +1011,7 @@ class ConsoleApp(App[None]):
                 self.done("", self.call(ctl.resume, op))
                 return
             bag = ctl.current_bag
-            rate = "" if bag is None else f" at {g(bag.rate_ml_per_h)} mL/h"
+            rate = "" if bag is None else f" at {g(bag.rate_ml_per_h or 0.0)} mL/h"
             self.confirm(
                 "RESUME INFUSION",
                 f"The cause is fixed and the alarm acknowledged: restart the pump{rate}?",
@@ -1032,10 +1025,10 @@ class ConsoleApp(App[None]):
         assert nb is not None
         self.confirm(
             "START INFUSION",
-            f"Start bag {nb.n}: {g(nb.mg)} mg in {nb.bag_ml} mL at {g(nb.rate_ml_per_h)} mL/h, "
-            f"VTBI {g(nb.vtbi_ml)} mL, continuous.",
+            f"Start bag {nb.n}: {g(nb.mg)} mg in {nb.bag_ml} mL at "
+            f"{g(nb.recipe.rate_ml_per_h)} mL/h, VTBI {g(nb.recipe.vtbi_ml)} mL, continuous.",
             lambda: self.done(
-                f"infusion started: bag {nb.n} at {g(nb.rate_ml_per_h)} mL/h",
+                f"infusion started: bag {nb.n} at {g(nb.recipe.rate_ml_per_h)} mL/h",
                 self.call(ctl.start, op),
             ),
         )
@@ -1110,10 +1103,11 @@ class ConsoleApp(App[None]):
             reason = self.call(ctl.hang_bag, op, True)
             self.done(f"bag {nb.n} hung; infusing", reason)
 
-        rate = g(nb.rate_ml_per_h)
+        rate = g(nb.recipe.rate_ml_per_h)
         self.confirm(
             f"HANG BAG {nb.n}",
-            f"Bag {nb.n}: {g(nb.mg)} mg in {nb.bag_ml} mL, {rate} mL/h, VTBI {g(nb.vtbi_ml)} mL."
+            f"Bag {nb.n}: {g(nb.mg)} mg in {nb.bag_ml} mL, {rate} mL/h, "
+            f"VTBI {g(nb.recipe.vtbi_ml)} mL."
             + (" The pump restarts." if from_alarm else " Flow goes on."),
             go,
             checks=[

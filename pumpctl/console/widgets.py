@@ -47,6 +47,12 @@ def fmt(value: float | None, digits: int = 1, unit: str = "") -> str:
     return f"{value:.{digits}f}{(' ' + unit) if unit else ''}"
 
 
+def hm(seconds: float) -> str:
+    """A duration as h:mm."""
+    m = max(int(seconds // 60), 0)
+    return f"{m // 60}:{m % 60:02d}"
+
+
 def g(value: float | None) -> str:
     """A number without trailing zeros (100, 12.5, 0.1786)."""
     if value is None:
@@ -109,7 +115,7 @@ class ChannelView:
     bag: dict[str, Any] | None
     next_bag: dict[str, Any] | None
     next_bag_expired: str | None
-    compounding_window_min: float
+    beyond_use_h: float
     light_protection: bool
     alarms: list[AlarmView] = field(default_factory=list)
     keys: list[tuple[str, str, bool]] = field(default_factory=list)
@@ -301,14 +307,12 @@ class BagPanel(Shown):
                     if key == "compounded_s" and status == "requested":
                         label = "compounding…"
                 t.append(f"      {mark} {label:<13}{stamp}\n", style=style)
-            if status == "planned":
-                t.append("      pharmacy asked at T-60 min\n", style="dim")
-            elif nb.get("compounded_s") is not None and nb.get("hung_s") is None:
+            if nb.get("compounded_s") is not None and nb.get("hung_s") is None:
                 if v.next_bag_expired:
-                    t.append("      EXPIRED: re-order it (e)\n", style="bold red")
-                else:
-                    left = v.compounding_window_min * 60 - (v.t_s - nb["compounded_s"])
-                    t.append(f"      hang within {left / 60:.0f} min\n")
+                    t.append("      PAST HANG-BY: pharmacist replaces (e)\n", style="bold red")
+                elif nb.get("hang_by_s") is not None:
+                    left = nb["hang_by_s"] - v.t_s
+                    t.append(f"      hang by {hms(nb['hang_by_s'])} ({hm(left)} left)\n")
             else:
                 t.append("\n")
         if v.light_protection:
@@ -361,9 +365,10 @@ def describe(ev: Event) -> tuple[str, str]:
         style = "bold"
     elif e == "titration":
         b = d.get("build", {})
+        how = {"rate_now": "rate change now", "stat": "STAT bag", "next_bag": "next bag"}
         text = (
-            f"titrated to {g(d.get('order', {}).get('dose_mg_per_day'))} mg/day:"
-            f" {g(b.get('mg_per_bag'))} mg/bag from bag {d.get('applies_to_bag')}"
+            f"titrated to {g(d.get('order', {}).get('dose_mg_per_day'))} mg/day"
+            f" ({g(b.get('mg_per_bag'))} mg/bag): {how.get(str(d.get('mode')), d.get('mode'))}"
         )
         style = "bold"
     elif e == "override":
@@ -399,11 +404,24 @@ def describe(ev: Event) -> tuple[str, str]:
         text = f"alarm {d.get('kind')} cleared"
         style = "green"
     elif e == "pharmacy_request":
-        text = f"pharmacy asked for bag {d.get('bag')} ({g(d.get('mg'))} mg / {d.get('bag_ml')} mL)"
+        r = d.get("recipe", {})
+        stat = " STAT" if d.get("stat") else ""
+        text = f"pharmacy asked for bag {d.get('bag')}{stat} ({g(r.get('mg'))} mg / {r.get('bag_ml')} mL)"
     elif e == "bag_compounded":
         text = f"bag {d.get('bag')} compounded"
     elif e == "bag_at_bedside":
         text = f"bag {d.get('bag')} at the bedside"
+    elif e == "rate_change":
+        text = f"bag {d.get('bag')} rate {g(d.get('rate_ml_per_h'))} mL/h ({d.get('why')})"
+        style = "bold"
+    elif e == "bag_released":
+        text = (
+            f"bag {d.get('bag')} released past its hang-by time by {ev.operator}: {d.get('reason')}"
+        )
+        style = "yellow"
+    elif e == "gap_end":
+        text = f"interruption over: {d.get('cause')}, {hm(float(d.get('length_s', 0)))} (h:mm)"
+        style = "yellow"
     elif e == "bag_discarded":
         text = f"bag {d.get('bag')} discarded: {d.get('reason')}"
         style = "yellow"

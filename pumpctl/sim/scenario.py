@@ -16,7 +16,7 @@ from typing import Any
 
 from pumpctl.errors import InputError
 from pumpctl.events import GapCause
-from pumpctl.setting import Anything, Num, Str, Table, Spec
+from pumpctl.setting import Anything, Num, Spec, Str, Table
 
 FAULT_KINDS = (
     "occlusion",
