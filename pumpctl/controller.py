@@ -877,11 +877,9 @@ class Controller:
             left_min = (end_s - self.clock.now()) / 60.0
             self._raise(AlarmKind.PREPARE_BAG_CHANGE, f"bag {bag_n} ends in {left_min:.0f} min")
         elif stage == Stage.ESCALATE and self.state is State.INFUSING:
-            prompt = self.alarms.find_active(AlarmKind.PREPARE_BAG_CHANGE)
-            taken_on = prompt is not None and prompt.acknowledged_s is not None
-            if not at_bedside or not taken_on:  # the change has not started, for any reason
-                why = "no bag at the bedside" if not at_bedside else "no nurse at the bedside"
-                self._raise(AlarmKind.NO_BAG_READY, f"bag {bag_n}: {why}")
+            # The bag change has not started, whatever the reason: call the charge nurse.
+            why = "no bag at the bedside" if not at_bedside else "bag change not started"
+            self._raise(AlarmKind.NO_BAG_READY, f"bag {bag_n}: {why}")
 
     def _project(self) -> None:
         bag, st = self.current_bag, self.last_status

@@ -23,7 +23,7 @@ from pumpctl.errors import InputError, PumpCommandError
 from pumpctl.eventlog import EventLog
 from pumpctl.setting import DrugSetting, PumpModel, load_pump, load_setting
 from pumpctl.sim.physics import PumpPhysics
-from pumpctl.sim.scenario import Dist
+from pumpctl.sim.scenario import DEFAULT_HANG_LEAD_S, Dist
 from pumpctl.sim.staff import Nurse, Pharmacy, World
 
 
@@ -175,7 +175,7 @@ def attach_staff(
         Dist("fixed", 2),
         Dist("fixed", 60),
         Dist("fixed", 2),
-        5.0 + 0.05 * speed,
+        DEFAULT_HANG_LEAD_S + 0.05 * speed,
     )
     nurse.pick_up_work()
     return [world, pharmacy, nurse]

@@ -14,6 +14,7 @@ are seeded by the setting until enough have been seen.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,6 +47,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+def lognormal_percentile(values: list[float], q: float) -> float:
+    """The ``q`` percentile of a lognormal fitted to ``values`` (staff times have long tails).
+
+    A ward sees a few requests a day; an empirical p99.9 of ten observations is just their
+    maximum, so the tail is extrapolated from the fitted distribution instead.
+    """
+    logs = [math.log(max(v, 1.0)) for v in values]
+    mu = statistics.fmean(logs)
+    sd = statistics.stdev(logs) if len(logs) > 1 else 0.0
+    return math.exp(mu + statistics.NormalDist().inv_cdf(min(q, 99.99) / 100.0) * sd)
+
+
 class LeadPlanner:
     """Leads from the setting and from observed staff times."""
 
@@ -54,6 +67,11 @@ class LeadPlanner:
         plan = setting.plan
         self.q = plan["percentile"]
         self.margin_s = plan["margin_min"] * 60.0
+        # No lead may be so long that a bag requested then ends past its beyond-use time.
+        self.cap_s = max(
+            (setting.beyond_use_h - float(setting.max_bag_duration_h())) * 3600.0,
+            w["pharmacy_request_min"] * 60.0,
+        )
         self.min_obs = int(plan["min_observations"])
         self.floor_s = {
             Stage.PHARMACY_REQUEST: w["pharmacy_request_min"] * 60.0,
@@ -85,11 +103,21 @@ class LeadPlanner:
                 f", max {max(obs) / 60:.1f} min)" if obs else ")"
             )
         else:
-            base = percentile(obs, self.q)
-            how = f"p{self.q:g} of {len(obs)} observed = {base / 60:.1f} min"
+            fitted = lognormal_percentile(obs, self.q)
+            base = max(fitted, max(obs))
+            how = (
+                f"p{self.q:g} of a lognormal fitted to {len(obs)} observed = {fitted / 60:.1f} min"
+                f" (max seen {max(obs) / 60:.1f})"
+            )
         planned = base + self.margin_s
         if planned <= floor:
             return Lead(floor, f"setting {floor / 60:g} min (>= {how} + {self.margin_s / 60:g})")
+        if stage == Stage.PHARMACY_REQUEST and planned > self.cap_s:
+            return Lead(
+                self.cap_s,
+                f"{how} + margin {self.margin_s / 60:g} min, capped at {self.cap_s / 60:.0f} min "
+                "by the beyond-use time",
+            )
         return Lead(planned, f"{how} + margin {self.margin_s / 60:g} min")
 
 

@@ -64,6 +64,7 @@ def test_72h_prompt_staff_no_gap_stages_on_time():
     bags = run.controller.bags
     assert len(r["bags"]) == len(bags) == 10
     lead_s = run.scenario.hang_lead_s  # the nurse finishes the change this early
+    assert not [a for a in run.controller.alarms.all if a.kind == "no_bag_ready"]
     # The first bag lost its prime to the line: its VTBI is what it can really give.
     content = 100 + 8 + 2 * 0.67
     vtbi1 = math.floor((content - 15) / 1.05 * 10) / 10
@@ -75,9 +76,10 @@ def test_72h_prompt_staff_no_gap_stages_on_time():
     stages = [e for e in run.log.events() if e.event == "watchdog"]
     for n, end_s in ends.items():
         mine = {e.detail["stage"]: e for e in stages if e.detail["bag"] == n}
-        assert set(mine) == set(STAGE_LEADS_MIN)
-        for stage, floor_min in STAGE_LEADS_MIN.items():
-            ev = mine[stage]
+        # every stage before the change fired; the T-10 escalation never had to
+        assert set(mine) == {k for k, v in STAGE_LEADS_MIN.items() if v * 60 > lead_s}
+        for stage, ev in mine.items():
+            floor_min = STAGE_LEADS_MIN[stage]
             # projected end (real volume and rate) is the real end; each stage fires at
             # its planned lead, never shorter than the setting's
             assert ev.detail["end_s"] == pytest.approx(end_s + lead_s, abs=1e-3)
@@ -119,7 +121,7 @@ duration_min = 6000
     assert r["verdict"] == "fail"
     # The escalation fired at T-10 although the bag was at the bedside: no nurse came.
     esc = [a for a in run.controller.alarms.all if a.kind == "no_bag_ready"]
-    assert esc and "no nurse" in esc[0].detail
+    assert esc and "not started" in esc[0].detail
     assert esc[0].raised_s == pytest.approx(real_end_s - 600, abs=1e-3)
     # The gap's end is logged too, with its length (it is still open at the run's end).
     assert [e.detail["cause"] for e in run.log.events() if e.event == "gap_start"] == ["bag_empty"]

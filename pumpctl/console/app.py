@@ -46,7 +46,7 @@ from pumpctl.errors import InputError, OverrideRequiredError, PumpctlError, Refu
 from pumpctl.eventlog import Event
 from pumpctl.machine import State
 from pumpctl.order import Build, Order, build, to_decimal
-from pumpctl.sim.scenario import Dist
+from pumpctl.sim.scenario import DEFAULT_HANG_LEAD_S, Dist
 from pumpctl.sim.staff import Nurse, Pharmacy, World
 
 HISTORY_EVENTS = 300  # events loaded into the log view at start
@@ -146,7 +146,7 @@ class AutoNurse:
             Dist("fixed", 1),
             Dist("fixed", 60),
             Dist("fixed", 2),
-            5.0 + 0.05 * self.speed + 2.0 * self.jitter_s,  # begin early, finish on time
+            DEFAULT_HANG_LEAD_S + 0.05 * self.speed + 2.0 * self.jitter_s,  # before T-10
             operator=self.operator,
         )
         idx = ctl.listeners.index(nurse.on_event)

@@ -406,7 +406,10 @@ def describe(ev: Event) -> tuple[str, str]:
     elif e == "pharmacy_request":
         r = d.get("recipe", {})
         stat = " STAT" if d.get("stat") else ""
-        text = f"pharmacy asked for bag {d.get('bag')}{stat} ({g(r.get('mg'))} mg / {r.get('bag_ml')} mL)"
+        text = (
+            f"pharmacy asked for bag {d.get('bag')}{stat} "
+            f"({g(r.get('mg'))} mg / {r.get('bag_ml')} mL)"
+        )
     elif e == "bag_compounded":
         text = f"bag {d.get('bag')} compounded"
     elif e == "bag_at_bedside":

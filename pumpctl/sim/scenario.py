@@ -27,6 +27,9 @@ FAULT_KINDS = (
     "comm_loss",
 )
 _Z95 = 1.6448536269514722
+#: The simulated nurse finishes a bag change this long before the bag's end: before the
+#: watchdog's T-10 escalation, which fires whenever the change has not started.
+DEFAULT_HANG_LEAD_S = 720.0
 #: Causes an interruption can have in a report.
 GAP_CAUSES = tuple(c.value for c in GapCause)
 
@@ -154,7 +157,7 @@ SCENARIO_SCHEMA = Table(
                 "response_min": DistSpec(0, 24 * 60),
                 "swap_s": DistSpec(0, 3600),
                 "prime_min": DistSpec(0, 120, required=False),
-                "hang_lead_s": Num(0, 600, required=False),
+                "hang_lead_s": Num(0, 3600, required=False),
             },
             required=False,
         ),
@@ -361,7 +364,7 @@ def load_scenario(path: str | Path) -> Scenario:
         response_min=to_dist(nu.get("response_min", 2)),
         swap_s=to_dist(nu.get("swap_s", 60)),
         prime_min=to_dist(nu.get("prime_min", 2)),
-        hang_lead_s=float(nu.get("hang_lead_s", 5)),
+        hang_lead_s=float(nu.get("hang_lead_s", DEFAULT_HANG_LEAD_S)),
         faults=tuple(
             Fault(f["kind"], to_dist(f["at_h"]), to_dist(f["duration_min"])) for f in faults
         ),

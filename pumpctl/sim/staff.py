@@ -104,11 +104,18 @@ class Pharmacy:
             self._schedule(nb.n, nb.requested_s)
 
     def on_event(self, ev: Event) -> None:
-        """React to a pharmacy request and to a bag past its hang-by time."""
+        """React to a request, to "not at bedside" (the nurse calls: the bag is chased) and
+        to a bag past its hang-by time."""
         if ev.event == "pharmacy_request":
             self._schedule(int(ev.detail["bag"]), self.clock.now())
         elif ev.event == "alarm" and ev.detail["kind"] == "bag_past_hang_by":
             self.clock.call_later(0.0, self._decide_hang_by)
+        elif ev.event == "alarm" and ev.detail["kind"] == "next_bag_not_at_bedside":
+            nb = self.ctl.next_bag
+            if nb is not None and nb.compounded_s is not None and nb.delivered_s is None:
+                n = nb.n  # made but not here: another hand delivery is sent now
+                t_there = self.clock.now() + self.deliver_min.sample(self.rng) * 60.0
+                self.clock.call_at(t_there, lambda: self._deliver(n))
 
     def _schedule(self, n: int, from_s: float) -> None:
         now = self.clock.now()
@@ -159,7 +166,8 @@ class Nurse:
     """Primes, starts, changes bags with no delay, answers alarms.
 
     She comes when the watchdog's prompt calls (acknowledging it at the bedside, which the
-    watchdog learns her response time from), changes the bag a few seconds before the
+    watchdog learns her response time from) and again, as a fresh response, when the T-10
+    escalation sounds if she has not come yet; she changes the bag a few seconds before the
     projected end, hangs a STAT bag as soon as it arrives, and never throws a bag away: a
     bag past its hang-by time waits for the pharmacist's decision.
     """
@@ -177,7 +185,7 @@ class Nurse:
         prime_min: Dist,
         hang_lead_s: float,
         operator: str = "rn1",
-        answers: tuple[str, ...] = ("prepare_bag_change",),
+        answers: tuple[str, ...] = ("prepare_bag_change", "no_bag_ready"),
     ) -> None:
         self.ctl, self.driver, self.world, self.rng = ctl, driver, world, rng
         self.clock = ctl.clock
@@ -247,7 +255,8 @@ class Nurse:
         """React to what the controller logged."""
         if ev.event == "alarm":
             kind = ev.detail["kind"]
-            if kind in self.answers and not self.change_planned:
+            if kind in self.answers and (not self.change_planned or kind == "no_bag_ready"):
+                # The escalation is a second, louder call: a fresh response, whoever comes.
                 self.change_planned = True
                 self._arrive(self._at_bedside_for_change)
             elif KINDS[kind].flow_stopping and not self.busy_with_alarm:
@@ -320,7 +329,7 @@ class Nurse:
             begin = self.clock.now()
         else:
             begin = end - self.hang_lead_s - swap
-        self.clock.call_at(max(begin, self.clock.now()), lambda: self._begin_swap(swap))
+        self._at(max(begin, self.clock.now()), lambda: self._begin_swap(swap))
 
     def _after_bag_arrived(self) -> None:
         if self.ctl.state is State.ALARM and self.ctl.alarms.find_active("bag_empty"):
@@ -340,7 +349,7 @@ class Nurse:
             and end is not None
             and end - self.hang_lead_s - swap_s > self.clock.now() + 1e-6
         ):
-            self.clock.call_at(end - self.hang_lead_s - swap_s, lambda: self._begin_swap(swap_s))
+            self._at(end - self.hang_lead_s - swap_s, lambda: self._begin_swap(swap_s))
             return  # re-projected later (e.g. after an alarm): wait for the new time
         if not self._hangable():
             return
