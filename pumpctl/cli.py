@@ -25,6 +25,8 @@ COMMAND_MODULES = (
     "pumpctl.commands.pump",
     "pumpctl.commands.console",
     "pumpctl.commands.simulate",
+    "pumpctl.commands.keys",
+    "pumpctl.commands.operator",
 )
 
 

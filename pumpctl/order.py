@@ -91,7 +91,7 @@ class Build:
     def label(self) -> str:
         """A readable pharmacy label and pump program."""
         lines = [
-            f"{self.setting_name}  (setting {self.setting_version})",
+            f"{self.setting_name}  (setting {self.setting_version[:19]})",
             f"  ordered     {self.ordered_mg_per_day} mg/day, {self.weight_kg} kg",
             f"  build       {_num(self.mg_per_bag)} mg ({self.syringes_per_bag} syringe"
             f"{'s' if self.syringes_per_bag != 1 else ''}) in {self.bag_ml} mL NS, "

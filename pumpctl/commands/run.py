@@ -28,7 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--bag-ml", type=int, metavar="V")
     p.add_argument("--interval-h", type=int, metavar="8|6")
     p.add_argument("--override-reason", metavar="TEXT")
-    p.add_argument("--operator", default="rn1", metavar="ID")
+    p.add_argument(
+        "--operator",
+        metavar="ID",
+        help="the nurse programming or resuming (a new run needs one); the secret comes from "
+        "PUMPCTL_OPERATOR_SECRET or a prompt",
+    )
     p.add_argument("--db", required=True, metavar="PATH")
     p.add_argument("--speed", type=float, default=1.0, metavar="X")
     p.add_argument("--pump", metavar="PROFILE", help="pump model profile (name or path)")
@@ -52,8 +57,19 @@ def run(args: argparse.Namespace) -> int:
             f"--speed {args.speed} with --port: a real pump runs in real time; "
             "allowed: --speed only with --sim"
         )
+    secret = None
+    if args.operator is not None:
+        from pumpctl.roster import read_secret
+
+        secret = read_secret(f"secret for {args.operator}: ")
+    elif args.dose_mg_per_day is not None or args.weight_kg is not None:
+        from pumpctl.roster import AuthError
+
+        raise AuthError("a new run needs --operator ID (a nurse) and the operator's secret")
     sess = open_session(
         args.db,
+        operator=args.operator,
+        secret=secret,
         port=args.port,
         pump=args.pump,
         speed=args.speed,
