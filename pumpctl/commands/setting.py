@@ -109,7 +109,9 @@ def install(args: argparse.Namespace) -> int:
             f"{args.file}: its content ({short_version(setting.version)}) is not what was "
             f"signed ({short_version(str(signed_version))}); allowed: sign this version again"
         )
-    operator = args.operator or ("biomed-demo" if args.demo else None)
+    operator = (
+        args.operator if args.operator is not None else ("biomed-demo" if args.demo else None)
+    )
     if operator is None:
         raise roster.AuthError("--operator is missing; allowed: a biomed operator id")
     clock = SystemClock()
