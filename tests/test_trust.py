@@ -533,3 +533,28 @@ def test_a_different_file_in_place_of_the_database_is_not_written(tmp_path):
     assert log.backlog == 1
     with EventLog(db, readonly=True) as other:
         assert [e.t_s for e in other.events()] == [9.0]
+
+
+def test_soft_limit_override_needs_a_pharmacist_or_prescriber(tmp_path, capsys, monkeypatch):
+    db = _demo_db(tmp_path)
+    base = [
+        "run", "--sim", "--db", str(db), "--speed", "3600", "--until-h", "0.01",
+        "--dose-mg-per-day", "3000", "--weight-kg", "100", "--bag-ml", "250",
+        "--operator", "rn-demo", "--override-reason", "refractory MAS",
+    ]  # fmt: skip
+    capsys.readouterr()
+    assert main(base) == 2
+    assert "needs --override-by" in _err(capsys)
+    monkeypatch.setenv("PUMPCTL_OVERRIDE_SECRET", "demo")
+    assert main([*base, "--override-by", "charge-demo"]) == 3
+    assert "may not override soft limit" in _err(capsys)
+    monkeypatch.setenv("PUMPCTL_OVERRIDE_SECRET", "wrong")
+    assert main([*base, "--override-by", "pharm-demo"]) == 2
+    assert "wrong secret for operator 'pharm-demo'" in _err(capsys)
+    monkeypatch.setenv("PUMPCTL_OVERRIDE_SECRET", "demo")
+    assert main([*base, "--override-by", "pharm-demo"]) == 0
+    with EventLog(db, readonly=True) as log:
+        (prog,) = [e for e in log.events() if e.event == "program"]
+    assert prog.operator == "rn-demo"
+    assert prog.detail["order"]["operator"] == "pharm-demo"
+    assert prog.detail["order"]["override_reason"] == "refractory MAS"

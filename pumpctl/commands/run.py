@@ -29,6 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--interval-h", type=int, metavar="8|6")
     p.add_argument("--override-reason", metavar="TEXT")
     p.add_argument(
+        "--override-by",
+        metavar="ID",
+        help="the pharmacist or prescriber who overrides a soft limit; their secret comes "
+        "from PUMPCTL_OVERRIDE_SECRET or a prompt",
+    )
+    p.add_argument(
         "--operator",
         metavar="ID",
         help="the nurse programming or resuming (a new run needs one); the secret comes from "
@@ -83,13 +89,16 @@ def run(args: argparse.Namespace) -> int:
         if args.dose_mg_per_day is None or args.weight_kg is None:
             sess.close()
             raise InputError("a new run needs --dose-mg-per-day and --weight-kg")
+        override_by = None
+        if args.override_reason is not None:
+            override_by = _override_by(sess, args.override_by)
         order = Order(
             to_decimal(args.dose_mg_per_day, "--dose-mg-per-day"),
             to_decimal(args.weight_kg, "--weight-kg"),
             bag_ml=args.bag_ml,
             interval_h=args.interval_h,
             override_reason=args.override_reason,
-            operator=args.operator if args.override_reason else None,
+            operator=override_by,
         )
         reason = ctl.program(order, args.operator)
         if reason is not None:
@@ -114,3 +123,20 @@ def run(args: argparse.Namespace) -> int:
     )
     sess.close()
     return 0
+
+
+def _override_by(sess: object, op_id: str | None) -> str:
+    """Authenticate the pharmacist or prescriber who overrides a soft limit."""
+    from pumpctl import roster
+
+    log = sess.log  # type: ignore[attr-defined]
+    try:
+        if op_id is None:
+            raise roster.AuthError(
+                "--override-reason needs --override-by ID (a pharmacist or prescriber)"
+            )
+        secret = roster.read_secret(f"secret for {op_id}: ", "PUMPCTL_OVERRIDE_SECRET")
+        return roster.authenticate(log, op_id, secret, "override_soft_limit").id
+    except BaseException:
+        sess.close()  # type: ignore[attr-defined]
+        raise
