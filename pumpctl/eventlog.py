@@ -646,11 +646,12 @@ class EventLog:
         """Store a run parameter (committed at once)."""
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
-    def close(self) -> None:
-        """Write what can be written and close the database."""
+    def close(self) -> int:
+        """Write what can be written and close the database; how many events were not."""
         if self._backlog:
             self._flush()
         self.db.close()
+        return len(self._backlog)
 
     def __enter__(self) -> EventLog:
         return self

@@ -104,16 +104,16 @@ class Session:
         self.setting = new
         return new
 
-    def close(self) -> None:
+    def close(self) -> int:
         """Stop timers, close the link, release the lease and close the database; the pump
-        keeps its state."""
+        keeps its state. Returns how many events could not be written (storage fault)."""
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         self.controller.close()
         self.driver.close()
         if self.lease is not None:
             self.lease.release(self.log)
-        self.log.close()
+        return self.log.close()
 
 
 def installed_setting(log: EventLog) -> DrugSetting:
@@ -156,11 +156,14 @@ def open_session(
                 f"{db}: the event log fails its check at row {bad_seq}: {why}; nothing was "
                 f"done and the pump is left as it is (pumpctl log --verify --db {db})"
             )
-        programmed = log.db.execute("SELECT 1 FROM events WHERE event = 'program'").fetchone()
+        programmed = library.run_under_way(log)
         installed_setting(log)  # "no setting installed" before asking who you are
         if operator is not None or secret is not None:
             roster.authenticate(log, operator, secret or "", "operate" if programmed else "program")
-        sess = _open(log, db, port, pump, speed, address, baud, safe_timeout_s, bool(programmed))
+        try:
+            sess = _open(log, db, port, pump, speed, address, baud, safe_timeout_s, programmed)
+        except sqlite3.Error as exc:
+            raise InputError(f"{db}: cannot write the event log ({exc})") from None
     except BaseException:
         if log is not None:
             log.close()

@@ -558,3 +558,41 @@ def test_soft_limit_override_needs_a_pharmacist_or_prescriber(tmp_path, capsys, 
     assert prog.operator == "rn-demo"
     assert prog.detail["order"]["operator"] == "pharm-demo"
     assert prog.detail["order"]["override_reason"] == "refractory MAS"
+
+
+def test_full_disk_mid_infusion_keeps_supervising_and_loses_nothing(tmp_path):
+    from decimal import Decimal
+
+    from pumpctl.order import Order
+
+    db = _demo_db(tmp_path)
+    sess = open_session(db, speed=7200, staff=True, operator="rn-demo", secret="demo")
+    try:
+        ctl = sess.controller
+        assert ctl.program(Order(Decimal(600), Decimal(70), bag_ml=100), "rn-demo") is None
+        seen = _changes(sess.log)
+        sess.clock.run(until_s=3600.0)
+        assert ctl.state.value == "infusing" and sess.log.storage_ok
+        written = len(sess.log.events())
+        pages = sess.log.db.execute("PRAGMA page_count").fetchone()[0]
+        sess.log.db.execute(f"PRAGMA max_page_count = {pages}")  # the disk fills up
+        sess.clock.run(until_s=9 * 3600.0)  # through the end of bag 1 and the bag change
+        assert seen and seen[0][0] is False
+        assert sess.log.backlog > 0
+        in_memory = sess.log.events()
+        hung = [e.detail["bag"] for e in in_memory if e.event == "bag_hung"]
+        assert hung == [1, 2]  # the controller kept supervising: bag 2 was requested and hung
+        assert ctl.state.value == "infusing"
+        sess.log.db.execute("PRAGMA max_page_count = 1000000")  # space is back
+        assert sess.log.check_storage() and seen[-1] == (True, "")
+        assert sess.close() == 0
+    except BaseException:
+        sess.close()
+        raise
+    with EventLog(db, readonly=True) as log:
+        stored = log.events()
+        assert verify_chain(log)[0]
+    assert len(stored) >= len(in_memory) > written
+    assert [(e.event, e.t_s) for e in stored[: len(in_memory)]] == [
+        (e.event, e.t_s) for e in in_memory
+    ]

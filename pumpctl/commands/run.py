@@ -121,7 +121,14 @@ def run(args: argparse.Namespace) -> int:
         f"controller stopped at {snap['t_s'] / 3600:.3f} h: state {snap['state']}, "
         f"interrupted {snap['interrupted_s']:.0f} s; the pump keeps its last state"
     )
-    sess.close()
+    unwritten = sess.close()
+    if unwritten:
+        print(
+            f"pumpctl run: {unwritten} event(s) could not be written to {args.db}: "
+            f"{sess.log.storage_problem}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
