@@ -660,6 +660,15 @@ class EventLog:
         self.close()
 
 
+def probe(path: str | Path) -> None:
+    """Raise ``InputError`` unless ``path`` is absent, empty or a pumpctl log (reads only)."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory; allowed: an event log file")
+    if p.is_file() and p.stat().st_size > 0:
+        EventLog(p, readonly=True).close()
+
+
 def is_demo(log: Any) -> bool:
     """Was this database made with ``--demo`` (demo keys and roster)? Screens say DEMO."""
     return isinstance(log, EventLog) and log.meta_get("demo") == "1"

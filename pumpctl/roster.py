@@ -92,7 +92,7 @@ def check_secret(secret: str, stored: str) -> bool:
 _DUMMY = hash_secret("not a secret", b"0" * 16)
 
 
-def _check_id(op_id: str | None) -> str:
+def check_id(op_id: str | None) -> str:
     if op_id is None or not op_id.strip():
         raise AuthError("the operator is empty; allowed: an operator id from the roster")
     if op_id != op_id.strip() or any(c.isspace() for c in op_id) or len(op_id) > 64:
@@ -134,7 +134,7 @@ def has_roster(log: Any) -> bool:
 
 def authenticate(log: Any, op_id: str | None, secret: str, act: str) -> Operator:
     """The operator, if ``secret`` is theirs and their role may do ``act``; else raise."""
-    op_id = _check_id(op_id)
+    op_id = check_id(op_id)
     row = log.db.execute(
         "SELECT role, secret_hash FROM operators WHERE id = ? AND active = 1", (op_id,)
     ).fetchone()
@@ -169,7 +169,7 @@ def role_of(log: Any, op_id: str) -> str | None:
 
 def add_operator(log: Any, op_id: str, role: str, secret: str, by: str, t_s: float = 0.0) -> None:
     """Add (or re-activate with a new secret) an operator; logged before it takes effect."""
-    _check_id(op_id)
+    check_id(op_id)
     _check_role(role)
     if not secret:
         raise InputError(f"the secret for {op_id!r} is empty; allowed: a non-empty secret")

@@ -23,7 +23,7 @@ from pumpctl.controller import Controller, restore
 from pumpctl.drivers.base import PumpDriver
 from pumpctl.drivers.sim import SimDriver
 from pumpctl.errors import InputError, PumpCommandError
-from pumpctl.eventlog import EventLog, is_demo, verify_chain
+from pumpctl.eventlog import EventLog, is_demo, probe, verify_chain
 from pumpctl.lease import Lease
 from pumpctl.setting import DrugSetting, PumpModel, load_pump
 from pumpctl.sim.physics import PumpPhysics
@@ -146,6 +146,7 @@ def open_session(
     """
     if not (speed > 0 and math.isfinite(speed)):
         raise InputError(f"--speed {speed} is not allowed; allowed: a finite number > 0")
+    probe(db)  # a directory or another application's file: refused before any lock file
     lease = Lease.acquire(db)
     log: EventLog | None = None
     try:

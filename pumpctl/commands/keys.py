@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -39,8 +40,13 @@ def trust(args: argparse.Namespace) -> int:
     """Authenticate a biomed operator and trust the key."""
     from pumpctl import library, roster
     from pumpctl.clock import SystemClock
+    from pumpctl.errors import InputError
     from pumpctl.eventlog import EventLog
+    from pumpctl.signing import parse_public
 
+    parse_public(args.public_key)  # a bad key is refused before anything is opened
+    if not Path(args.db).is_file():
+        raise InputError(f"{args.db}: no such event log; allowed: a database with a roster")
     clock = SystemClock()
     with EventLog(args.db, wall_epoch_s=clock.wall_epoch()) as log:
         secret = roster.read_secret(f"secret for {args.operator}: ")

@@ -41,6 +41,7 @@ def add(args: argparse.Namespace) -> int:
     from pumpctl.errors import InputError
     from pumpctl.eventlog import EventLog
 
+    roster.check_id(args.id)
     clock = SystemClock()
     with EventLog(args.db, wall_epoch_s=clock.wall_epoch()) as log:
         if roster.has_roster(log):
