@@ -596,3 +596,16 @@ def test_full_disk_mid_infusion_keeps_supervising_and_loses_nothing(tmp_path):
     assert [(e.event, e.t_s) for e in stored[: len(in_memory)]] == [
         (e.event, e.t_s) for e in in_memory
     ]
+
+
+def test_two_writers_interleave_in_one_chain(tmp_path):
+    db = tmp_path / "two.db"
+    with EventLog(db) as a, EventLog(db) as b:  # a controller and a `setting install`
+        seqs = [
+            (a if i % 3 else b).append(float(i), "p", "idle", "projection", {"i": i}).seq
+            for i in range(12)
+        ]
+    assert seqs == list(range(1, 13))
+    with EventLog(db, readonly=True) as log:
+        assert verify_chain(log) == (True, None, "12 rows, chain intact")
+        assert [e.detail["i"] for e in log.events()] == list(range(12))
