@@ -61,12 +61,14 @@ CREATE TABLE IF NOT EXISTS operators (
     role TEXT NOT NULL,
     secret_hash TEXT NOT NULL,
     active INTEGER NOT NULL,
-    added_by TEXT NOT NULL
+    added_by TEXT NOT NULL,
+    seal TEXT
 );
 CREATE TABLE IF NOT EXISTS trusted_keys (
     public_key TEXT NOT NULL,
     role TEXT NOT NULL,
     added_by TEXT NOT NULL,
+    seal TEXT,
     PRIMARY KEY (public_key, role)
 );
 CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
@@ -397,6 +399,8 @@ class EventLog:
             ("events", "prev_hash", "TEXT"),
             ("events", "row_hash", "TEXT"),
             ("settings", "signatures", "TEXT NOT NULL DEFAULT '[]'"),
+            ("operators", "seal", "TEXT"),
+            ("trusted_keys", "seal", "TEXT"),
         ):
             if table in tables and col not in tables[table]:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {decl}")
@@ -425,6 +429,20 @@ class EventLog:
         """
         wall = _utc(self.wall_epoch_s + t_s / self.speed)
         return self._append_row(t_s, wall, pump, state, event, detail or {}, operator)
+
+    def seal(self, *fields: object) -> str:
+        """HMAC of ``fields`` with the log's key: roster and trusted-key rows carry one, so
+        an edit made outside pumpctl (a swapped secret hash, a planted key) is not believed."""
+        if self.key is None:
+            raise InputError(f"{self.key_file}: the seal key is missing; cannot seal")
+        msg = json.dumps([str(f) for f in fields], separators=(",", ":")).encode()
+        return hmac.new(self.key, msg, hashlib.sha256).hexdigest()
+
+    def sealed(self, seal: str | None, *fields: object) -> bool:
+        """Does ``seal`` match ``fields``?"""
+        if self.key is None or not isinstance(seal, str):
+            return False
+        return hmac.compare_digest(seal, self.seal(*fields))
 
     def wall_at(self, t_s: float) -> str:
         """The UTC wall-clock stamp of run time ``t_s``."""
@@ -613,6 +631,7 @@ class EventLog:
 
         It becomes the active setting unless ``pending`` (a run is under way: it takes
         effect only when a nurse accepts it at the pump, ``pumpctl.library.accept_pending``).
+        Which version is active is read from these sealed events, never from a table.
         """
         _log_install(self, setting, operator, t_s, pending)
         self.db.execute(
@@ -627,9 +646,6 @@ class EventLog:
                 json.dumps(signatures or []),
             ),
         )
-        self.meta_set("pending_setting" if pending else "active_setting", setting.version)
-        if not pending:
-            self.db.execute("DELETE FROM meta WHERE key = 'pending_setting'")
 
     def is_installed(self, version: str) -> bool:
         """Was this setting version installed?"""

@@ -23,8 +23,9 @@ from pumpctl.setting import DrugSetting, setting_from_raw, short_version
 def trusted_keys(log: EventLog) -> dict[str, set[str]]:
     """Public key -> roles it is trusted to sign in."""
     out: dict[str, set[str]] = {}
-    for key, role in log.db.execute("SELECT public_key, role FROM trusted_keys"):
-        out.setdefault(key, set()).add(role)
+    for key, role, seal in log.db.execute("SELECT public_key, role, seal FROM trusted_keys"):
+        if log.sealed(seal, "trusted_key", key, role):  # a planted row is not trusted
+            out.setdefault(key, set()).add(role)
     return out
 
 
@@ -34,7 +35,11 @@ def trust_key(log: EventLog, public_key: str, role: str, by: str, t_s: float = 0
         raise InputError(f"--role {role!r}; allowed: {' or '.join(signing.SIGN_ROLES)}")
     key = signing.parse_public(public_key)
     log.append(t_s, "-", "-", "key_trust", {"public_key": key, "role": role}, by)
-    log.db.execute("INSERT OR REPLACE INTO trusted_keys VALUES (?, ?, ?)", (key, role, by))
+    log.db.execute(
+        "INSERT OR REPLACE INTO trusted_keys (public_key, role, added_by, seal) "
+        "VALUES (?, ?, ?, ?)",
+        (key, role, by, log.seal("trusted_key", key, role)),
+    )
     return key
 
 
@@ -97,16 +102,32 @@ def _check_stored_signatures(log: EventLog, setting: DrugSetting, sigs: list[Any
         )
 
 
-def _newest_version(log: EventLog) -> str | None:
-    row = log.db.execute(
-        "SELECT version FROM settings ORDER BY installed_utc DESC, rowid DESC"
-    ).fetchone()
-    return None if row is None else str(row[0])
+def _versions(log: EventLog) -> tuple[str | None, str | None]:
+    """(active, pending) versions, from the sealed ``setting_install``/``setting_accept``
+    events (a table or meta row edited outside pumpctl cannot change them)."""
+    active = pending = None
+    rows = log.db.execute(
+        "SELECT event, detail FROM events WHERE event IN ('setting_install', 'setting_accept') "
+        "ORDER BY id"
+    )
+    for event, detail in rows:
+        try:
+            d = json.loads(detail)
+            version = str(d["version"])
+        except (ValueError, TypeError, KeyError, RecursionError):
+            continue
+        if event == "setting_install" and d.get("pending"):
+            pending = version
+        else:
+            active = version
+            if version == pending or event == "setting_install":
+                pending = None
+    return active, pending
 
 
 def active_version(log: EventLog) -> str | None:
     """The version the controller runs (None if no setting is installed)."""
-    return log.meta_get("active_setting") or _newest_version(log)
+    return _versions(log)[0]
 
 
 def installed_setting(log: EventLog) -> DrugSetting:
@@ -124,7 +145,7 @@ def installed_setting(log: EventLog) -> DrugSetting:
 
 def pending_setting(log: EventLog) -> DrugSetting | None:
     """A setting installed during a run that a nurse has not accepted yet."""
-    version = log.meta_get("pending_setting")
+    version = _versions(log)[1]
     if version is None:
         return None
     setting, sigs = _stored(log, version)
@@ -154,8 +175,6 @@ def accept_pending(log: EventLog, operator: str, t_s: float = 0.0) -> DrugSettin
         {"name": setting.name, "version": setting.version, "previous": previous},
         operator,
     )
-    log.meta_set("active_setting", setting.version)
-    log.db.execute("DELETE FROM meta WHERE key = 'pending_setting'")
     return setting
 
 

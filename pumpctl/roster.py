@@ -123,8 +123,19 @@ def read_secret(prompt: str, env: str = SECRET_ENV) -> str:
 
 def operators(log: Any) -> list[Operator]:
     """The active roster, by id."""
-    rows = log.db.execute("SELECT id, role FROM operators WHERE active = 1 ORDER BY id")
-    return [Operator(r[0], r[1]) for r in rows]
+    rows = log.db.execute(
+        "SELECT id, role, secret_hash, active, seal FROM operators WHERE active = 1 ORDER BY id"
+    )
+    return [Operator(r[0], r[1]) for r in rows if _row_ok(log, *r)]
+
+
+def _seal(log: Any, op_id: str, role: str, secret_hash: str, active: int) -> str:
+    return str(log.seal("operator", op_id, role, secret_hash, active))
+
+
+def _row_ok(log: Any, op_id: str, role: str, secret_hash: str, active: int, seal: Any) -> bool:
+    """Was this roster row written by pumpctl (its seal matches)?"""
+    return bool(log.sealed(seal, "operator", op_id, role, secret_hash, active))
 
 
 def has_roster(log: Any) -> bool:
@@ -136,12 +147,17 @@ def authenticate(log: Any, op_id: str | None, secret: str, act: str) -> Operator
     """The operator, if ``secret`` is theirs and their role may do ``act``; else raise."""
     op_id = check_id(op_id)
     row = log.db.execute(
-        "SELECT role, secret_hash FROM operators WHERE id = ? AND active = 1", (op_id,)
+        "SELECT role, secret_hash, seal FROM operators WHERE id = ? AND active = 1", (op_id,)
     ).fetchone()
     if row is None:
         check_secret(secret, _DUMMY)  # same cost as a real check
         hint = "" if has_roster(log) else " (this database has no roster: see docs/trust.md)"
         raise AuthError(f"unknown operator {op_id!r} in {log.path}{hint}")
+    if not _row_ok(log, op_id, row[0], row[1], 1, row[2]):
+        raise AuthError(
+            f"the roster entry of {op_id!r} was changed outside pumpctl; a biomed administrator "
+            "must add the operator again"
+        )
     if not check_secret(secret, row[1]):
         raise AuthError(f"wrong secret for operator {op_id!r}")
     op = Operator(op_id, row[0])
@@ -162,9 +178,11 @@ def permit(op: Operator, act: str) -> None:
 def role_of(log: Any, op_id: str) -> str | None:
     """The role of an active operator, or None."""
     row = log.db.execute(
-        "SELECT role FROM operators WHERE id = ? AND active = 1", (op_id,)
+        "SELECT role, secret_hash, seal FROM operators WHERE id = ? AND active = 1", (op_id,)
     ).fetchone()
-    return None if row is None else str(row[0])
+    if row is None or not _row_ok(log, op_id, row[0], row[1], 1, row[2]):
+        return None
+    return str(row[0])
 
 
 def add_operator(log: Any, op_id: str, role: str, secret: str, by: str, t_s: float = 0.0) -> None:
@@ -174,10 +192,11 @@ def add_operator(log: Any, op_id: str, role: str, secret: str, by: str, t_s: flo
     if not secret:
         raise InputError(f"the secret for {op_id!r} is empty; allowed: a non-empty secret")
     log.append(t_s, "-", "-", "operator_add", {"id": op_id, "role": role}, by)
+    hashed = hash_secret(secret)
     log.db.execute(
-        "INSERT OR REPLACE INTO operators (id, role, secret_hash, active, added_by) "
-        "VALUES (?, ?, ?, 1, ?)",
-        (op_id, role, hash_secret(secret), by),
+        "INSERT OR REPLACE INTO operators (id, role, secret_hash, active, added_by, seal) "
+        "VALUES (?, ?, ?, 1, ?, ?)",
+        (op_id, role, hashed, by, _seal(log, op_id, role, hashed, 1)),
     )
 
 
@@ -188,7 +207,13 @@ def remove_operator(log: Any, op_id: str, by: str, t_s: float = 0.0) -> None:
     if op_id == by:
         raise InputError("an administrator cannot remove themself; ask another biomed")
     log.append(t_s, "-", "-", "operator_remove", {"id": op_id}, by)
-    log.db.execute("UPDATE operators SET active = 0 WHERE id = ?", (op_id,))
+    role, hashed = log.db.execute(
+        "SELECT role, secret_hash FROM operators WHERE id = ?", (op_id,)
+    ).fetchone()
+    log.db.execute(
+        "UPDATE operators SET active = 0, seal = ? WHERE id = ?",
+        (_seal(log, op_id, role, hashed, 0), op_id),
+    )
 
 
 def add_demo_roster(log: Any, t_s: float = 0.0) -> None:
@@ -197,7 +222,7 @@ def add_demo_roster(log: Any, t_s: float = 0.0) -> None:
     for op_id, role in DEMO_ROSTER:
         log.append(t_s, "-", "-", "operator_add", {"id": op_id, "role": role, "demo": True})
         log.db.execute(
-            "INSERT OR REPLACE INTO operators (id, role, secret_hash, active, added_by) "
-            "VALUES (?, ?, ?, 1, 'demo')",
-            (op_id, role, shared),
+            "INSERT OR REPLACE INTO operators (id, role, secret_hash, active, added_by, seal) "
+            "VALUES (?, ?, ?, 1, 'demo', ?)",
+            (op_id, role, shared, _seal(log, op_id, role, shared, 1)),
         )

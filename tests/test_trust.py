@@ -609,3 +609,50 @@ def test_two_writers_interleave_in_one_chain(tmp_path):
     with EventLog(db, readonly=True) as log:
         assert verify_chain(log) == (True, None, "12 rows, chain intact")
         assert [e.detail["i"] for e in log.events()] == list(range(12))
+
+
+def test_roster_and_trusted_keys_edited_outside_pumpctl_are_not_believed(tmp_path, capsys):
+    db = _demo_db(tmp_path)
+    con = sqlite3.connect(db)
+    # an attacker swaps in a secret hash they know, and plants their own signing keys
+    con.execute(
+        "UPDATE operators SET secret_hash = ? WHERE id = 'biomed-demo'",
+        (roster.hash_secret("mine"),),
+    )
+    a, a_pub = signing.generate(tmp_path / "evil_a.key")
+    b, b_pub = signing.generate(tmp_path / "evil_b.key")
+    for pub, role in ((a_pub, "author"), (b_pub, "approver")):
+        con.execute(
+            "INSERT INTO trusted_keys (public_key, role, added_by, seal) VALUES (?, ?, 'x', 'y')",
+            (signing.parse_public(str(pub)), role),
+        )
+    con.commit()
+    con.close()
+    os.environ["PUMPCTL_OPERATOR_SECRET"] = "mine"
+    lib = _copy(
+        tmp_path, edit=("upper_hard_mg_per_kg_per_h = 2 ", "upper_hard_mg_per_kg_per_h = 200 ")
+    )
+    _sign(lib, a, b)
+    capsys.readouterr()
+    assert main(["setting", "install", str(lib), "--db", str(db), "--operator", "biomed-demo"]) == 2
+    assert "changed outside pumpctl" in _err(capsys)
+    with EventLog(db) as log:
+        assert signing.demo_public("author") in library.trusted_keys(log)
+        assert signing.parse_public(str(a_pub)) not in library.trusted_keys(log)
+        assert "biomed-demo" not in [op.id for op in roster.operators(log)]
+
+
+def test_active_version_comes_from_the_sealed_events_not_from_tables(tmp_path):
+    db = _demo_db(tmp_path)
+    first = load_setting(SHIPPED).version
+    lib = _copy(tmp_path, edit=("escalate_min = 10 ", "escalate_min = 12 "))
+    _sign(lib)
+    assert main(["setting", "install", str(lib), "--db", str(db), "--operator", "biomed-demo"]) == 0
+    second = load_setting(lib).version
+    con = sqlite3.connect(db)
+    con.execute("INSERT OR REPLACE INTO meta VALUES ('active_setting', ?)", (first,))
+    con.execute("UPDATE settings SET installed_utc = '9999' WHERE version = ?", (first,))
+    con.commit()
+    con.close()
+    with EventLog(db) as log:
+        assert library.installed_setting(log).version == second
