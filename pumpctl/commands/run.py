@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         staff=not args.no_staff,
     )
     ctl = sess.controller
+    if sess.demo:
+        print("DEMO database: demo keys and roster (pumpctl setting install --demo)")
     if sess.resumed is None:
         if args.dose_mg_per_day is None or args.weight_kg is None:
             sess.close()
