@@ -85,6 +85,11 @@ def _stored(log: EventLog, version: str) -> tuple[DrugSetting, list[dict[str, st
     return setting, sig_list if isinstance(sig_list, list) else []
 
 
+def stored_signatures(log: EventLog, version: str) -> list[dict[str, str]]:
+    """The signatures stored with a version (as installed)."""
+    return _stored(log, version)[1]
+
+
 def _check_stored_signatures(log: EventLog, setting: DrugSetting, sigs: list[Any]) -> None:
     """Signed installs are re-checked at load; unsigned ones exist only in trust-less logs."""
     trusted = trusted_keys(log)

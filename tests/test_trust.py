@@ -232,6 +232,10 @@ def test_setting_installed_during_a_run_waits_for_a_nurse(tmp_path, capsys):
     assert main(["setting", "install", str(lib), "--db", str(db), "--operator", "biomed-demo"]) == 0
     assert "takes effect when a nurse accepts it" in capsys.readouterr().out
     new_version = load_setting(lib).version
+    assert main(["setting", "show", "--db", str(db)]) == 0
+    shown = capsys.readouterr().out
+    assert f"pending  'anakinra IV infusion' version {new_version}" in shown
+    assert f"active   'anakinra IV infusion' version {load_setting(SHIPPED).version}" in shown
     sess = open_session(db, speed=3600)
     try:
         assert sess.setting.limits["upper_soft"].value == 2400  # still the old one
@@ -656,3 +660,20 @@ def test_active_version_comes_from_the_sealed_events_not_from_tables(tmp_path):
     con.close()
     with EventLog(db) as log:
         assert library.installed_setting(log).version == second
+
+
+_FIELDS = ("t_s", "wall_utc", "pump", "state", "event", "detail", "operator")
+
+
+@pytest.mark.parametrize("field", _FIELDS)
+@pytest.mark.parametrize("row", [1, 4, 7])
+def test_any_edit_of_any_field_is_found_at_that_row(tmp_path, field, row):
+    db = tmp_path / "c.db"
+    with EventLog(db) as log:
+        for i in range(7):
+            log.append(30.0 * i, "p1", "infusing", "projection", {"i": i}, "rn1")
+    new = {"t_s": 12345.5, "detail": '{"i":99}'}.get(field, "forged")
+    _tamper(db, f"UPDATE events SET {field} = ? WHERE id = ?", new, row)
+    with EventLog(db, readonly=True) as log:
+        ok, bad, why = verify_chain(log)
+    assert (ok, bad) == (False, row) and "changed after it was written" in why

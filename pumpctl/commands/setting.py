@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "(biomed-demo, pharm-demo, rn-demo, charge-demo; secret 'demo'); the database says DEMO",
     )
     i.set_defaults(func=install)
+    sh = ssub.add_parser("show", help="the active (and any pending) setting of a database")
+    sh.add_argument("--db", required=True, metavar="PATH")
+    sh.set_defaults(func=show)
 
 
 def check(args: argparse.Namespace) -> int:
@@ -136,4 +139,25 @@ def install(args: argparse.Namespace) -> int:
         print(
             f"installed '{setting.name}' version {setting.version} in {args.db} by {operator}{demo}"
         )
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    """Print the active and pending versions, who signed them, and DEMO (read-only)."""
+    from pumpctl import library
+    from pumpctl.eventlog import EventLog, is_demo
+
+    with EventLog(args.db, readonly=True) as log:
+        if is_demo(log):
+            print("DEMO database: demo keys and roster")
+        active = library.installed_setting(log)
+        pending = library.pending_setting(log)
+        for label, st in (("active", active), ("pending", pending)):
+            if st is None:
+                continue
+            sigs = library.stored_signatures(log, st.version)
+            who = ", ".join(f"{s['role']} {s['public_key'][:20]}..." for s in sigs) or "unsigned"
+            print(f"{label:8s} '{st.name}' version {st.version} (signed: {who})")
+        if pending is not None:
+            print("the pending version takes effect when a nurse accepts it at the pump")
     return 0
