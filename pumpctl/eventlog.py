@@ -365,6 +365,10 @@ class EventLog:
             last = self.db.execute(
                 "SELECT id, row_hash FROM events ORDER BY id DESC LIMIT 1"
             ).fetchone()
+        except sqlite3.OperationalError as exc:  # read-only, locked, I/O: not a format problem
+            with contextlib.suppress(Exception):
+                self.db.close()
+            raise InputError(f"{self.path}: cannot open the event log ({exc})") from None
         except sqlite3.DatabaseError as exc:
             with contextlib.suppress(Exception):
                 self.db.close()
