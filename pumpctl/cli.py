@@ -26,6 +26,8 @@ COMMAND_MODULES = (
     "pumpctl.commands.console",
     "pumpctl.commands.simulate",
     "pumpctl.commands.report",
+    "pumpctl.commands.keys",
+    "pumpctl.commands.operator",
 )
 
 

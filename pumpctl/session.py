@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pumpctl.clock import SystemClock
+from pumpctl import library, roster
+from pumpctl.clock import SystemClock, TimerHandle
 from pumpctl.controller import Controller, restore
 from pumpctl.drivers.base import PumpDriver
 from pumpctl.drivers.sim import SimDriver
 from pumpctl.errors import InputError, PumpCommandError
-from pumpctl.eventlog import EventLog
-from pumpctl.setting import DrugSetting, PumpModel, load_pump, load_setting
+from pumpctl.eventlog import EventLog, is_demo, probe, verify_chain
+from pumpctl.lease import Lease
+from pumpctl.setting import DrugSetting, PumpModel, load_pump
 from pumpctl.sim.physics import PumpPhysics
 from pumpctl.sim.scenario import DEFAULT_HANG_LEAD_S, Dist
 from pumpctl.sim.staff import Nurse, Pharmacy, World
@@ -34,6 +38,7 @@ class JournaledSimDriver(SimDriver):
         super().__init__(model, clock, keep_segments=False)
         self.physics = PumpPhysics(model, t_s=0.0, keep_segments=False)  # replayed from t=0
         self.journal = log
+        self._unjournaled: list[tuple[float, str, str]] = []
         self.replayed = self._replay()
         self.reschedule()
 
@@ -48,10 +53,20 @@ class JournaledSimDriver(SimDriver):
         return n
 
     def _apply(self, action: str, *args: object) -> object:
-        self.journal.db.execute(
-            "INSERT INTO sim_pump (t_s, command, args) VALUES (?, ?, ?)",
-            (self.clock.now(), action, json.dumps(list(args))),
-        )
+        # The pump acts even when the database cannot be written: journal rows wait in
+        # memory (in order) like the event log's, and are written when storage is back.
+        self._unjournaled.append((self.clock.now(), action, json.dumps(list(args))))
+        db = self.journal.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT INTO sim_pump (t_s, command, args) VALUES (?, ?, ?)", self._unjournaled
+            )
+            db.execute("COMMIT")
+            self._unjournaled.clear()
+        except sqlite3.Error:  # the event log reports the storage fault
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
         return super()._apply(action, *args)
 
 
@@ -67,32 +82,46 @@ class Session:
     controller: Controller
     resumed: dict[str, Any] | None = None
     staff: list[object] = field(default_factory=list)
+    lease: Lease | None = None
+    _housekeeping: TimerHandle | None = None
 
-    def close(self) -> None:
-        """Stop timers and close the link and the database; the pump keeps its state."""
+    @property
+    def demo(self) -> bool:
+        """Is this a DEMO database (demo keys and roster)? Screens, labels, reports say so."""
+        return is_demo(self.log)
+
+    def pending_setting(self) -> DrugSetting | None:
+        """A library installed during this run, waiting for a nurse to accept it."""
+        return library.pending_setting(self.log)
+
+    def accept_setting(self, operator: str) -> DrugSetting:
+        """A nurse (authenticated by the caller) accepts the pending library at the pump.
+
+        Logged (``setting_accept``) and made the stored active version; returns it for the
+        controller to switch to.
+        """
+        new = library.accept_pending(self.log, operator, self.clock.now())
+        self.setting = new
+        return new
+
+    def close(self) -> int:
+        """Stop timers, close the link, release the lease and close the database; the pump
+        keeps its state. Returns how many events could not be written (storage fault)."""
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         self.controller.close()
         self.driver.close()
-        self.log.close()
+        if self.lease is not None:
+            self.lease.release(self.log)
+        return self.log.close()
 
 
 def installed_setting(log: EventLog) -> DrugSetting:
-    """The newest setting installed in this log, re-validated against its version."""
-    row = log.db.execute(
-        "SELECT version, path, content FROM settings ORDER BY installed_utc DESC, rowid DESC"
-    ).fetchone()
-    if row is None:
-        raise InputError(
-            f"{log.path}: no setting installed; install one first: "
-            f"pumpctl setting install FILE --db {log.path} --operator ID"
-        )
-    version, path, _content = row
-    setting = load_setting(path)
-    if setting.version != version:
-        raise InputError(
-            f"{path}: has changed since it was installed (version {setting.version}, installed "
-            f"{version}); install it again to use it"
-        )
-    return setting
+    """The active setting, loaded and re-validated from the content stored in the log."""
+    return library.installed_setting(log)
+
+
+HOUSEKEEPING_WALL_S = 10.0  # storage check and lease heartbeat, every this many real seconds
 
 
 def open_session(
@@ -106,16 +135,77 @@ def open_session(
     safe_timeout_s: int | None = None,
     staff: bool = False,
     seed: int = 0,
+    operator: str | None = None,
+    secret: str | None = None,
 ) -> Session:
-    """Open (or resume) a controller on ``db``: the simulated pump, or a real one on ``port``."""
-    if speed <= 0:
-        raise InputError(f"--speed {speed} is not allowed; allowed: a number > 0")
-    log = EventLog(db)
+    """Open (or resume) a controller on ``db``: the simulated pump, or a real one on ``port``.
+
+    Takes the database's lease (one controller per pump), verifies the log's chain before
+    trusting it, and, given ``operator`` and ``secret``, authenticates the operator (a new
+    run needs the ``program`` act, a resume ``operate``) before anything is written.
+    """
+    if not (speed > 0 and math.isfinite(speed)):
+        raise InputError(f"--speed {speed} is not allowed; allowed: a finite number > 0")
+    probe(db)  # a directory or another application's file: refused before any lock file
+    lease = Lease.acquire(db)
+    log: EventLog | None = None
+    try:
+        log = EventLog(db)
+        ok, bad_seq, why = verify_chain(log)
+        if not ok:
+            raise InputError(
+                f"{db}: the event log fails its check at row {bad_seq}: {why}; nothing was "
+                f"done and the pump is left as it is (pumpctl log --verify --db {db})"
+            )
+        programmed = library.run_under_way(log)
+        installed_setting(log)  # "no setting installed" before asking who you are
+        if operator is not None or secret is not None:
+            roster.authenticate(log, operator, secret or "", "operate" if programmed else "program")
+        try:
+            sess = _open(log, db, port, pump, speed, address, baud, safe_timeout_s, programmed)
+        except sqlite3.Error as exc:
+            raise InputError(f"{db}: cannot write the event log ({exc})") from None
+    except BaseException:
+        if log is not None:
+            log.close()
+        lease.release()
+        raise
+    sess.lease = lease
+    wall = log.wall_at(sess.clock.now())
+    if lease.stale is not None:
+        log.append(
+            sess.clock.now(), "-", "-", "lease_takeover", {"previous": lease.stale}, "system"
+        )
+    lease.beat(log, wall)
+
+    def housekeeping() -> None:
+        log.check_storage()
+        lease.beat(log, log.wall_at(sess.clock.now()))
+        sess._housekeeping = sess.clock.call_later(HOUSEKEEPING_WALL_S * speed, housekeeping)
+
+    sess._housekeeping = sess.clock.call_later(HOUSEKEEPING_WALL_S * speed, housekeeping)
+    if staff:
+        sess.staff = attach_staff(sess.controller, sess.driver, seed, speed)
+    return sess
+
+
+def _open(
+    log: EventLog,
+    db: str | Path,
+    port: str | None,
+    pump: str | None,
+    speed: float,
+    address: int,
+    baud: int | None,
+    safe_timeout_s: int | None,
+    programmed: bool,
+) -> Session:
     stored_speed = log.meta_get("speed")
     if stored_speed is not None and float(stored_speed) != speed:
         raise InputError(
             f"{db}: this run started at --speed {stored_speed}; allowed: the same speed"
         )
+    setting = installed_setting(log)
     epoch = log.meta_get("epoch_wall_s")
     clock = SystemClock(speed, None if epoch is None else float(epoch))
     if epoch is None:
@@ -123,7 +213,6 @@ def open_session(
         log.meta_set("speed", repr(speed))
     log.wall_epoch_s = clock.wall_epoch()
     log.speed = speed
-    setting = installed_setting(log)
     stored_pump = log.meta_get("pump")
     pump_ref = pump or stored_pump or ("newera_ne1000" if port else "generic_lvp")
     if stored_pump is not None and pump is not None and pump != stored_pump:
@@ -148,12 +237,8 @@ def open_session(
         timeout = ne.safe_timeout_s
         poll_s = max(min(timeout / 3.0, 2.0), 0.5) if timeout else 2.0
     ctl = Controller(clock, driver, log, setting, model=model, poll_s=poll_s)
-    programmed = log.db.execute("SELECT 1 FROM events WHERE event = 'program'").fetchone()
     resumed = restore(ctl) if programmed else None
-    sess = Session(clock, log, setting, model, driver, ctl, resumed)
-    if staff:
-        sess.staff = attach_staff(ctl, driver, seed, speed)
-    return sess
+    return Session(clock, log, setting, model, driver, ctl, resumed)
 
 
 def attach_staff(

@@ -543,9 +543,14 @@ def _normalise(node: Any) -> Any:
 
 
 def content_version(raw: dict[str, Any]) -> str:
-    """Content hash of the normalised setting: the library version."""
+    """The library version: ``sha256:`` and the full hex SHA-256 of the normalised content."""
     canon = json.dumps(_normalise(raw), sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()[:12]
+    return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
+
+
+def short_version(version: str) -> str:
+    """A version's label form (``sha256:`` and 12 hex digits); the full one is the identity."""
+    return version[: len("sha256:") + 12]
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -573,7 +578,7 @@ def resolve(name_or_path: str, *, pump: bool = False) -> Path:
     cand = base / f"{stem}.toml"
     if cand.exists() and "/" not in name_or_path:
         return cand
-    shipped = sorted(q.stem for q in base.glob("*.toml"))
+    shipped = sorted(q.stem for q in base.glob("*.toml") if not q.name.endswith(".sig.toml"))
     raise InputError(
         f"no {'pump profile' if pump else 'setting'} '{name_or_path}': not a file, "
         f"and the shipped ones are: {', '.join(shipped)}"
@@ -702,13 +707,17 @@ def _check_drug(raw: dict[str, Any]) -> None:
 def load_setting(name_or_path: str | Path) -> DrugSetting:
     """Load and validate a drug setting; raise ``InputError`` naming file and key."""
     path = resolve(str(name_or_path))
-    raw = _read_toml(path)
+    return setting_from_raw(_read_toml(path), str(path))
+
+
+def setting_from_raw(raw: Any, path: str) -> DrugSetting:
+    """Validate parsed setting content (a file's, or the copy stored in the database)."""
     try:
         DRUG_SCHEMA.check(raw, "")
         _check_drug(raw)
     except InputError as exc:
-        raise _fail(path, exc) from None
-    return DrugSetting(str(path), content_version(raw), raw)
+        raise _fail(Path(path), exc) from None
+    return DrugSetting(path, content_version(raw), raw)
 
 
 def load_pump(name_or_path: str | Path) -> PumpModel:

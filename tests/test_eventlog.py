@@ -16,6 +16,7 @@ from pumpctl.cli import main
 from pumpctl.eventlog import EventLog, MemoryEventLog
 
 ROOT = Path(__file__).resolve().parent.parent
+DEMO_ENV = {**os.environ, "PUMPCTL_OPERATOR_SECRET": "demo"}
 
 
 def test_append_only(tmp_path):
@@ -47,12 +48,11 @@ def test_not_a_log_is_one_line_exit_2(tmp_path, capsys):
     assert "not a pumpctl event log" in capsys.readouterr().err
 
 
-def test_run_refuses_uninstalled_setting(tmp_path, capsys):
+def test_run_refuses_uninstalled_setting(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PUMPCTL_OPERATOR_SECRET", "demo")
     db = tmp_path / "r.db"
-    assert (
-        main(["run", "--sim", "--db", str(db), "--dose-mg-per-day", "600", "--weight-kg", "70"])
-        == 2
-    )
+    argv = ["run", "--sim", "--db", str(db), "--dose-mg-per-day", "600", "--weight-kg", "70"]
+    assert main([*argv, "--operator", "rn-demo"]) == 2
     assert "no setting installed" in capsys.readouterr().err
 
 
@@ -78,9 +78,10 @@ def test_kill_9_then_resume_loses_nothing_and_never_restarts_pump(tmp_path):
     db = tmp_path / "run.db"
     setting = ROOT / "firmware_profiles" / "anakinra_continuous.toml"
     subprocess.run(
-        _pumpctl("setting", "install", str(setting), "--db", str(db), "--operator", "biomed1"),
+        _pumpctl("setting", "install", str(setting), "--db", str(db), "--demo"),
         check=True,
         cwd=ROOT,
+        env=DEMO_ENV,
     )
     proc = subprocess.Popen(
         _pumpctl(
@@ -94,8 +95,11 @@ def test_kill_9_then_resume_loses_nothing_and_never_restarts_pump(tmp_path):
             "70",
             "--speed",
             "600",
+            "--operator",
+            "rn-demo",
         ),
         cwd=ROOT,
+        env=DEMO_ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

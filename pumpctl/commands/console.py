@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "through the controller and its event log; reopening the console on the same "
         "--db shows what the log says. Quitting the console never stops the pump. "
         "With --sim and no --db a temporary demo log is made and the shipped setting "
-        "is installed in it (operator 'demo').",
+        "is installed in it: a DEMO database (demo keys and roster, see docs/trust.md).",
     )
     add_arguments(p)
     p.set_defaults(func=run)
@@ -53,14 +53,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def demo_db() -> Path:
-    """A new temporary event log with the shipped setting installed by 'demo'."""
+    """A new temporary DEMO event log (demo keys and roster) with the shipped, demo-signed
+    setting installed by 'biomed-demo'."""
+    from pumpctl import library, signing
     from pumpctl.clock import SystemClock
     from pumpctl.eventlog import EventLog
     from pumpctl.setting import load_setting
 
     path = Path(tempfile.mkdtemp(prefix="pumpctl-console-")) / "demo.db"
+    setting = load_setting(DEMO_SETTING)
     with EventLog(path, wall_epoch_s=SystemClock().wall_epoch()) as log:
-        log.install_setting(load_setting(DEMO_SETTING), operator="demo")
+        library.init_demo(log)
+        _version, sigs = signing.read_signatures(setting.path)
+        library.install_signed(log, setting, sigs, "biomed-demo", 0.0)
     return path
 
 
@@ -70,7 +75,7 @@ def stored_speed(db: Path) -> float | None:
         return None
     from pumpctl.eventlog import EventLog
 
-    with EventLog(db) as log:
+    with EventLog(db, readonly=True) as log:
         value = log.meta_get("speed")
     return None if value is None else float(value)
 

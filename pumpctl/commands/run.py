@@ -28,7 +28,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--bag-ml", type=int, metavar="V")
     p.add_argument("--interval-h", type=int, metavar="8|6")
     p.add_argument("--override-reason", metavar="TEXT")
-    p.add_argument("--operator", default="rn1", metavar="ID")
+    p.add_argument(
+        "--override-by",
+        metavar="ID",
+        help="the pharmacist or prescriber who overrides a soft limit; their secret comes "
+        "from PUMPCTL_OVERRIDE_SECRET or a prompt",
+    )
+    p.add_argument(
+        "--operator",
+        metavar="ID",
+        help="the nurse programming or resuming (a new run needs one); the secret comes from "
+        "PUMPCTL_OPERATOR_SECRET or a prompt",
+    )
     p.add_argument("--db", required=True, metavar="PATH")
     p.add_argument("--speed", type=float, default=1.0, metavar="X")
     p.add_argument("--pump", metavar="PROFILE", help="pump model profile (name or path)")
@@ -52,8 +63,19 @@ def run(args: argparse.Namespace) -> int:
             f"--speed {args.speed} with --port: a real pump runs in real time; "
             "allowed: --speed only with --sim"
         )
+    secret = None
+    if args.operator is not None:
+        from pumpctl.roster import read_secret
+
+        secret = read_secret(f"secret for {args.operator}: ")
+    elif args.dose_mg_per_day is not None or args.weight_kg is not None:
+        from pumpctl.roster import AuthError
+
+        raise AuthError("a new run needs --operator ID (a nurse) and the operator's secret")
     sess = open_session(
         args.db,
+        operator=args.operator,
+        secret=secret,
         port=args.port,
         pump=args.pump,
         speed=args.speed,
@@ -63,17 +85,22 @@ def run(args: argparse.Namespace) -> int:
         staff=not args.no_staff,
     )
     ctl = sess.controller
+    if sess.demo:
+        print("DEMO database: demo keys and roster (pumpctl setting install --demo)")
     if sess.resumed is None:
         if args.dose_mg_per_day is None or args.weight_kg is None:
             sess.close()
             raise InputError("a new run needs --dose-mg-per-day and --weight-kg")
+        override_by = None
+        if args.override_reason is not None:
+            override_by = _override_by(sess, args.override_by)
         order = Order(
             to_decimal(args.dose_mg_per_day, "--dose-mg-per-day"),
             to_decimal(args.weight_kg, "--weight-kg"),
             bag_ml=args.bag_ml,
             interval_h=args.interval_h,
             override_reason=args.override_reason,
-            operator=args.operator if args.override_reason else None,
+            operator=override_by,
         )
         reason = ctl.program(order, args.operator)
         if reason is not None:
@@ -97,5 +124,29 @@ def run(args: argparse.Namespace) -> int:
         f"controller stopped at {snap['t_s'] / 3600:.3f} h: state {snap['state']}, "
         f"interrupted {snap['interrupted_s']:.0f} s; the pump keeps its last state"
     )
-    sess.close()
+    unwritten = sess.close()
+    if unwritten:
+        print(
+            f"pumpctl run: {unwritten} event(s) could not be written to {args.db}: "
+            f"{sess.log.storage_problem}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _override_by(sess: object, op_id: str | None) -> str:
+    """Authenticate the pharmacist or prescriber who overrides a soft limit."""
+    from pumpctl import roster
+
+    log = sess.log  # type: ignore[attr-defined]
+    try:
+        if op_id is None:
+            raise roster.AuthError(
+                "--override-reason needs --override-by ID (a pharmacist or prescriber)"
+            )
+        secret = roster.read_secret(f"secret for {op_id}: ", "PUMPCTL_OVERRIDE_SECRET")
+        return roster.authenticate(log, op_id, secret, "override_soft_limit").id
+    except BaseException:
+        sess.close()  # type: ignore[attr-defined]
+        raise

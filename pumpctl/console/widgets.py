@@ -144,7 +144,7 @@ class HeaderBar(Shown):
         """Redraw from ``v``."""
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append(f" {v.drug.upper()} ", style="bold black on white")
-        t.append(f" setting {v.setting_version} ", style="bold")
+        t.append(f" setting {v.setting_version[:19]} ", style="bold")
         t.append(f"│ {v.pump_label} ")
         t.append(f"│ RN {v.operator} ", style="bold")
         t.append(f"│ t {hms(v.t_s)} ")
@@ -455,7 +455,7 @@ def describe(ev: Event) -> tuple[str, str]:
         )
         style = "bold"
     elif e == "setting_install":
-        text = f"setting {d.get('name')} {d.get('version')} installed"
+        text = f"setting {d.get('name')} {str(d.get('version'))[:19]} installed"
     else:
         text = f"{e} {json.dumps(d, sort_keys=True, separators=(',', ':'))}"
     return text, style
