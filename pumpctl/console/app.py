@@ -1256,11 +1256,3 @@ class ConsoleApp(App[None]):
 
 
 __all__ = ["AutoNurse", "ConsoleApp", "ConsoleSession"]
-
-
-if __name__ == "__main__":  # python -m pumpctl.console.app --sim --speed 600
-    import sys
-
-    from pumpctl.commands.console import main
-
-    sys.exit(main())

@@ -201,7 +201,7 @@ def record_physics(
             end_s,
             ctl.pump_name,
             state,
-            "flow_trace",
+            EventKind.FLOW_TRACE,
             {
                 "t_s": [t for t, _v in samples],
                 "volume_ml": [v for _t, v in samples],

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Literal
 
-from pumpctl.drivers.base import PumpAlarm, RunState
 from pumpctl.errors import PumpCommandError
+from pumpctl.pumpstatus import PumpAlarm, RunState
 
 STX = 0x02
 ETX = 0x03

@@ -29,8 +29,7 @@ import tty
 from dataclasses import dataclass, field
 
 from pumpctl.clock import Clock, SystemClock
-from pumpctl.drivers.base import PumpAlarm, RunState
-from pumpctl.drivers.newera_codec import (
+from pumpctl.devices.newera_codec import (
     ETX,
     RATE_UNITS_ML_PER_H,
     VOLUME_UNITS_ML,
@@ -42,9 +41,10 @@ from pumpctl.drivers.newera_codec import (
     parse_number,
     reply_number,
 )
+from pumpctl.devices.physics import PumpPhysics
 from pumpctl.errors import PumpCommandError
+from pumpctl.pumpstatus import PumpAlarm, RunState
 from pumpctl.setting import PumpModel, load_pump
-from pumpctl.sim.physics import PumpPhysics
 
 #: NE-1000 plunger speed range (manual section 12.5); the rate range follows the syringe.
 MAX_SPEED_CM_PER_MIN = 5.1005
