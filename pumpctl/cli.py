@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "pumpctl.commands.pump",
     "pumpctl.commands.console",
     "pumpctl.commands.simulate",
+    "pumpctl.commands.hl7",
 )
 
 

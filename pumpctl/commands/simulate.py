@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pumpctl.errors import InputError
 from pumpctl.report import markdown, result_with_accuracy, write_report
 from pumpctl.sim.runner import run_scenario
 from pumpctl.sim.scenario import load_scenario
@@ -25,13 +26,36 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--json", action="store_true", help="print the result JSON")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--seed", type=int, metavar="S", help="override the scenario's seed")
+    p.add_argument(
+        "--hl7-out",
+        metavar="FILE",
+        help="write the run's outbound HL7 stream (PCD-01/04/10) on the simulation clock",
+    )
+    p.add_argument(
+        "--hl7-status-period-s",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="PCD-01 status period in the --hl7-out stream (default 300)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Simulate, print, write; the exit code is the verdict."""
     sc = load_scenario(args.scenario)
-    sim = run_scenario(sc, args.seed)
+    recorder = None
+    if args.hl7_out:
+        from pumpctl.hl7.stream import StreamRecorder
+
+        period = args.hl7_status_period_s
+        if not period > 0 or period == float("inf"):
+            raise InputError(f"--hl7-status-period-s {period:g} is not allowed; allowed: > 0")
+        recorder = StreamRecorder(status_period_s=period)
+    sim = run_scenario(sc, args.seed, observers=[recorder] if recorder else [])
+    if recorder is not None:
+        n = recorder.write(args.hl7_out)
+        print(f"{n} HL7 messages written to {args.hl7_out}")
     if args.out:
         result = write_report(sim, Path(args.out), plots=not args.no_plots)
     else:

@@ -8,6 +8,7 @@ not from the alarm a minute later.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -65,8 +66,17 @@ def _order(
     )
 
 
-def run_scenario(sc: Scenario, seed: int | None = None, *, trace: bool = True) -> SimRun:
-    """Simulate one scenario; ``seed`` overrides the file's (campaign runs)."""
+def run_scenario(
+    sc: Scenario,
+    seed: int | None = None,
+    *,
+    trace: bool = True,
+    observers: Sequence[Callable[[Controller, SimClock], object]] = (),
+) -> SimRun:
+    """Simulate one scenario; ``seed`` overrides the file's (campaign runs).
+
+    ``observers`` are called with the controller and clock before the order is programmed.
+    """
     seed = sc.seed if seed is None else seed
     setting = load_setting(sc.resolve_path(sc.setting))
     model = load_pump(sc.resolve_path(sc.pump))
@@ -106,6 +116,8 @@ def run_scenario(sc: Scenario, seed: int | None = None, *, trace: bool = True) -
 
         ctl.listeners.append(on_event)
 
+    for observe in observers:
+        observe(ctl, clock)
     err = ctl.program(
         _order(sc, sc.dose_mg_per_day, sc.bag_ml, sc.override_reason, sc.operator), "md1"
     )
