@@ -101,8 +101,8 @@ class InfusionOrder:
     device_id: str
     drug_id: str
     drug_text: str
-    weight_kg: Decimal
-    dose_mg_per_day: Decimal
+    weight_kg: Decimal | None  # OBX 68063; None when the message has none
+    dose_mg_per_day: Decimal | None  # None when a per-kg rate comes without a weight
     rate_ml_per_h: Decimal | None  # when the order gives a rate (RXG-15/16 in mL/h)
     vtbi_ml: Decimal | None  # RXG-5/7
     strength_mg: Decimal | None  # RXG-17/18
@@ -257,28 +257,25 @@ def parse_rgv(msg: hl7.Message, device_id: str | None) -> InfusionOrder:
     vtbi = _num(val(rxg, 5), "RXG-5 (give amount: VTBI)", required=False)
     if vtbi is not None:
         vtbi *= _unit_factor(codec.components(rxg, 7), _VOLUME_ML, "volume", "RXG-7")
+    weight: Decimal | None = None
     weights = [o for o in obxs if val(o, 3, 1) == MDC_ATTR_PT_WEIGHT]
-    if not weights:
-        raise Rejected(
-            "malformed", "no OBX 68063^MDC_ATTR_PT_WEIGHT: the patient weight is required", "OBX"
-        )
-    weight = _num(val(weights[0], 5), "OBX-5 (patient weight)")
-    assert weight is not None and rate_val is not None
-    wcomps = codec.components(weights[0], 6)
-    weight *= _unit_factor(wcomps, _WEIGHT_KG, "weight", "OBX-6") if any(wcomps) else Decimal(1)
+    if weights:
+        weight = _num(val(weights[0], 5), "OBX-5 (patient weight)")
+        assert weight is not None
+        wcomps = codec.components(weights[0], 6)
+        if any(wcomps):
+            weight *= _unit_factor(wcomps, _WEIGHT_KG, "weight", "OBX-6")
+    assert rate_val is not None
+    per_kg = weight if unit.per_kg else Decimal(1)
     rate_ml_h: Decimal | None = None
+    dose: Decimal | None = None
     if unit.volume:
-        rate_ml_h = rate_val * unit.factor * (weight if unit.per_kg else 1)
-        if strength is None or volume is None:
-            raise Rejected(
-                "malformed",
-                "a rate order needs the strength RXG-17/18 and the drug volume RXG-23/24 "
-                "to know the dose",
-                "RXG^1^17",
-            )
-        dose = rate_ml_h * 24 * strength / volume
-    else:
-        dose = rate_val * unit.factor * (weight if unit.per_kg else 1)
+        if per_kg is not None:
+            rate_ml_h = rate_val * unit.factor * per_kg
+            if strength is not None and volume is not None:
+                dose = rate_ml_h * 24 * strength / volume
+    elif per_kg is not None:
+        dose = rate_val * unit.factor * per_kg
     pid = first(msg, "PID")
     return InfusionOrder(
         control_id=control_id,
@@ -306,6 +303,7 @@ def drug_matches(order: InfusionOrder, setting: DrugSetting) -> bool:
 
 def to_console_order(order: InfusionOrder, setting: DrugSetting, operator: str) -> Order:
     """The console ``Order`` for this message (bag size from RXG-23 when it is one)."""
+    assert order.dose_mg_per_day is not None and order.weight_kg is not None
     bag_ml: int | None = None
     vol = order.drug_volume_ml
     if vol is not None and vol == vol.to_integral_value() and int(vol) in setting.bag_sizes_ml:
@@ -351,6 +349,20 @@ def check_order(order: InfusionOrder, setting: DrugSetting, operator: str) -> tu
             "drug_not_in_library",
             f"drug {got!r} is not in the installed drug library; allowed: {setting.drug}",
             "RXG^1^4",
+        )
+    if order.weight_kg is not None and order.dose_mg_per_day is None:
+        raise Rejected(
+            "bad_value",
+            "a rate order needs the strength RXG-17/18 and the drug volume RXG-23/24; "
+            "allowed: both, or a dose rate such as mg/d in RXG-15/16",
+            "RXG^1^17",
+        )
+    if order.weight_kg is None or order.dose_mg_per_day is None:
+        raise Rejected(
+            "bad_value",
+            "no patient weight (OBX 68063^MDC_ATTR_PT_WEIGHT); allowed: an order with the "
+            "weight, which the dose limits need",
+            "OBX",
         )
     console = to_console_order(order, setting, operator)
     try:
