@@ -232,7 +232,7 @@ def parse_rgv(msg: hl7.Message, device_id: str | None) -> InfusionOrder:
     if device_id is not None and device_id not in ids:
         raise Rejected(
             "wrong_device",
-            f"order is for device {ids[-1]!r}; this is device {device_id!r}",
+            f"OBX-18 names device {ids[-1]!r}; this is device {device_id!r}",
             "OBX^1^18",
         )
     drug = codec.components(rxg, 4)
