@@ -49,11 +49,15 @@ class Receiver:
         self.messages: list[hl7.Message] = []
         self._lock = threading.Lock()
         self._server: socket.socket | None = None
+        self._hold: socket.socket | None = None  # keeps the port while down
         self._conns: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
 
     def up(self) -> Receiver:
         """Start listening (on the same port as before, if any)."""
+        if self._hold is not None:
+            self._hold.close()
+            self._hold = None
         srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         srv.bind(("127.0.0.1", self.port))
@@ -66,15 +70,32 @@ class Receiver:
         return self
 
     def down(self) -> None:
-        """Stop listening and drop every connection."""
+        """Stop listening and drop every connection; the port stays taken (refusing)."""
         srv, self._server = self._server, None
         if srv is not None:
+            with contextlib.suppress(OSError):
+                srv.shutdown(socket.SHUT_RDWR)  # wakes the accept() of the listener thread
             srv.close()
+            for t in self._threads:
+                t.join(2.0)
+            self._threads = []
         for c in self._conns:
             with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
             c.close()
         self._conns = []
+        if srv is not None and self._hold is None:
+            hold = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            hold.bind(("127.0.0.1", self.port))  # bound, not listening: connections refused
+            self._hold = hold
+
+    def close(self) -> None:
+        """Down, and free the port."""
+        self.down()
+        if self._hold is not None:
+            self._hold.close()
+            self._hold = None
 
     def _accept(self, srv: socket.socket) -> None:
         while True:

@@ -148,7 +148,12 @@ def send(args: argparse.Namespace) -> int:
     except TimeoutError:
         raise ReceiverError(f"{host}:{port} did not answer within {args.timeout_s:g} s") from None
     except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
-        why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        if isinstance(exc, ConnectionRefusedError):
+            why = "connection refused"
+        elif isinstance(exc, asyncio.IncompleteReadError | EOFError):
+            why = "the connection was closed"
+        else:
+            why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise ReceiverError(f"{host}:{port}: no acknowledgement: {why}") from None
     except (codec.Hl7FormatError, ValueError) as exc:
         raise ReceiverError(f"{host}:{port}: the answer is not an HL7 message: {exc}") from None

@@ -200,11 +200,13 @@ def parse_hostport(text: str, flag: str) -> tuple[str, int]:
 
 async def send_and_wait(host: str, port: int, er7: str, timeout_s: float) -> hl7.Message:
     """Send one message over MLLP and return the acknowledgement (python-hl7 streams)."""
-    reader, writer = await asyncio.wait_for(open_hl7_connection(host, port), timeout_s)
+    async with asyncio.timeout(timeout_s):
+        reader, writer = await open_hl7_connection(host, port)
     try:
-        writer.writeblock(er7.encode("utf-8"))
-        await writer.drain()
-        block = await asyncio.wait_for(reader.readblock(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            writer.writeblock(er7.encode("utf-8"))
+            await writer.drain()
+            block = await reader.readblock()
         return parse_er7(block.decode("utf-8", errors="replace"))
     finally:
         writer.close()

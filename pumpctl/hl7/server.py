@@ -130,13 +130,13 @@ class Hl7Server:
         finally:
             for t in tasks:
                 t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            if tasks:  # each loop also watches the stop flag
+                await asyncio.wait(tasks, timeout=5.0)
             if server is not None:
                 server.close()
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(server.wait_closed(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await server.wait_closed()
             self.reporter.close()
             sess.close()
             counts = outbox.counts()
@@ -154,7 +154,8 @@ class Hl7Server:
     # ----------------------------------------------------------------- clock
     async def _clock_loop(self) -> None:
         assert self.sess is not None
-        while True:
+        assert self._stop is not None
+        while not self._stop.is_set():
             try:
                 self.sess.clock.run_pending()
             except Exception as exc:  # a failing timer must not stop the service
@@ -169,26 +170,26 @@ class Hl7Server:
             self._wake.set()
 
     async def _send_loop(self, forward: tuple[str, int]) -> None:
-        assert self.outbox is not None and self._wake is not None
+        assert self.outbox is not None and self._wake is not None and self._stop is not None
         outbox, cfg = self.outbox, self.cfg
         reader: Any = None
         writer: Any = None
-        while True:
+        while not self._stop.is_set():
             item = outbox.next_pending()
             if item is None:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 0.5)
+                waiter = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait({waiter}, timeout=0.5)
+                waiter.cancel()
                 continue
             row_id, cid, er7 = item
             try:
-                if writer is None:
-                    reader, writer = await asyncio.wait_for(
-                        open_hl7_connection(*forward, encoding="utf-8"), cfg.ack_timeout_s
-                    )
-                writer.writeblock(er7.encode("utf-8"))
-                await writer.drain()
-                block = await asyncio.wait_for(reader.readblock(), cfg.ack_timeout_s)
+                async with asyncio.timeout(cfg.ack_timeout_s):
+                    if writer is None:
+                        reader, writer = await open_hl7_connection(*forward, encoding="utf-8")
+                    writer.writeblock(er7.encode("utf-8"))
+                    await writer.drain()
+                    block = await reader.readblock()
                 code, ref, text = codec.ack_code(codec.parse_er7(block.decode("utf-8", "replace")))
                 if ref and ref != cid:
                     raise ValueError(f"acknowledgement is for {ref!r}, not {cid!r}")
