@@ -406,3 +406,35 @@ def test_simulated_stream_on_the_simulation_clock(tmp_path, setting) -> None:
     assert obx_values(start)["157784"] == "12.5"
     ids = [codec.val(m.segment("MSH"), 10) for m in msgs]
     assert len(set(ids)) == len(ids)
+
+
+def test_simulate_cli_writes_the_stream(tmp_path, capsys) -> None:
+    from pumpctl.cli import main
+    from tests.helpers import write_scenario
+
+    sc = write_scenario(tmp_path, duration_h=2)
+    out = tmp_path / "out.hl7"
+    args = ["simulate", str(sc), "--hl7-out", str(out), "--hl7-start", "2026-03-01T08:00Z"]
+    main([*args, "--hl7-status-period-s", "1800"])
+    msgs = [codec.parse_er7(t) for t in codec.split_messages(out.read_text())]
+    assert f"{len(msgs)} HL7 messages written" in capsys.readouterr().out
+    statuses = [m for m in msgs if pcd03.message_type(m) == "ORU^R01"]
+    times = [codec.val(m.segment("MSH"), 7) for m in statuses]
+    assert times == ["20260301083000+0000", "20260301090000+0000", "20260301093000+0000",
+                     "20260301100000+0000"]  # fmt: skip
+    assert main([*args[:4], "--hl7-start", "yesterday"]) == 2
+    assert "--hl7-start 'yesterday' is not a date-time" in capsys.readouterr().err
+    assert main([*args[:4], "--hl7-status-period-s", "0"]) == 2
+
+
+def test_a_reporter_failure_never_breaks_the_controller(setting, lvp, capsys) -> None:
+    p = _Pump(setting, lvp)
+    n = len(p.out)
+    p.rep.on_event(_ev("bag_hung", bag="two"))  # a detail the table cannot read
+    p.rep.on_event(_ev("alarm", kind="occlusion", priority=object()))
+    p.clock.advance(1.0)
+    assert "not reported" in capsys.readouterr().err
+    assert len(p.out) >= n  # the reporter keeps working
+    p.ctl.stop("rn1", "test")
+    p.clock.advance(1.0)
+    assert "MDC_EVT_PUMP_DELIV_STOP" in p.out[-1].er7

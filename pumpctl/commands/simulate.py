@@ -38,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="S",
         help="PCD-01 status period in the --hl7-out stream (default 300)",
     )
+    p.add_argument(
+        "--hl7-start",
+        metavar="ISO",
+        help="UTC date-time of simulation time 0 in the --hl7-out stream "
+        "(default: the simulation clock's epoch, 1970-01-01T00:00:00Z)",
+    )
     p.set_defaults(func=run)
 
 
@@ -51,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         period = args.hl7_status_period_s
         if not period > 0 or period == float("inf"):
             raise InputError(f"--hl7-status-period-s {period:g} is not allowed; allowed: > 0")
-        recorder = StreamRecorder(status_period_s=period)
+        recorder = StreamRecorder(status_period_s=period, epoch_s=_start_epoch(args.hl7_start))
     sim = run_scenario(sc, args.seed, observers=[recorder] if recorder else [])
     if recorder is not None:
         n = recorder.write(args.hl7_out)
@@ -67,3 +73,20 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             print(f"report written to {args.out}/")
     return 0 if result["verdict"] == "pass" else 1
+
+
+def _start_epoch(text: str | None) -> float | None:
+    """``--hl7-start`` as Unix seconds (naive times are UTC)."""
+    if text is None:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(
+            f"--hl7-start {text!r} is not a date-time; allowed: ISO 8601, e.g. 2026-01-01T08:00Z"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()

@@ -14,6 +14,7 @@ the local coding system ``99PCTL`` (listed in docs/hl7.md).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -221,8 +222,10 @@ class PumpReporter:
         new_id: Callable[[], str],
         status_period_s: float | None = None,
         context: OrderContext | None = None,
+        epoch_s: float | None = None,
     ) -> None:
         self.ctl = controller
+        self.epoch_s = epoch_s  # wall time of clock t=0 (default: the clock's own epoch)
         self.clock = clock
         self.sink = sink
         self.device_id = device_id
@@ -253,8 +256,15 @@ class PumpReporter:
 
     # ------------------------------------------------------------------ events
     def on_event(self, ev: Any) -> None:
-        """Queue the event; messages are built once the controller's action is complete."""
-        if route(ev.event, ev.detail) is None:
+        """Queue the event; messages are built once the controller's action is complete.
+
+        Runs inside the controller's logging: it never raises into the controller.
+        """
+        try:
+            if route(ev.event, ev.detail) is None:
+                return
+        except Exception as exc:  # an event detail this table does not understand
+            self._report_failure(ev, exc)
             return
         self._pending.append(ev)
         if self._flush_timer is None:
@@ -265,13 +275,26 @@ class PumpReporter:
         self._flush_timer = None
         pending, self._pending = self._pending, []
         for ev in pending:
-            r = route(ev.event, ev.detail)
-            if r is None or self.closed:
+            if self.closed:
+                return
+            try:
+                r = route(ev.event, ev.detail)
+                if r is None:
+                    continue
+                out = self.infusion_event(r.arg, ev) if r.action == "infusion" else None
+                if r.action == "alert":
+                    out = self.alert(r.arg, ev)
+            except Exception as exc:  # one bad event must not stop the others
+                self._report_failure(ev, exc)
                 continue
-            if r.action == "infusion":
-                self.sink(self.infusion_event(r.arg, ev))
-            elif r.action == "alert":
-                self.sink(self.alert(r.arg, ev))
+            if out is not None:
+                self.sink(out)
+
+    def _report_failure(self, ev: Any, exc: Exception) -> None:
+        print(
+            f"pumpctl hl7: event {ev.event!r} not reported: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
 
     def _tick(self) -> None:
         if self.closed:
@@ -281,7 +304,8 @@ class PumpReporter:
 
     # ---------------------------------------------------------------- builders
     def _now_epoch(self, t_s: float) -> float:
-        return float(self.clock.wall_epoch()) + t_s
+        epoch = self.clock.wall_epoch() if self.epoch_s is None else self.epoch_s
+        return float(epoch) + t_s
 
     def _header(self, t_s: float, msg_type: list[str], profile: list[str]) -> tuple[str, str]:
         cid = self.new_id()

@@ -116,7 +116,7 @@ class Hl7Server:
             if signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     self._loop_add_signal(sig)
-            fwd = f"{cfg.forward[0]}:{cfg.forward[1]}" if cfg.forward else "none (kept in outbox)"
+            fwd = f"{cfg.forward[0]}:{cfg.forward[1]}" if cfg.forward else "nowhere (no --forward)"
             self.say(
                 f"listening on {host}:{self.bound[1]} as device "
                 f"{self.device_id or 'any'}; forwarding to {fwd}; "
@@ -165,6 +165,8 @@ class Hl7Server:
     # ----------------------------------------------------------------- outbound
     def _enqueue(self, out: Outbound) -> None:
         assert self.outbox is not None
+        if self.cfg.forward is None:  # nobody to send to: answers go on the connection only
+            return
         self.outbox.add(out)
         if self._wake is not None:
             self._wake.set()

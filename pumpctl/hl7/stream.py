@@ -17,7 +17,9 @@ class StreamRecorder:
         device_id: str = "SIM-PUMP",
         status_period_s: float | None = 300.0,
         patient_id: str = "SIM-PATIENT",
+        epoch_s: float | None = None,
     ) -> None:
+        self.epoch_s = epoch_s
         self.device_id = device_id
         self.status_period_s = status_period_s
         self.patient_id = patient_id
@@ -40,6 +42,7 @@ class StreamRecorder:
             new_id=self._new_id,
             status_period_s=self.status_period_s,
             context=OrderContext(patient=pid),
+            epoch_s=self.epoch_s,
         ).attach()
 
     def finish(self) -> None:
