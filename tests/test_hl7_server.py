@@ -300,3 +300,33 @@ def test_cli_serve_bad_options_are_one_line(db, capsys) -> None:
     assert main([*args, "--status-period-s", "0"]) == 2
     assert main([*args, "--speed", "-1"]) == 2
     assert main([*args, "--device-id", " "]) == 2
+
+
+def test_listen_acknowledges_and_keeps_every_message(tmp_path) -> None:
+    import asyncio
+    import threading
+
+    from pumpctl.hl7.listener import listen
+
+    lines: list[str] = []
+    out = (tmp_path / "got.hl7").open("w", encoding="utf-8")
+    loop = asyncio.new_event_loop()
+    stop_ev = asyncio.Event()
+    t = threading.Thread(
+        target=loop.run_until_complete,
+        args=(listen("127.0.0.1", 0, say=lines.append, out=out, stop=stop_ev),),
+        daemon=True,
+    )
+    t.start()
+    try:
+        first = Receiver().wait_for(lambda: lines[:1], what="the listener")[0]
+        port = int(first.rsplit(":", 1)[1])
+        ack = send_plain(port, order("L1"))
+        assert msa(ack) == ("AA", "L1")
+        assert msa(send_plain(port, "junk"))[0] == "CR"
+    finally:
+        loop.call_soon_threadsafe(stop_ev.set)
+        t.join(5.0)
+        out.close()
+    assert any("RGV^O15  L1" in ln for ln in lines)
+    assert codec.split_messages((tmp_path / "got.hl7").read_text()) == [order("L1")]

@@ -89,6 +89,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--to", required=True, metavar="HOST:PORT")
     t.add_argument("--timeout-s", type=float, default=10.0, metavar="S")
     t.set_defaults(func=send)
+    r = hsub.add_parser(
+        "listen",
+        help="a bench receiver: acknowledge (AA) and print every message",
+        description="Listen for MLLP messages (e.g. the --forward stream of 'pumpctl hl7 "
+        "serve'), answer MSA AA to each, print one line per message and optionally keep "
+        "them all in a file.",
+    )
+    r.add_argument("--listen", required=True, metavar="HOST:PORT")
+    r.add_argument("--out", metavar="FILE", help="append every message to FILE")
+    r.set_defaults(func=listen)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -162,3 +172,24 @@ def send(args: argparse.Namespace) -> int:
     if code in ("AA", "CA"):
         return 0
     raise NotAcceptedError(f"{host}:{port} answered {code or 'no MSA'}: {text_ or 'no reason'}")
+
+
+def listen(args: argparse.Namespace) -> int:
+    """Receive until SIGINT/SIGTERM."""
+    from pumpctl.hl7.listener import listen as run_listener
+
+    host, port = codec.parse_hostport(args.listen, "--listen")
+    out = None
+    if args.out:
+        try:
+            out = open(args.out, "a", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise InputError(f"--out {args.out}: cannot write: {exc.strerror}") from None
+    try:
+        asyncio.run(run_listener(host, port, say=lambda line: print(line, flush=True), out=out))
+    except OSError as exc:
+        raise InputError(f"--listen {args.listen}: cannot listen: {exc.strerror or exc}") from None
+    finally:
+        if out is not None:
+            out.close()
+    return 0

@@ -186,7 +186,7 @@ def ack_code(msg: hl7.Message) -> tuple[str, str, str]:
     """(MSA-1, MSA-2, ERR text) of an acknowledgement; MSA-1 is ``""`` if there is none."""
     msa = first(msg, "MSA")
     err = first(msg, "ERR")
-    text = " ".join(t for t in (val(err, 8), val(err, 5, 2), val(err, 3, 2)) if t)
+    text = val(err, 8) or val(err, 5, 2) or val(err, 3, 2)
     return val(msa, 1), val(msa, 2), text or val(msa, 3)
 
 

@@ -235,6 +235,7 @@ class PumpReporter:
         self._pending: list[Any] = []
         self._flush_timer: Any = None
         self._status_timer: Any = None
+        self._status_due_s = 0.0
         self._status_seen: Any = None
         self._status_seen_t_s = 0.0
         self.closed = False
@@ -243,7 +244,8 @@ class PumpReporter:
         """Listen to the controller and start the periodic status."""
         self.ctl.listeners.append(self.on_event)
         if self.status_period_s:
-            self._status_timer = self.clock.call_later(self.status_period_s, self._tick)
+            self._status_due_s = self.clock.now() + self.status_period_s
+            self._status_timer = self.clock.call_at(self._status_due_s, self._tick)
         return self
 
     def close(self) -> None:
@@ -300,7 +302,12 @@ class PumpReporter:
         if self.closed:
             return
         self.sink(self.status())
-        self._status_timer = self.clock.call_later(float(self.status_period_s or 0), self._tick)
+        period = float(self.status_period_s or 0)
+        # on a fixed grid from the start (no drift), skipping any slot already missed
+        self._status_due_s += period * max(
+            1, int((self.clock.now() - self._status_due_s) // period) + 1
+        )
+        self._status_timer = self.clock.call_at(self._status_due_s, self._tick)
 
     # ---------------------------------------------------------------- builders
     def _now_epoch(self, t_s: float) -> float:
