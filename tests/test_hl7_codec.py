@@ -6,6 +6,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pumpctl.clock import SimClock
 from pumpctl.controller import Controller
@@ -438,3 +440,41 @@ def test_a_reporter_failure_never_breaks_the_controller(setting, lvp, capsys) ->
     p.ctl.stop("rn1", "test")
     p.clock.advance(1.0)
     assert "MDC_EVT_PUMP_DELIV_STOP" in p.out[-1].er7
+
+
+_FIELDS = [ln.split("|") for ln in codec.strip_comments(ORDER).split("\r")]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    edits=st.lists(
+        st.tuples(
+            st.integers(0, len(_FIELDS) - 1),
+            st.integers(1, 30),
+            st.one_of(
+                st.text(max_size=12),
+                st.sampled_from(["", "0", "-5", "1e400", "NaN", "^^^", "~", "&", "\\", "mg/d"]),
+            ),
+        ),
+        max_size=4,
+    ),
+    drop=st.sets(st.integers(1, len(_FIELDS) - 1), max_size=3),
+)
+def test_any_mangled_order_is_decoded_or_rejected(setting, edits, drop) -> None:
+    segs = [list(f) for f in _FIELDS]
+    for seg_i, field_i, value in edits:
+        if seg_i == 0 and field_i < 3:
+            continue  # keep MSH-1/2: the separators are checked by parse_er7
+        row = segs[seg_i]
+        row.extend([""] * (field_i + 1 - len(row)))
+        row[field_i] = value.replace("\r", "").replace("\n", "")
+    text = "\r".join("|".join(r) for i, r in enumerate(segs) if i not in drop)
+    try:
+        o = rgv(text)
+    except (pcd03.Rejected, codec.Hl7FormatError) as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    try:
+        pcd03.check_order(o, setting, "ehr")
+    except pcd03.Rejected as exc:
+        assert exc.rule.ack in ("AR", "AE") and "\n" not in exc.text

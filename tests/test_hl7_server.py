@@ -330,3 +330,24 @@ def test_listen_acknowledges_and_keeps_every_message(tmp_path) -> None:
         out.close()
     assert any("RGV^O15  L1" in ln for ln in lines)
     assert codec.split_messages((tmp_path / "got.hl7").read_text()) == [order("L1")]
+
+
+def test_a_bug_costs_one_message_not_the_server(db, receiver, servers, monkeypatch) -> None:
+    from pumpctl.hl7 import pcd03
+
+    srv = servers(db, receiver.port, device_id="PUMP01", status_period_s=None)
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as m:
+        m.setattr(pcd03, "parse_rgv", broken)
+        ack = send_plain(srv.bound[1], order("X1"))
+        assert msa(ack)[0] == "CR" and "boom" in codec.val(ack.segment("ERR"), 8)
+    with monkeypatch.context() as m:
+        m.setattr(pcd03, "check_order", broken)
+        assert msa(send_plain(srv.bound[1], order("X2"))) == ("CA", "X2")
+        rrg = rrg_for(receiver, "X2")
+        assert msa(rrg)[0] == "AE" and err5(rrg) == "9099"
+    assert msa(send_plain(srv.bound[1], order("X3"))) == ("CA", "X3")
+    assert msa(rrg_for(receiver, "X3"))[0] == "AA"

@@ -44,6 +44,7 @@ RULES: dict[str, Rule] = {
         Rule("bad_value", "102", "Data type error", "9021", "Order value not allowed", "AE"),
         Rule("wrong_device", "204", "Unknown key identifier", "9022", "Not for this device", "AR"),
         Rule("unsupported", "200", "Unsupported message type", "9023", "Not an RGV^O15", "AR"),
+        Rule("internal", "207", "Application internal error", "9099", "Internal error", "AE"),
         Rule(
             "drug_not_in_library",
             "207",

@@ -263,7 +263,18 @@ class Hl7Server:
         return self.outbox.new_id()
 
     def handle(self, text: str) -> tuple[str, Callable[[], None] | None]:
-        """The ACK^O15 for one inbound message, and the work to do once it is sent."""
+        """The ACK^O15 for one inbound message, and the work to do once it is sent.
+
+        Never raises: whatever arrives gets an answer (``CR`` when it cannot be read).
+        """
+        try:
+            return self._handle(text)
+        except Exception as exc:  # a bug must cost one message, not the server
+            print(f"pumpctl hl7 serve: cannot read a message: {exc!r}", file=sys.stderr)
+            rej = pcd03.Rejected("malformed", f"cannot read the message: {exc}")
+            return pcd03.accept_ack(None, "CR", self._new_id(), self._now(), APP, rej), None
+
+    def _handle(self, text: str) -> tuple[str, Callable[[], None] | None]:
         try:
             msg = codec.parse_er7(text)
         except codec.Hl7FormatError as exc:
@@ -301,6 +312,13 @@ class Hl7Server:
 
     def _process(self, msg: hl7.Message, order: pcd03.InfusionOrder, text: str) -> None:
         """Check the order as the console does, program it, and queue the RRG^O16."""
+        try:
+            self._program(msg, order, text)
+        except Exception as exc:  # never leave an accepted order without an answer
+            print(f"pumpctl hl7 serve: order {order.control_id} failed: {exc!r}", file=sys.stderr)
+            self._answer(msg, "AE", pcd03.Rejected("internal", f"internal error: {exc}"))
+
+    def _program(self, msg: hl7.Message, order: pcd03.InfusionOrder, text: str) -> None:
         assert self.sess is not None and self.outbox is not None and self.reporter is not None
         ctl = self.sess.controller
         operator = f"hl7:{order.sending_app or 'ehr'}"
