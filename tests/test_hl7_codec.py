@@ -478,3 +478,27 @@ def test_any_mangled_order_is_decoded_or_rejected(setting, edits, drop) -> None:
         pcd03.check_order(o, setting, "ehr")
     except pcd03.Rejected as exc:
         assert exc.rule.ack in ("AR", "AE") and "\n" not in exc.text
+
+
+@pytest.mark.parametrize(
+    ("drug", "ok"),
+    [
+        ("ANAK^anakinra^LOCAL", True),
+        ("^Anakinra 100 mg/0.67 mL (Kineret)", True),
+        ("anakinra", True),
+        ("123^anakinra IV infusion", True),
+        ("5678^Dopamine", False),
+        ("^anakinrax", False),
+    ],
+)
+def test_drug_name_matching(setting, drug: str, ok: bool) -> None:
+    o = rgv(order_text(("ANAK^anakinra^LOCAL", drug)))
+    assert pcd03.drug_matches(o, setting) is ok
+
+
+def test_far_over_the_hard_limit_with_no_bag_is_still_the_hard_limit(setting) -> None:
+    # 12000 mg/day: no bag holds a dose that large, but the rule that refuses it is the limit
+    o = rgv(order_text((RATE_ML_H, "|12000|mg/24h|")))
+    with pytest.raises(pcd03.Rejected) as exc:
+        pcd03.check_order(o, setting, "ehr")
+    assert exc.value.rule.name == "hard_limit" and "upper hard" in exc.value.text

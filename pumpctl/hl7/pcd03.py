@@ -17,7 +17,7 @@ import hl7
 from pumpctl.errors import InputError, OverrideRequiredError, RefusedError
 from pumpctl.hl7 import codec
 from pumpctl.hl7.codec import first, seg, segments, val
-from pumpctl.order import Build, Order, build
+from pumpctl.order import Build, Order, build, check_limits
 from pumpctl.setting import DrugSetting
 
 MDC_DEV_PUMP_INFUS_VMD = "69986"
@@ -118,7 +118,7 @@ _MASS_MG = {"ug": Decimal("0.001"), "mcg": Decimal("0.001"), "mg": Decimal(1), "
 _MDC_MASS = {"MICRO_G": "ug", "MILLI_G": "mg", "X_G": "g"}
 _PER_DAY = {"min": Decimal(1440), "h": Decimal(24), "d": Decimal(1)}
 _UCUM_RATE = re.compile(
-    r"^(?P<q>ug|mcg|mg|g|ml|l)(?P<kg>/kg)?/(?P<t>min|h|hr|hour|d|day|24\.h|\(24\.h\))$"
+    r"^(?P<q>ug|mcg|mg|g|ml|l)(?P<kg>/kg)?/(?P<t>min|h|hr|hour|d|day|24\.?h|\(24\.?h\))$"
 )
 _MDC_RATE = re.compile(
     r"^MDC_DIM_(?P<q>MICRO_G|MILLI_G|X_G|MILLI_L|X_L)(?P<kg>_PER_KG)?_PER_(?P<t>MIN|HR|DAY)$"
@@ -140,7 +140,7 @@ def rate_unit(comps: list[str]) -> RateUnit | None:
         text = c.strip()
         m = _UCUM_RATE.match(text.lower().replace(" ", ""))
         if m:
-            t = {"hr": "h", "hour": "h", "day": "d", "24.h": "d", "(24.h)": "d"}.get(m["t"], m["t"])
+            t = "d" if "24" in m["t"] else {"hr": "h", "hour": "h", "day": "d"}.get(m["t"], m["t"])
             return _rate(m["q"], t, bool(m["kg"]))
         m = _MDC_RATE.match(text.upper())
         if m:
@@ -297,9 +297,18 @@ def parse_rgv(msg: hl7.Message, device_id: str | None) -> InfusionOrder:
 
 # --------------------------------------------------------------------------- check
 def drug_matches(order: InfusionOrder, setting: DrugSetting) -> bool:
-    """Is the ordered drug the one in the installed setting (identifier or text)?"""
+    """Is the ordered drug the one in the installed setting?
+
+    RXG-4's identifier or text must be the setting's drug or name, or name the drug as a
+    whole word ("Anakinra 100 mg/0.67 mL" is anakinra; "Dopamine" is not).
+    """
     names = {setting.drug.strip().lower(), setting.name.strip().lower()}
-    return any(t.strip().lower() in names for t in (order.drug_id, order.drug_text) if t)
+    word = re.compile(rf"\b{re.escape(setting.drug.strip().lower())}\b")
+    for t in (order.drug_id, order.drug_text):
+        text = t.strip().lower()
+        if text and (text in names or word.search(text)):
+            return True
+    return False
 
 
 def to_console_order(order: InfusionOrder, setting: DrugSetting, operator: str) -> Order:
@@ -369,8 +378,13 @@ def check_order(order: InfusionOrder, setting: DrugSetting, operator: str) -> tu
     try:
         b = build(console, setting)
     except RefusedError as exc:
-        rule = "hard_limit" if hasattr(exc, "build") else "no_bag_fits"
-        raise Rejected(rule, str(exc), "RXG^1^15") from None
+        if hasattr(exc, "build"):
+            raise Rejected("hard_limit", str(exc), "RXG^1^15") from None
+        # No bag fits: if the dose ordered is itself over a hard limit, that is the rule.
+        level, why = check_limits(console.dose_mg_per_day, console.weight_kg, setting)
+        if level == "hard":
+            raise Rejected("hard_limit", f"refused by the hard limit: {why}", "RXG^1^15") from None
+        raise Rejected("no_bag_fits", str(exc), "RXG^1^15") from None
     except OverrideRequiredError as exc:
         raise Rejected("soft_limit", str(exc), "RXG^1^15") from None
     except InputError as exc:
