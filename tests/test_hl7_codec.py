@@ -502,3 +502,17 @@ def test_far_over_the_hard_limit_with_no_bag_is_still_the_hard_limit(setting) ->
     with pytest.raises(pcd03.Rejected) as exc:
         pcd03.check_order(o, setting, "ehr")
     assert exc.value.rule.name == "hard_limit" and "upper hard" in exc.value.text
+
+
+def test_status_before_the_start_reports_the_program_not_a_flow(setting, lvp) -> None:
+    clock = SimClock()
+    log = MemoryEventLog()
+    log.install_setting(setting, "biomed")
+    ctl = Controller(clock, SimDriver(lvp, clock), log, setting)
+    rep = PumpReporter(ctl, clock, lambda _o: None, device_id="P", new_id=lambda: "1")
+    before = obx_values(codec.parse_er7(rep.status().er7))
+    assert "157784" not in before and before["184508"] == "^pump-status-standby"
+    assert ctl.program(Order(Decimal(600), Decimal(70), bag_ml=100), "md1") is None
+    v = obx_values(codec.parse_er7(rep.status().er7))
+    assert (v["157784"], v["158014"], v["157884"]) == ("12.5", "0", "100")
+    assert v["9001"] == "idle" and v["157924"] == "600"

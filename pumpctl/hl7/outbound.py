@@ -352,6 +352,11 @@ class PumpReporter:
         running = snap.get("run_state") == "running"
         rate = snap.get("rate_ml_per_h")
         vtbi = snap.get("vtbi_ml")
+        b = self.ctl.build
+        if not rate and b is not None:  # programmed, not yet set on the pump: the program's
+            rate = float(b.rate_ml_per_h)
+        if vtbi is None and b is not None:
+            vtbi = float(b.vtbi_ml)
         delivered = self._volume_now(snap)
         remain = None if vtbi is None or delivered is None else max(vtbi - delivered, 0.0)
         if running and rate and remain is not None:
