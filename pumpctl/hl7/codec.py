@@ -154,6 +154,7 @@ def msh(
     profile: list[str],
     accept_ack: str = "AL",
     app_ack: str = "NE",
+    receiving_facility: FieldValue = None,
 ) -> str:
     """An MSH segment for HL7 v2.6 in UTF-8 with an IHE message profile in MSH-21."""
     return seg(
@@ -163,7 +164,7 @@ def msh(
         sending_app,
         "PUMPCTL",
         receiving_app,
-        None,
+        receiving_facility,
         hl7_time(time_s),
         None,
         msg_type,

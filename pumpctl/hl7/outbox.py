@@ -56,6 +56,7 @@ class Outbox:
         self.path = str(path)
         self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
         self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")  # committed means on disk
         self.db.executescript(_SCHEMA)
         row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM hl7_outbox").fetchone()
         self._next = int(row[0]) + 1

@@ -420,6 +420,7 @@ def _reply_msh(
     return codec.msh(
         sending_app=[app],
         receiving_app=codec.components(m, 3)[:3] if m is not None else None,
+        receiving_facility=codec.components(m, 4)[:3] if m is not None else None,
         time_s=now_s,
         msg_type=msg_type,
         control_id=control_id,
