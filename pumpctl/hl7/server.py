@@ -120,7 +120,7 @@ class Hl7Server:
             self.say(
                 f"listening on {host}:{self.bound[1]} as device "
                 f"{self.device_id or 'any'}; forwarding to {fwd}; "
-                f"{sum(outbox.counts().get(k, 0) for k in ('pending',))} message(s) pending"
+                f"{outbox.counts().get('pending', 0)} message(s) pending"
             )
             self.ready.set()
             tasks.append(asyncio.create_task(self._clock_loop()))
