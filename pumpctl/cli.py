@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "pumpctl.commands.report",
     "pumpctl.commands.keys",
     "pumpctl.commands.operator",
+    "pumpctl.commands.hl7",
 )
 
 

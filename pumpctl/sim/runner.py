@@ -8,7 +8,7 @@ not from the alarm a minute later.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -70,7 +70,7 @@ def run_scenario(
     seed: int | None = None,
     *,
     trace: bool = True,
-    observers: list[Callable[[Controller, SimClock], None]] | None = None,
+    observers: Sequence[Callable[[Controller, SimClock], object]] | None = None,
 ) -> SimRun:
     """Simulate one scenario; ``seed`` overrides the file's (campaign runs).
 
