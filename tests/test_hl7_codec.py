@@ -325,7 +325,9 @@ def test_delivery_start_round_trips_with_the_builds_numbers(setting, lvp) -> Non
     assert v["68487"] == "197288^MDC_EVT_PUMP_DELIV_START^MDC"
     assert v["157784"] == "12.5" and v["157884"] == "100" and v["68063"] == "70"
     assert v["184514"] == "anakinra" and v["184517"] == setting.version
-    assert float(v["157760"]) == pytest.approx(200 / (100 + 8 + 1.34), abs=0.005)  # real, with overfill
+    assert float(v["157760"]) == pytest.approx(
+        200 / (100 + 8 + 1.34), abs=0.005
+    )  # real, with overfill
     assert v["157916"] == "480"  # 100 mL at 12.5 mL/h
     assert codec.val(msg.segment("MSH"), 7) == "20260101000000+0000"
 

@@ -175,14 +175,16 @@ def test_receiver_down_then_up_gets_every_message_in_order(db, servers) -> None:
     rcv.down()  # a known port with nobody listening
     srv = servers(db, rcv.port, device_id="PUMP01", status_period_s=300.0)
     assert msa(send_plain(srv.bound[1], order("R1")))[0] == "CA"
+
     # down long enough for the order's answer, the delivery start and several status reports
     def kinds_queued() -> set[str]:
         with sqlite3.connect(db) as con:
             return {k for (k,) in con.execute("SELECT kind FROM hl7_outbox")}
 
     rcv.wait_for(
-        lambda: sum(1 for r in outbox_rows(db) if r[2] == "pending") >= 8
-        and "PCD-10" in kinds_queued(),
+        lambda: (
+            sum(1 for r in outbox_rows(db) if r[2] == "pending") >= 8 and "PCD-10" in kinds_queued()
+        ),
         what="messages queued while the receiver is down",
     )
     kinds = kinds_queued()
