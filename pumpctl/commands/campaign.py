@@ -8,10 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from pumpctl.clock import SystemClock
 from pumpctl.errors import InputError
-from pumpctl.sim.campaign import plot_histograms, run_campaign, summarise
-from pumpctl.sim.scenario import load_scenario
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -33,6 +30,8 @@ class _Progress:
     """A one-line progress bar on stderr."""
 
     def __init__(self) -> None:
+        from pumpctl.clock import SystemClock
+
         self.clock = SystemClock()  # runs per second of wall time, for the display only
         self.last = -1
 
@@ -55,6 +54,9 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     """Run the campaign, print the summary, write the files."""
+    from pumpctl.sim.campaign import plot_histograms, run_campaign, summarise
+    from pumpctl.sim.scenario import load_scenario
+
     if args.runs < 1:
         raise InputError(f"--runs {args.runs} is not allowed; allowed: 1 or more")
     if args.workers < 1:

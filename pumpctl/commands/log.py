@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from pumpctl.errors import InputError
-from pumpctl.eventlog import EventLog
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -21,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     """Print the events in order."""
+    from pumpctl.eventlog import EventLog
+
     if not Path(args.db).exists():
         raise InputError(f"{args.db}: no such event log")
     with EventLog(args.db) as log:

@@ -7,8 +7,6 @@ import signal
 import sys
 
 from pumpctl.errors import InputError
-from pumpctl.order import Order, to_decimal
-from pumpctl.session import open_session
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -47,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     """Open or resume the session and run the clock until interrupted."""
+    from pumpctl.order import Order, to_decimal
+    from pumpctl.session import open_session
+
     if args.port and args.speed != 1.0:
         raise InputError(
             f"--speed {args.speed} with --port: a real pump runs in real time; "

@@ -6,10 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from pumpctl.report import markdown, result_with_accuracy, write_report
-from pumpctl.sim.runner import run_scenario
-from pumpctl.sim.scenario import load_scenario
-
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``simulate`` sub-command."""
@@ -30,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     """Simulate, print, write; the exit code is the verdict."""
+    from pumpctl.report import markdown, result_with_accuracy, write_report
+    from pumpctl.sim.runner import run_scenario
+    from pumpctl.sim.scenario import load_scenario
+
     sc = load_scenario(args.scenario)
     sim = run_scenario(sc, args.seed)
     if args.out:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pumpctl.errors import InputError
-from pumpctl.trumpet import (
-    WATER_DENSITY_G_PER_ML,
-    TrumpetResult,
-    plot_trumpet,
-    read_gravimetric_csv,
-    trumpet,
-)
+
+if TYPE_CHECKING:
+    from pumpctl.trumpet import TrumpetResult
+
+#: Same as ``pumpctl.trumpet.WATER_DENSITY_G_PER_ML`` (not imported here: it needs numpy).
+DEFAULT_DENSITY_G_PER_ML = 0.998
 
 
 def register(sub: Any) -> None:
@@ -34,8 +33,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--density-g-per-ml",
         type=float,
-        default=WATER_DENSITY_G_PER_ML,
-        help=f"liquid density for mass_g columns (default {WATER_DENSITY_G_PER_ML})",
+        default=DEFAULT_DENSITY_G_PER_ML,
+        metavar="G_PER_ML",
+        help=f"liquid density in g/mL, to turn mass_g into mL (default {DEFAULT_DENSITY_G_PER_ML})",
     )
     p.add_argument(
         "--analysis-start-min",
@@ -67,6 +67,8 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Analyse the record, print a table or JSON, optionally write the PNG and JSON."""
+    from pumpctl.trumpet import plot_trumpet, read_gravimetric_csv, trumpet
+
     t_min, volume_ml = read_gravimetric_csv(args.csv, args.density_g_per_ml)
     result = trumpet(
         t_min,
