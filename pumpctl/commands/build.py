@@ -19,14 +19,41 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "Exit 0 built, 2 bad input, 3 refused (hard limit or no bag fits), "
         "4 soft limit without an override reason.",
     )
-    p.add_argument("--dose-mg-per-day", required=True, metavar="D")
-    p.add_argument("--weight-kg", required=True, metavar="W")
-    p.add_argument("--bag-ml", type=int, metavar="50|100|250")
-    p.add_argument("--interval-h", type=int, metavar="8|6", help="force q8h or q6h")
-    p.add_argument("--setting", default="anakinra_continuous", metavar="NAME_OR_PATH")
-    p.add_argument("--override-reason", metavar="TEXT")
-    p.add_argument("--operator", metavar="ID")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--dose-mg-per-day", required=True, metavar="D", help="ordered dose in mg/day (required)"
+    )
+    p.add_argument(
+        "--weight-kg",
+        required=True,
+        metavar="W",
+        help="patient weight in kg, for the per-kg limits (required)",
+    )
+    p.add_argument(
+        "--bag-ml",
+        type=int,
+        metavar="50|100|250",
+        help="bag size in mL (default: the setting's, 100 mL; if the concentration "
+        "falls outside 1-5 mg/mL the nearest bag size that fits is used)",
+    )
+    p.add_argument(
+        "--interval-h",
+        type=int,
+        metavar="8|6",
+        help="hours per bag: force q8h or q6h (default: q8h unless q6h rounds nearer)",
+    )
+    p.add_argument(
+        "--setting",
+        default="anakinra_continuous",
+        metavar="NAME_OR_PATH",
+        help="drug setting: a shipped name or a TOML file (default anakinra_continuous)",
+    )
+    p.add_argument(
+        "--override-reason",
+        metavar="TEXT",
+        help="why a soft limit is exceeded (without it such an order exits 4)",
+    )
+    p.add_argument("--operator", metavar="ID", help="who gives the override (logged with it)")
+    p.add_argument("--json", action="store_true", help="print the build as JSON")
     p.set_defaults(func=run)
 
 

@@ -16,10 +16,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "campaign",
         help="Monte Carlo campaign of a scenario (exit 0 all pass, 1 some fail, 2 bad input)",
+        description="Run a scenario many times, drawing every distribution anew for each "
+        "run. Exit 0 when every run meets the expectations, 1 when some do not, 2 for bad "
+        "input.",
     )
-    p.add_argument("scenario", metavar="SCENARIO")
-    p.add_argument("--runs", type=int, required=True, metavar="N")
-    p.add_argument("--workers", type=int, default=1, metavar="K")
+    p.add_argument(
+        "scenario",
+        metavar="SCENARIO",
+        help="scenario TOML file, or the name of a shipped example (e.g. campaign_staffing)",
+    )
+    p.add_argument("--runs", type=int, required=True, metavar="N", help="number of runs (>= 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="K",
+        help="worker processes (default 1; at most one per core helps)",
+    )
     p.add_argument("--seed", type=int, metavar="S", help="campaign seed (default: the scenario's)")
     p.add_argument("--out", metavar="DIR", help="write campaign.json, runs.csv, histograms.png")
     p.add_argument("--json", action="store_true", help="print the summary JSON")

@@ -47,9 +47,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start with the simulated nurse on (toggle with n; --sim only)",
     )
-    p.add_argument("--address", type=int, default=0, metavar="A")
-    p.add_argument("--baud", type=int, metavar="B")
-    p.add_argument("--safe-timeout", type=int, metavar="S")
+    p.add_argument(
+        "--address", type=int, default=0, metavar="A", help="pump address 0-99 (default 0)"
+    )
+    p.add_argument(
+        "--baud",
+        type=int,
+        metavar="B",
+        help="baud rate: 300, 1200, 2400, 9600 or 19200 (default: the pump profile's, 19200)",
+    )
+    p.add_argument(
+        "--safe-timeout",
+        type=int,
+        metavar="S",
+        help="NE-1000 safe mode time-out in s, 1-255, or 0 for basic mode "
+        "(default: the pump profile's, 10 s)",
+    )
 
 
 def demo_db() -> Path:

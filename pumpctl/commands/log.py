@@ -11,8 +11,16 @@ from pumpctl.errors import InputError
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``log`` sub-command."""
-    p = sub.add_parser("log", help="list an event log")
-    p.add_argument("--db", required=True, metavar="PATH")
+    p = sub.add_parser(
+        "log",
+        help="list an event log",
+        description="List a run's event log in order: sequence number, simulated hours, "
+        "wall time (UTC), pump, state, event, operator and detail. Exit 2 for a missing "
+        "log or an unknown --event name.",
+    )
+    p.add_argument(
+        "--db", required=True, metavar="PATH", help="the event log (SQLite) of a run or simulation"
+    )
     p.add_argument("--json", action="store_true", help="one JSON array")
     p.add_argument("--event", metavar="NAME", help="only events of this name")
     p.set_defaults(func=run)
@@ -25,7 +33,14 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.db).exists():
         raise InputError(f"{args.db}: no such event log")
     with EventLog(args.db) as log:
-        events = [e for e in log.events() if args.event in (None, e.event)]
+        everything = log.events()
+    if args.event is not None:
+        known = _event_names() | {e.event for e in everything}
+        if args.event not in known:
+            raise InputError(
+                f"--event {args.event!r} is not an event name; allowed: " + ", ".join(sorted(known))
+            )
+    events = [e for e in everything if args.event in (None, e.event)]
     if args.json:
         print(json.dumps([e.to_json() for e in events], indent=1))
         return 0
@@ -36,3 +51,12 @@ def run(args: argparse.Namespace) -> int:
             f"{e.event:20s} {e.operator:10s} {detail}"
         )
     return 0
+
+
+def _event_names() -> set[str]:
+    """Every event name the controller can log (beyond those in this log), if it says."""
+    try:
+        from pumpctl.controller import EventKind  # type: ignore[attr-defined]
+    except ImportError:
+        return set()
+    return {str(k) for k in EventKind}

@@ -11,15 +11,33 @@ from pumpctl.setting import DrugSetting, load_any
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``setting`` sub-command group."""
-    p = sub.add_parser("setting", help="check or install pump settings and pump profiles")
+    p = sub.add_parser(
+        "setting",
+        help="check or install pump settings and pump profiles",
+        description="Check drug settings and pump profiles (TOML), or install a drug "
+        "setting in a run's event log. Exit 0 all valid, 2 a file is not.",
+    )
     ssub = p.add_subparsers(dest="setting_command", required=True, parser_class=type(p))
-    c = ssub.add_parser("check", help="validate files and print each one's version")
-    c.add_argument("files", nargs="+", metavar="FILE")
+    c = ssub.add_parser(
+        "check",
+        help="validate files and print each one's version",
+        description="Validate each file; print 'OK file kind name version' or one error line.",
+    )
+    c.add_argument(
+        "files", nargs="+", metavar="FILE", help="drug setting or pump profile TOML files"
+    )
     c.set_defaults(func=check)
-    i = ssub.add_parser("install", help="record a setting (and its version) in the event log")
-    i.add_argument("file", metavar="FILE")
-    i.add_argument("--db", required=True, metavar="PATH")
-    i.add_argument("--operator", required=True, metavar="ID")
+    i = ssub.add_parser(
+        "install",
+        help="record a setting (and its version) in the event log",
+        description="Validate a drug setting and record it, with its version and the "
+        "operator, in the event log; a run uses the setting stored there.",
+    )
+    i.add_argument("file", metavar="FILE", help="the drug setting TOML file")
+    i.add_argument(
+        "--db", required=True, metavar="PATH", help="event log (SQLite; created if missing)"
+    )
+    i.add_argument("--operator", required=True, metavar="ID", help="who installs it (logged)")
     i.set_defaults(func=install)
 
 
