@@ -107,13 +107,13 @@ async def test_bag_change_without_interruption(bench: Bench) -> None:
         text = screen(app)
         assert "INFUSING" in text and "12.5 mL/h" in text
         assert "100 mg in 100 mL NS · q8h (3 bags/day)" in text
-        assert "480 min (8 h 00 min)" in text
+        assert "8:00 h:mm" in text
         assert "PROTECT FROM LIGHT" in text
         # Bag 1 ends at 8:25; pharmacy is asked at T-60 and delivers at T-35.
         await advance(app, pilot, b, 8 * 3600 - 30 * 60)
         text = screen(app)
         assert "✓ at bedside" in text and "bag 2 · 100 mg/100 mL" in text
-        assert "30 min (0 h 30 min)" in text
+        assert "0:30 h:mm" in text
         await pilot.press("b")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("y")

@@ -33,7 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--sim", action="store_true", help="simulated pump and pharmacy")
     where.add_argument("--port", metavar="URL", help="NE-1000 serial port or socket:// URL")
-    p.add_argument("--db", metavar="PATH", help="event log (required with --port)")
+    p.add_argument(
+        "--db",
+        metavar="PATH",
+        help="event log (SQLite) of the run; required with --port "
+        "(default with --sim: a new temporary demo log)",
+    )
     p.add_argument(
         "--speed",
         type=float,
