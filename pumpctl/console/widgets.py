@@ -94,6 +94,7 @@ class ChannelView:
     light_protection: bool
     alarms: list[AlarmView] = field(default_factory=list)
     keys: list[tuple[str, str, bool]] = field(default_factory=list)
+    paused: bool = False  # simulated time stands still (space, or a dialog is open)
 
 
 # --------------------------------------------------------------------------- widgets
@@ -123,6 +124,9 @@ class HeaderBar(Shown):
         t.append(f"│ {v.pump_label} ")
         t.append(f"│ RN {v.operator} ", style="bold")
         t.append(f"│ t {hms(v.t_s)} ")
+        if v.paused:
+            t.append(" ⏸ PAUSED ", style="bold black on yellow")
+            t.append(" ")
         if v.auto_nurse:
             t.append("│ AUTO NURSE", style="bold magenta")
         self.show(t)
