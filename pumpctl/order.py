@@ -170,7 +170,7 @@ def validate_order(order: Order, setting: DrugSetting) -> None:
 
 
 def build(order: Order, setting: DrugSetting) -> Build:
-    """The pharmacy build of DESIGN.md section 1; raises Refused/OverrideRequired/InputError."""
+    """The pharmacy build (docs/protocol.md); raises Refused/OverrideRequired/InputError."""
     validate_order(order, setting)
     dose = order.dose_mg_per_day
     syringe_mg = setting.syringe_mg
