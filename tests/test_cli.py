@@ -172,3 +172,37 @@ def test_quiet_and_verbose_set_the_pumpctl_logger(tmp_path: Path, capsys: Any) -
     with pytest.raises(SystemExit) as exc:
         cli.main(["--quiet", "-v", "diagram"])
     assert exc.value.code == 2
+
+
+def test_trumpet_default_density_is_the_library_constant() -> None:
+    from pumpctl.commands.trumpet import DEFAULT_DENSITY_G_PER_ML
+    from pumpctl.trumpet import WATER_DENSITY_G_PER_ML
+
+    assert DEFAULT_DENSITY_G_PER_ML == WATER_DENSITY_G_PER_ML
+
+
+def test_unknown_event_filter_is_an_error_naming_the_allowed(tmp_path: Path, capsys: Any) -> None:
+    out = tmp_path / "o"
+    assert cli.main(["simulate", "anakinra_72h", "--out", str(out), "--no-plots", "--quiet"]) == 0
+    capsys.readouterr()
+    db = str(out / "events.db")
+    assert cli.main(["log", "--db", db, "--event", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'nosuch'" in err and "bag_hung" in err
+    assert cli.main(["log", "--db", db, "--event", "bag_hung"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 9 and all("bag_hung" in x for x in lines)
+
+
+def test_scenario_names_resolve_to_shipped_examples(tmp_path: Path, monkeypatch: Any) -> None:
+    from pumpctl.errors import InputError
+    from pumpctl.sim.scenario import load_scenario, shipped_examples
+
+    monkeypatch.chdir(tmp_path)
+    assert "anakinra_72h" in shipped_examples() and "occlusion" in shipped_examples()
+    assert load_scenario("anakinra_72h").name == load_scenario("anakinra_72h.toml").name
+    with pytest.raises(InputError) as exc:
+        load_scenario("anakinra_27h")
+    assert "anakinra_72h" in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(InputError):
+        load_scenario("sub/anakinra_72h")  # a path is a path, never a shipped name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,8 @@ from pumpctl.errors import InputError
 
 if TYPE_CHECKING:
     from pumpctl.trumpet import TrumpetResult
+
+log = logging.getLogger("pumpctl.trumpet")
 
 #: Same as ``pumpctl.trumpet.WATER_DENSITY_G_PER_ML`` (not imported here: it needs numpy).
 DEFAULT_DENSITY_G_PER_ML = 0.998
@@ -97,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(format_table(result, args.csv.name))
-        for path in written:
-            print(f"wrote {path}")
+    for path in written:
+        log.info("wrote %s", path)
     return 0
 
 
