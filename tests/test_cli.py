@@ -206,3 +206,20 @@ def test_scenario_names_resolve_to_shipped_examples(tmp_path: Path, monkeypatch:
     assert "anakinra_72h" in str(exc.value) and "\n" not in str(exc.value)
     with pytest.raises(InputError):
         load_scenario("sub/anakinra_72h")  # a path is a path, never a shipped name
+
+
+def test_a_module_missing_from_the_table_still_lists_and_runs(
+    tmp_path: Path, monkeypatch: Any, capsys: Any
+) -> None:
+    (tmp_path / "pumpctl_extra_cmd.py").write_text(
+        "def register(sub):\n"
+        "    p = sub.add_parser('extra', help='an extra command', description='extra')\n"
+        "    p.set_defaults(func=lambda args: print('extra ran') or 0)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "pumpctl_extra_cmd"))
+    assert cli.main([]) == 2
+    assert "an extra command" in capsys.readouterr().err
+    assert cli.main(["extra"]) == 0
+    assert capsys.readouterr().out == "extra ran\n"
+    assert cli.main(["diagram"]) == 0
