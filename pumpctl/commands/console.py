@@ -45,7 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="X",
         help="simulated time runs X times faster (default 1, or the speed the --db run uses)",
     )
-    p.add_argument("--pump", metavar="PROFILE", help="pump model profile (name or path)")
+    p.add_argument(
+        "--pump",
+        metavar="PROFILE",
+        help="pump model profile, shipped name or path (default: generic_lvp with --sim, "
+        "newera_ne1000 with --port; a resumed run keeps its pump)",
+    )
     p.add_argument("--operator", metavar="ID", help="operator id (otherwise asked at start)")
     p.add_argument(
         "--auto-nurse",

@@ -76,7 +76,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "callback delay become seconds of simulated time, so short gaps and the bag-change "
         "margin drift; use 'pumpctl simulate' for exact accelerated runs",
     )
-    p.add_argument("--pump", metavar="PROFILE", help="pump model profile (name or path)")
+    p.add_argument(
+        "--pump",
+        metavar="PROFILE",
+        help="pump model profile, shipped name or path (default: generic_lvp with --sim, "
+        "newera_ne1000 with --port; a resumed run keeps its pump)",
+    )
     p.add_argument(
         "--address", type=int, default=0, metavar="A", help="pump address 0-99 (default 0)"
     )
