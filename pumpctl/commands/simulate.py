@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from pumpctl.errors import InputError
+
 log = logging.getLogger("pumpctl.simulate")
 
 
@@ -37,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from pumpctl.sim.runner import run_scenario
     from pumpctl.sim.scenario import load_scenario
 
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise InputError(f"--seed {args.seed} is not allowed; allowed: 0 to 2**63-1")
     sc = load_scenario(args.scenario)
     sim = run_scenario(sc, args.seed)
     if args.out:
