@@ -133,9 +133,11 @@ def run(args: argparse.Namespace) -> int:
     finally:
         sess.close()
     where = "--sim" if args.sim else f"--port {args.port}"
+    from pumpctl.eventtext import hms
+
     print(
-        f"console closed at {snap['t_s'] / 3600:.3f} h: state {snap['state']}, interrupted "
-        f"{snap['interrupted_s']:.0f} s; the pump keeps its program.\n"
+        f"console closed at {hms(snap['t_s'])} (simulated h:mm:ss): state {snap['state']}, "
+        f"interrupted {hms(snap['interrupted_s'])}; the pump keeps its program.\n"
         f"log: {db}\nreopen: pumpctl console {where} --db {db} --speed {speed:g}"
     )
     return 0
