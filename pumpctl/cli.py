@@ -109,7 +109,7 @@ def configure_logging(verbosity: int) -> None:
 
     Informational lines are printed as they are; warnings and errors say so.
     """
-    import logging  # here, not at the top: ``pumpctl --help`` does not need it
+    import logging  # here, not at the top: ``pumpctl --help`` never gets this far
 
     class _Formatter(logging.Formatter):
         def format(self, record: logging.LogRecord) -> str:
@@ -192,8 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:  # "pumpctl -v" with no command
         parser.print_help(sys.stderr)
         return 2
-    if "logging" in sys.modules:  # a command that logs imports logging at its top
-        configure_logging(1 if args.verbose else -1 if args.quiet else 0)
+    configure_logging(1 if args.verbose else -1 if args.quiet else 0)
     try:
         return int(args.func(args) or 0)
     except PumpctlError as exc:

@@ -214,12 +214,19 @@ def test_a_module_missing_from_the_table_still_lists_and_runs(
     (tmp_path / "pumpctl_extra_cmd.py").write_text(
         "def register(sub):\n"
         "    p = sub.add_parser('extra', help='an extra command', description='extra')\n"
-        "    p.set_defaults(func=lambda args: print('extra ran') or 0)\n"
+        "    p.set_defaults(func=run)\n"
+        "def run(args):\n"
+        "    import logging\n"
+        "    logging.getLogger('pumpctl.extra').info('a note from inside run')\n"
+        "    print('extra ran')\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "pumpctl_extra_cmd"))
     assert cli.main([]) == 2
     assert "an extra command" in capsys.readouterr().err
     assert cli.main(["extra"]) == 0
-    assert capsys.readouterr().out == "extra ran\n"
+    captured = capsys.readouterr()
+    assert captured.out == "extra ran\n" and captured.err == "a note from inside run\n"
+    assert cli.main(["extra", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
     assert cli.main(["diagram"]) == 0
