@@ -140,7 +140,11 @@ def _base_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     parser.add_argument("--version", action="version", version=f"pumpctl {__version__}")
     _add_noise_options(parser, default=False)
     sub = parser.add_subparsers(
-        dest="command", metavar="COMMAND", title="commands", parser_class=_SubParser
+        dest="command",
+        metavar="COMMAND",
+        title="commands",
+        parser_class=_SubParser,
+        prog="pumpctl",  # given: argparse would otherwise format a usage line to find it
     )
     return parser, sub
 
