@@ -20,6 +20,7 @@ from pumpctl.channel.pharmacy import PharmacyDesk
 from pumpctl.channel.pumplink import PumpLink
 from pumpctl.clock import Clock, TimerHandle
 from pumpctl.drivers.base import PumpAlarm, PumpDriver, PumpStatus
+from pumpctl.drivers.relay import RelayPair
 from pumpctl.eventlog import Event
 from pumpctl.events import ChannelState, fold
 from pumpctl.machine import PumpMachine, State
@@ -65,6 +66,8 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
         self._timers: dict[str, TimerHandle] = {}
         self._silence_timers: dict[int, TimerHandle] = {}
         self._poll_timer: TimerHandle | None = None
+        self._relay = driver if isinstance(driver, RelayPair) else None
+        self._pending_hang = None
         if hasattr(driver, "listener"):
             driver.listener = self._on_pump_alarms
         if poll_s:
@@ -96,6 +99,8 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
         elif stage == Stage.NOT_AT_BEDSIDE:
             if not at_bedside:
                 self._raise(AlarmKind.NEXT_BAG_NOT_AT_BEDSIDE, f"bag {nb.n if nb else '?'}")
+        elif self.s.relay_armed is not None and stage in (Stage.PREPARE, Stage.ESCALATE):
+            pass  # the next reservoir is loaded on the idle pump: the change is done
         elif stage == Stage.PREPARE:
             left_min = (end_s - self.clock.now()) / 60.0
             self._raise(AlarmKind.PREPARE_BAG_CHANGE, f"bag {bag_n} ends in {left_min:.0f} min")

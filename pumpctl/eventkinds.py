@@ -19,6 +19,7 @@ class EventKind(enum.StrEnum):
     BAG_HUNG = "bag_hung"
     BAG_DISCARDED = "bag_discarded"
     BAG_RELEASED = "bag_released"
+    RELAY_ARMED = "relay_armed"  # the next reservoir is loaded on the idle pump of a relay
     STATE = "state"
     RATE_CHANGE = "rate_change"
     REFUSED = "refused"

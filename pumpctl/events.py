@@ -61,6 +61,7 @@ class ChannelState:
     titration_mode: str | None = None
     line_primed: bool = False
     fault_from: str | None = None  # the state an alarm interrupted
+    relay_armed: int | None = None  # bag loaded on the idle pump of a relay, waiting
     bags: dict[int, Bag] = field(default_factory=dict)
     alarms: AlarmBoard = field(default_factory=AlarmBoard)
     gaps: list[Gap] = field(default_factory=list)
@@ -165,7 +166,12 @@ def _delivered(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
     _bag(s, d).delivered_s = t
 
 
+def _relay_armed(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
+    s.relay_armed = int(d["bag"])
+
+
 def _hung(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
+    s.relay_armed = None
     b = _bag(s, d)
     cur = s.current_bag
     if cur is not None and cur is not b:
@@ -271,6 +277,7 @@ _HANDLERS: dict[str, Any] = {
     EventKind.BAG_HUNG: _hung,
     EventKind.BAG_DISCARDED: _discarded,
     EventKind.BAG_RELEASED: _released,
+    EventKind.RELAY_ARMED: _relay_armed,
     EventKind.STATE: _state,
     EventKind.RATE_CHANGE: _rate_change,
     EventKind.ALARM: _alarm,

@@ -12,6 +12,7 @@ from pumpctl.alarms import AlarmBoard, AlarmKind
 from pumpctl.bags import Bag
 from pumpctl.clock import Clock, TimerHandle
 from pumpctl.drivers.base import PumpAlarm, PumpDriver, PumpStatus
+from pumpctl.drivers.relay import RelayPair
 from pumpctl.errors import PumpctlError
 from pumpctl.eventlog import Event, EventLog, MemoryEventLog
 from pumpctl.events import ChannelState, EventKind, apply
@@ -106,6 +107,8 @@ class ChannelBase:
     _timers: dict[str, TimerHandle]
     _silence_timers: dict[int, TimerHandle]
     _poll_timer: TimerHandle | None
+    _relay: RelayPair | None
+    _pending_hang: tuple[float, float, bool] | None
 
     # ------------------------------------------------------------ state views
     @property
@@ -232,4 +235,7 @@ class ChannelBase:
         raise NotImplementedError
 
     def why_not_hang(self) -> str | None:
+        raise NotImplementedError
+
+    def _take_over(self) -> bool:
         raise NotImplementedError

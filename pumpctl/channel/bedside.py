@@ -12,6 +12,7 @@ from pumpctl.channel.base import (
     E,
     _floor,
 )
+from pumpctl.errors import PumpError
 from pumpctl.events import GapCause
 from pumpctl.machine import State
 
@@ -69,14 +70,18 @@ class Bedside(ChannelBase):
         reason = self.machine.check("begin_bag_change")
         if reason is not None:
             return self._refuse("begin_bag_change", reason, operator)
-        stops = self.reservoir_change == "stopped"
+        relay = self.reservoir_change == "stopped" and self._relay is not None
+        stops = self.reservoir_change == "stopped" and not relay
         self._go(
             "begin_bag_change",
             operator,
-            {"reservoir_change": self.reservoir_change, "stops_flow": stops},
+            {"reservoir_change": self.reservoir_change, "stops_flow": stops, "relay": relay},
         )
         self._clear(AlarmKind.NO_BAG_READY)
-        if stops:
+        if relay:
+            assert self._relay is not None
+            self._relay.begin_load()  # the new reservoir goes on the idle pump
+        elif stops:
             self.watchdog.cancel()
             self._gap_open(GapCause.BAG_CHANGE)
             err = self._pump(operator, [("stop", None)])
@@ -118,6 +123,8 @@ class Bedside(ChannelBase):
         assert nb is not None
         old = self.current_bag
         rate, vtbi = self._bag_rate(nb), self._vtbi_for(nb, first=False)
+        if not from_alarm and self._relay is not None and self.reservoir_change == "stopped":
+            return self._arm_relay(nb, rate, vtbi, operator)
         commands: list[tuple[str, float | None]] = [("clear_volume", None), ("set_vtbi", vtbi)]
         st = self.last_status
         if st is None or abs(st.rate_ml_per_h - rate) > 1e-9:
@@ -179,6 +186,58 @@ class Bedside(ChannelBase):
         for kind in (*_STAGE_ALARMS, AlarmKind.BAG_PAST_HANG_BY):
             self._clear(kind)
         self._project()
+
+    def _arm_relay(self, nb: Bag, rate: float, vtbi: float, operator: str) -> str | None:
+        """Relay: the idle pump is loaded and programmed; it takes over when this bag ends."""
+        relay = self._relay
+        assert relay is not None
+        self._emit(
+            E.PUMP_COMMAND, {"commands": [["arm_idle_pump", rate], ["vtbi", vtbi]]}, operator
+        )
+        try:
+            relay.arm(rate, vtbi)
+        except PumpError as exc:
+            return self._refuse("hang_bag", f"the idle pump refused: {exc}", operator)
+        self._emit(
+            E.RELAY_ARMED,
+            {
+                "bag": nb.n,
+                "pump": relay.idle_name,
+                "rate_ml_per_h": rate,
+                "vtbi_ml": vtbi,
+                "light_protected": self._light_pending,
+            },
+            operator,
+        )
+        self._go("finish_bag_change", operator, {"bag": nb.n, "relay_armed": relay.idle_name})
+        for kind in _STAGE_ALARMS:
+            self._clear(kind)
+        self._pending_hang = (rate, vtbi, self._light_pending)
+        return None
+
+    def _take_over(self) -> bool:
+        """Relay: the running pump stopped at the end of its bag; the idle one starts now."""
+        relay, nb = self._relay, self.next_bag
+        if relay is None or nb is None or self.s.relay_armed != nb.n:
+            return False
+        old = self.current_bag
+        st = self.last_status
+        left = (
+            None
+            if old is None or st is None
+            else max(old.recipe.content_ml - st.volume_infused_ml, 0.0)
+        )
+        self._emit(E.PUMP_COMMAND, {"commands": [["take_over", None]], "to": relay.idle_name})
+        try:
+            relay.take_over()
+        except PumpError as exc:
+            self._emit(E.PUMP_REFUSED, {"reason": str(exc)})
+            return False
+        rate, vtbi, light = self._pending_hang or (self._bag_rate(nb), nb.recipe.vtbi_ml, True)
+        self._light_pending = light
+        self._refresh_status()
+        self._hang_record(nb, "system", rate, vtbi, old, left)
+        return True
 
     def stop(self, operator: str, reason: str = "") -> str | None:
         """Stop the infusion (an interruption of a continuous order; logged as such)."""

@@ -91,6 +91,8 @@ class PumpLink(ChannelBase):
         if flow_stop and self.state is State.IDLE:
             self._raise(kind)
             return
+        if pa is PumpAlarm.VTBI_COMPLETE and self.s.relay_armed is not None and self._take_over():
+            return  # the idle pump of the relay took over at the moment this one stopped
         if flow_stop:
             cause = GapCause.BAG_EMPTY if pa is PumpAlarm.VTBI_COMPLETE else kind.value
             self._gap_open(cause, gap_from_s)
@@ -122,6 +124,9 @@ class PumpLink(ChannelBase):
         if new:
             self._on_pump_alarms(sorted(new))
             return
+        relay_due = self.s.relay_armed is not None and not st.running
+        if relay_due and self._expects_running() and self._take_over():
+            return  # a real pump found stopped at its bag's end by polling: handed over
         if self._expects_running() and not st.running:
             self._gap_open(GapCause.PUMP_STOPPED)
             self._raise(AlarmKind.PUMP_FAILURE, f"pump reports {st.run_state.value} while infusing")

@@ -46,11 +46,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "kept in the database until acknowledged, and re-sent in order.",
     )
     s.add_argument("--listen", required=True, metavar="HOST:PORT", help="port 0 picks one")
-    s.add_argument("--db", required=True, metavar="PATH", help="the run's event database")
+    s.add_argument("--db", required=True, metavar="PATH", help="the run's event log (SQLite)")
     where = s.add_mutually_exclusive_group(required=True)
     where.add_argument("--sim", action="store_true", help="the simulated pump")
     where.add_argument("--port", metavar="URL", help="NE-1000 serial port or socket:// URL")
-    s.add_argument("--speed", type=float, default=1.0, metavar="X", help="with --sim only")
+    s.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="simulated time runs X times faster (with --sim only; default 1)",
+    )
     s.add_argument("--pump", metavar="PROFILE", help="pump model profile (name or path)")
     s.add_argument(
         "--device-id",
@@ -85,9 +91,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "returns; '#' lines are ignored). Exit 0 when the answer accepts it (AA/CA), 3 when "
         "it rejects it, 5 when nobody answers, 2 for a bad file.",
     )
-    t.add_argument("file", metavar="FILE")
-    t.add_argument("--to", required=True, metavar="HOST:PORT")
-    t.add_argument("--timeout-s", type=float, default=10.0, metavar="S")
+    t.add_argument("file", metavar="FILE", help="one HL7 v2 message (ER7)")
+    t.add_argument("--to", required=True, metavar="HOST:PORT", help="the MLLP receiver")
+    t.add_argument(
+        "--timeout-s", type=float, default=10.0, metavar="S", help="wait this long for the ACK"
+    )
     t.set_defaults(func=send)
     r = hsub.add_parser(
         "listen",
@@ -96,7 +104,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "serve'), answer MSA AA to each, print one line per message and optionally keep "
         "them all in a file.",
     )
-    r.add_argument("--listen", required=True, metavar="HOST:PORT")
+    r.add_argument(
+        "--listen", required=True, metavar="HOST:PORT", help="where to listen (port 0 picks one)"
+    )
     r.add_argument("--out", metavar="FILE", help="append every message to FILE")
     r.set_defaults(func=listen)
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from pumpctl.errors import InputError
+
+log = logging.getLogger("pumpctl.simulate")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -18,7 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "watchdog and log. Exit 0 when every expectation holds, 1 when one fails, 2 for "
         "bad input.",
     )
-    p.add_argument("scenario", metavar="SCENARIO")
+    p.add_argument(
+        "scenario",
+        metavar="SCENARIO",
+        help="scenario TOML file, or the name of a shipped example (e.g. anakinra_72h)",
+    )
     p.add_argument("--out", metavar="DIR", help="write report.json, report.md, events.db, plots")
     p.add_argument("--json", action="store_true", help="print the result JSON")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -50,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from pumpctl.sim.runner import run_scenario
     from pumpctl.sim.scenario import load_scenario
 
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise InputError(f"--seed {args.seed} is not allowed; allowed: 0 to 2**63-1")
     sc = load_scenario(args.scenario)
     recorder = None
     if args.hl7_out:
@@ -78,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(markdown(result))
-        if args.out:
-            print(f"report written to {args.out}/")
+    if args.out:
+        log.info("report written to %s/", args.out)
     return 0 if result["verdict"] == "pass" else 1
 
 

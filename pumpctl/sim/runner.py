@@ -15,6 +15,7 @@ from typing import Any
 
 from pumpctl.clock import SimClock
 from pumpctl.controller import Controller
+from pumpctl.drivers.relay import RelayPair
 from pumpctl.drivers.sim import SimDriver
 from pumpctl.errors import InputError
 from pumpctl.eventlog import MemoryEventLog
@@ -38,7 +39,7 @@ class SimRun:
     setting: DrugSetting
     pump: PumpModel
     controller: Controller
-    driver: SimDriver
+    driver: SimDriver | RelayPair
     log: MemoryEventLog
     start_s: float | None
     end_s: float
@@ -88,7 +89,11 @@ def run_scenario(
     clock = SimClock()
     log = MemoryEventLog()
     log.install_setting(setting, operator="biomed", t_s=0.0)
-    driver = SimDriver(model, clock, keep_segments=True)
+    pumps = {"A": SimDriver(model, clock, keep_segments=True)}
+    driver: SimDriver | RelayPair = pumps["A"]
+    if sc.relay:  # two pumps of the same model take turns across reservoir changes
+        pumps["B"] = SimDriver(model, clock, keep_segments=True)
+        driver = RelayPair(pumps["A"], pumps["B"])
     kinds = {f.kind for f in sc.faults}
     poll_s = 10.0 if kinds & {"comm_loss", "power_loss"} else None
     ctl = Controller(clock, driver, log, setting, model=model, poll_s=poll_s)
@@ -133,8 +138,11 @@ def run_scenario(
                     clock.call_at(t0 + k * SAMPLE_S, _sample)
 
         def _sample() -> None:
-            driver.physics.advance(clock.now())
-            samples.append((clock.now(), driver.physics.actual_ml_total))
+            total = 0.0
+            for p in pumps.values():
+                p.physics.advance(clock.now())
+                total += p.physics.actual_ml_total
+            samples.append((clock.now(), total))
 
         ctl.listeners.append(on_event)
     for obs in observers or ():
@@ -149,13 +157,14 @@ def run_scenario(
     if err is not None:
         raise InputError(f"{sc.path}: the scenario's order cannot be programmed: {err}")
     clock.run(end_s)
-    driver.physics.advance(end_s)
+    for p in pumps.values():
+        p.physics.advance(end_s)
     ctl.close()
     start = next(
         (e.t_s for e in log.events() if e.event == "state" and e.detail.get("trigger") == "start"),
         None,
     )
-    record_physics(log, driver, samples, end_s, ctl)
+    record_physics(log, pumps, samples, end_s, ctl)
     log.append(
         end_s,
         ctl.pump_name,
@@ -170,14 +179,16 @@ def run_scenario(
 
 def record_physics(
     log: MemoryEventLog,
-    driver: SimDriver,
+    pumps: dict[str, SimDriver],
     samples: list[tuple[float, float]],
     end_s: float,
     ctl: Controller,
 ) -> None:
     """Log what reached the patient (physics segments) and the IEC flow trace."""
     state = ctl.state.value
-    for seg in driver.physics.segments:
+    segments = [(name, seg) for name, p in pumps.items() for seg in p.physics.segments]
+    segments.sort(key=lambda x: (x[1].start_s, x[0]))
+    for name, seg in segments:
         log.append(
             seg.end_s,
             ctl.pump_name,
@@ -193,6 +204,7 @@ def record_physics(
                 "occluded": seg.occluded,
                 "cause": seg.cause,
                 "bag": seg.bag,
+                "pump": name,
             },
         )
     if len(samples) >= 2:
