@@ -1,8 +1,8 @@
 """Command round trips of the NE-1000 driver against the emulator over a real pseudo-terminal.
 
 For each command: the bytes on the wire (request + reply), the time those bytes take on
-a real 8N1 line at 19200 baud (10 bits per byte), and the measured round trip, mean and
-95th percentile, twice: on the bare pty (no line time at all, so the round trip *is* the
+a real 8N1 line at 19200 baud (10 bits per byte), and the measured round trip, median
+(p50) and 95th percentile, twice: on the bare pty (no line time at all, so the round trip *is* the
 software overhead: driver, pty, emulator) and with the emulator pacing its replies as a
 19200-baud line would (overhead = round trip - line time).
 
@@ -12,7 +12,6 @@ software overhead: driver, pty, emulator) and with the emulator pacing its repli
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -25,9 +24,9 @@ from pumpctl.drivers.newera import NewEraDriver  # noqa: E402
 from pumpctl.sim.ne1000 import EmulatorServer, Ne1000Emulator  # noqa: E402
 
 
-def _p95(xs: list[float]) -> float:
+def _pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
-    return s[min(len(s) - 1, int(round(0.95 * (len(s) - 1))))]
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
 def measure(drv: NewEraDriver, fn: Callable[[], object], rounds: int) -> tuple[list[float], float]:
@@ -83,8 +82,8 @@ def main() -> int:
     args = ap.parse_args()
     bit_s = 10.0 / args.baud
     head = (
-        f"{'mode':5} {'command':20} {'bytes':>5} {'line ms':>8} | {'pty mean':>8} "
-        f"{'p95':>6} | {'paced mean':>10} {'p95':>6} {'overhead':>8}"
+        f"{'mode':5} {'command':20} {'bytes':>5} {'line ms':>8} | {'pty p50':>7} {'p95':>6} | "
+        f"{'paced p50':>9} {'p95':>6} | {'overhead p50':>12} {'p95':>6}"
     )
     print(
         f"NE-1000 driver <-> emulator over a pty, {args.rounds} rounds per command; "
@@ -98,15 +97,15 @@ def main() -> int:
         for name, (times, nbytes) in bare.items():
             ptimes, _ = paced[name]
             line_ms = nbytes * bit_s * 1e3
-            pm = statistics.fmean(ptimes) * 1e3
+            p50, p95 = _pct(ptimes, 0.5) * 1e3, _pct(ptimes, 0.95) * 1e3
             print(
                 f"{mode:5} {name:20} {nbytes:5.1f} {line_ms:8.2f} | "
-                f"{statistics.fmean(times) * 1e3:8.3f} {_p95(times) * 1e3:6.3f} | "
-                f"{pm:10.2f} {_p95(ptimes) * 1e3:6.2f} {pm - line_ms:8.3f}"
+                f"{_pct(times, 0.5) * 1e3:7.3f} {_pct(times, 0.95) * 1e3:6.3f} | "
+                f"{p50:9.2f} {p95:6.2f} | {p50 - line_ms:12.3f} {p95 - line_ms:6.3f}"
             )
     print(
-        "pty mean = software overhead alone (a pty adds no line time); "
-        "overhead = paced mean - line time"
+        "pty = software overhead alone (a pty adds no line time); "
+        "overhead = paced round trip - line time"
     )
     return 0
 
