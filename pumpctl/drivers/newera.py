@@ -163,12 +163,189 @@ _ACCEPT: dict[str, Accept] = {
 }
 
 
+def _lock_conflict(exc: BaseException) -> bool:
+    """pyserial's error when ``exclusive=True`` finds the port locked by another process."""
+    return "exclusively lock" in str(exc) or getattr(exc, "errno", None) in (11, 35)
+
+
+class NewEraBus:
+    """One serial line shared by NE-1000 pumps in network mode (addresses 0-99).
+
+    Owns the port (opened once, exclusively where the OS supports it), one reply decoder
+    and one lock: drivers on the bus take turns, one exchange at a time. A reply read by
+    one driver that belongs to another pump on the bus (a late reply, a safe-mode
+    auto-alarm) is handed to that pump's driver, so no alarm is lost. The port is closed
+    when the last driver on the bus is closed (if the bus opened it).
+    """
+
+    def __init__(
+        self,
+        port: str | SerialLike,
+        *,
+        baud: int = 19200,
+        timeout_s: float = 0.5,
+        exclusive: bool = True,
+    ) -> None:
+        if baud not in BAUD_RATES:
+            raise InputError(
+                f"baud {baud!r} is not allowed; allowed: {', '.join(map(str, BAUD_RATES))}"
+            )
+        self.baud = baud
+        self.timeout_s = timeout_s
+        self.exclusive = exclusive
+        self.url = port if isinstance(port, str) else getattr(port, "port", None) or "<port>"
+        self.decoder = ReplyDecoder()
+        self.lock = threading.RLock()
+        self.drivers: dict[int, NewEraDriver] = {}
+        self._pending: list[Reply | FrameError] = []
+        self._owns_port = isinstance(port, str)
+        self._ser: Any = None if isinstance(port, str) else port
+        if self._ser is None:
+            self._open()
+        else:
+            self._configure(self._ser)
+
+    def driver(self, address: int, **kw: Any) -> NewEraDriver:
+        """A driver for the pump at ``address`` on this line (``NewEraDriver`` options)."""
+        kw.setdefault("baud", self.baud)
+        kw.setdefault("timeout_s", self.timeout_s)
+        return NewEraDriver(self, address=address, **kw)
+
+    # -- membership
+    def attach(self, drv: NewEraDriver) -> None:
+        """Register a driver; one driver per address."""
+        with self.lock:
+            if drv.address in self.drivers:
+                raise InputError(
+                    f"pump address {drv.address} is already in use on {self.url}; "
+                    "each pump on a line needs its own address"
+                )
+            self.drivers[drv.address] = drv
+
+    def detach(self, drv: NewEraDriver) -> None:
+        """Unregister a closed driver; the last one out closes the port."""
+        with self.lock:
+            if self.drivers.get(drv.address) is drv:
+                del self.drivers[drv.address]
+            if not self.drivers:
+                self.close()
+
+    def route(self, item: Reply) -> bool:
+        """Hand a reply from another pump on the bus to its driver; False if nobody owns it."""
+        other = self.drivers.get(item.address)
+        if other is None:
+            return False
+        other._stray(item)
+        return True
+
+    def take_pending(self) -> list[Reply | FrameError]:
+        """Items decoded after the reply an exchange was waiting for."""
+        items, self._pending = self._pending, []
+        return items
+
+    def put_back(self, items: list[Reply | FrameError]) -> None:
+        """Keep items that followed an accepted reply for the next drain."""
+        self._pending.extend(items)
+
+    # -- the port
+    def _configure(self, ser: Any) -> None:
+        with contextlib.suppress(AttributeError, ValueError, serial.SerialException):
+            ser.timeout = min(self.timeout_s, 0.05)
+
+    def _open(self) -> None:
+        kw: dict[str, Any] = {
+            "baudrate": self.baud,
+            "bytesize": 8,
+            "parity": "N",
+            "stopbits": 1,
+            "timeout": min(self.timeout_s, 0.05),
+            "write_timeout": max(self.timeout_s, 1.0),
+        }
+        if self.exclusive:
+            kw["exclusive"] = True
+        try:
+            try:
+                self._ser = serial.serial_for_url(self.url, **kw)
+            except (TypeError, ValueError) as exc:
+                if "exclusive" not in str(exc):
+                    raise
+                kw.pop("exclusive")  # a port type without exclusive access
+                self._ser = serial.serial_for_url(self.url, **kw)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            self._ser = None
+            if self.exclusive and _lock_conflict(exc):
+                raise CommunicationError(
+                    f"{self.url} is in use by another program (it holds the port "
+                    "exclusively); close the other controller first"
+                ) from None
+            raise CommunicationError(f"cannot open {self.url}: {exc}") from None
+        for drv in self.drivers.values():
+            drv._ready = False
+
+    def port(self) -> Any:
+        """The open port, reopened if it vanished (then every pump is set up again)."""
+        if self._ser is None:
+            if not self._owns_port:
+                raise CommunicationError(f"{self.url} is closed")
+            self._open()
+        return self._ser
+
+    def broken(self) -> None:
+        """The port failed: close it (reopened on the next use); every pump is set up again."""
+        if self._owns_port and self._ser is not None:
+            with contextlib.suppress(Exception):
+                self._ser.close()
+            self._ser = None
+        self._pending.clear()
+        for drv in self.drivers.values():
+            drv._ready = False
+
+    def close(self) -> None:
+        """Close the port if the bus opened it."""
+        with self.lock:
+            if self._ser is not None and self._owns_port:
+                with contextlib.suppress(Exception):
+                    self._ser.close()
+            self._ser = None
+            self._owns_port = False
+
+
+def open_relay_pair(
+    port: str | SerialLike,
+    model: PumpModel | None = None,
+    *,
+    addresses: tuple[int, int] = (0, 1),
+    **kw: Any,
+) -> tuple[NewEraDriver, NewEraDriver]:
+    """Two NE-1000 drivers on one serial line (network mode), for a two-pump relay.
+
+    Serial settings come from the model's ``[serial]`` table (baud, safe-mode time-out,
+    syringe diameter); ``addresses`` overrides its address. ``kw`` goes to both drivers.
+    """
+    if model is None:
+        from pumpctl.setting import load_pump
+
+        model = load_pump("newera_ne1000")
+    a, b = addresses
+    if a == b:
+        raise InputError(f"relay pumps need two different addresses, got {a} and {b}")
+    baud = int(kw.pop("baud", model.serial.get("baud", 19200)))
+    bus = NewEraBus(port, baud=baud, timeout_s=float(kw.get("timeout_s", 0.5)))
+    first = NewEraDriver.from_model(model, bus, address=a, baud=baud, **kw)
+    try:
+        second = NewEraDriver.from_model(model, bus, address=b, baud=baud, **kw)
+    except BaseException:
+        first.close()
+        raise
+    return first, second
+
+
 class NewEraDriver(PumpDriver):
     """One New Era NE-1000 (or NE-500) on a serial line, a TCP bridge or an emulator."""
 
     def __init__(
         self,
-        port: str | SerialLike,
+        port: str | SerialLike | NewEraBus,
         *,
         address: int = 0,
         baud: int = 19200,
@@ -211,11 +388,18 @@ class NewEraDriver(PumpDriver):
         self.link_listener: LinkListener | None = None
         self.identity: PumpIdentity | None = None
         self.stats: Counter[str] = Counter()
-        self._url = port if isinstance(port, str) else getattr(port, "port", None) or "<port>"
-        self._owns_port = isinstance(port, str)
-        self._ser: Any = None if isinstance(port, str) else port
-        self._decoder = ReplyDecoder()
-        self._lock = threading.RLock()
+        if isinstance(port, NewEraBus):
+            if port.baud != baud:
+                raise InputError(
+                    f"baud {baud} differs from the shared line's {port.baud} on {port.url}"
+                )
+            self.bus = port
+        else:
+            self.bus = NewEraBus(port, baud=baud, timeout_s=timeout_s)
+        self.bus.attach(self)
+        self._url = self.bus.url
+        self._decoder = self.bus.decoder
+        self._lock = self.bus.lock
         self._depth = 0
         self._notify: list[PumpAlarm] = []
         self._ready = False
@@ -234,13 +418,12 @@ class NewEraDriver(PumpDriver):
         self._current: str = ""
         self._restoring = False
         self._hb_timer: TimerHandle | None = None
-        if self._ser is None:
-            self._open()
-        else:
-            self._configure(self._ser)
+        self._closed = False
 
     @classmethod
-    def from_model(cls, model: PumpModel, port: str | SerialLike, **kw: Any) -> NewEraDriver:
+    def from_model(
+        cls, model: PumpModel, port: str | SerialLike | NewEraBus, **kw: Any
+    ) -> NewEraDriver:
         """A driver with the serial settings of a pump profile (``[serial]``), overridable."""
         s = model.serial
         kw.setdefault("address", int(s.get("address", 0)))
@@ -250,41 +433,15 @@ class NewEraDriver(PumpDriver):
         return cls(port, model=model, **kw)
 
     # ================================================================ transport
-    def _configure(self, ser: Any) -> None:
-        with contextlib.suppress(AttributeError, ValueError, serial.SerialException):
-            ser.timeout = min(self.timeout_s, 0.05)
-
-    def _open(self) -> None:
-        try:
-            self._ser = serial.serial_for_url(
-                self._url,
-                baudrate=self.baud,
-                bytesize=8,
-                parity="N",
-                stopbits=1,
-                timeout=min(self.timeout_s, 0.05),
-                write_timeout=max(self.timeout_s, 1.0),
-            )
-        except (serial.SerialException, OSError, ValueError) as exc:
-            self._ser = None
-            raise CommunicationError(f"cannot open {self._url}: {exc}") from None
-
     def _port(self) -> Any:
-        if self._ser is None:
-            if not self._owns_port:
-                raise CommunicationError(f"{self._url} is closed")
-            self._open()
-            self._ready = False
-        return self._ser
+        if self._closed:
+            raise CommunicationError(f"{self._url} is closed")
+        return self.bus.port()
 
     def _broken(self, exc: BaseException) -> CommunicationError:
         """The port itself failed (cable or adapter gone): close it, reopen next time."""
         self.stats["port_errors"] += 1
-        if self._owns_port and self._ser is not None:
-            with contextlib.suppress(Exception):
-                self._ser.close()
-            self._ser = None
-        self._ready = False
+        self.bus.broken()
         err = CommunicationError(f"lost the link to the pump on {self._url}: {exc}")
         self._link_state(False, str(err))
         return err
@@ -308,7 +465,12 @@ class NewEraDriver(PumpDriver):
         ser = self._port()
         try:
             n = ser.in_waiting
-            return bytes(ser.read(max(1, n)))
+            data = bytes(ser.read(max(1, n)))
+            if data and not n:  # woke on the first byte: take the rest that came with it
+                more = ser.in_waiting
+                if more:
+                    data += bytes(ser.read(more))
+            return data
         except (serial.SerialException, OSError) as exc:
             raise self._broken(exc) from None
 
@@ -320,15 +482,22 @@ class NewEraDriver(PumpDriver):
             data = bytes(ser.read(n)) if n else b""
         except (serial.SerialException, OSError) as exc:
             raise self._broken(exc) from None
-        items: list[Reply | FrameError] = list(self._decoder.feed(data)) if data else []
+        items = self.bus.take_pending()
+        items += self._decoder.feed(data) if data else []
         items += self._decoder.flush()
         for item in items:
             if isinstance(item, Reply) and item.address == self.address:
-                self.stats["stale_replies"] += 1
-                if item.alarm is not None:
-                    self._note_alarm(item.alarm)  # a safe-mode auto-alarm
+                self._stray(item)
+            elif isinstance(item, Reply) and self.bus.route(item):
+                continue
             else:
                 self.stats["stale_frames"] += 1
+
+    def _stray(self, item: Reply) -> None:
+        """A reply from this pump that answers nothing we are waiting for."""
+        self.stats["stale_replies"] += 1
+        if item.alarm is not None:
+            self._note_alarm(item.alarm)  # a safe-mode auto-alarm
 
     def _frame(self, command: str, args: str = "", *, safe: bool | None = None) -> bytes:
         text = command_text(self.address, command, args)
@@ -350,12 +519,15 @@ class NewEraDriver(PumpDriver):
             data = self._read_some()
             got = got or bool(data)
             self.stats["bytes_received"] += len(data)
-            for item in self._decoder.feed(data):
+            items = self._decoder.feed(data)
+            for i, item in enumerate(items):
                 if isinstance(item, FrameError):
                     errors.append(item)
                     self.stats[f"frame_error_{item.kind}"] += 1
                     continue
                 if item.address != self.address:
+                    if self.bus.route(item):
+                        continue
                     errors.append(FrameError("address", item.raw, f"reply from {item.address}"))
                     self.stats["other_address"] += 1
                     continue
@@ -366,6 +538,7 @@ class NewEraDriver(PumpDriver):
                     self.stats["mode_mismatch"] += 1
                     self._ready = False  # the pump left safe mode: set it up again
                 self._link_state(True, "")
+                self.bus.put_back(items[i + 1 :])
                 return item
             if time.monotonic() >= deadline:
                 errors += self._decoder.flush()
@@ -829,11 +1002,9 @@ class NewEraDriver(PumpDriver):
     def _do_close(self) -> None:
         self.stop_heartbeat()
         with self._lock:
-            if self._ser is not None and self._owns_port:
-                with contextlib.suppress(Exception):
-                    self._ser.close()
-            self._ser = None
-            self._owns_port = False
+            if not self._closed:
+                self._closed = True
+                self.bus.detach(self)
             self._ready = False
 
     # ================================================================ extras
