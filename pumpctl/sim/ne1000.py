@@ -87,10 +87,15 @@ class EmulatorStats:
     replies_sent: int = 0
     replies_dropped: int = 0
     alarms_sent: list[str] = field(default_factory=list)
+    applied: list[tuple[float, str, str]] = field(default_factory=list)
 
     def count(self, command: str) -> int:
         """How many times a command (e.g. ``"RUN"``) was executed."""
         return sum(1 for _t, c in self.executed if c == command)
+
+    def count_set(self, command: str) -> int:
+        """How many times a command with arguments (a setting, e.g. ``RAT 12.5``) was applied."""
+        return sum(1 for _t, c, _a in self.applied if c == command)
 
 
 class Ne1000Emulator:
@@ -354,6 +359,8 @@ class Ne1000Emulator:
             return
         if not data.startswith("?"):
             self.stats.executed.append((t, req.command or "STATUS"))
+            if req.args:
+                self.stats.applied.append((t, req.command, req.args))
         if req.command == "SAF" and not data.startswith("?"):
             self._last_valid_s = t
             self._timer_armed = self.safe
