@@ -74,7 +74,7 @@ from pumpctl.setting import PumpModel
 
 Listener = Callable[[list[PumpAlarm]], None]
 LinkListener = Callable[[bool, str], None]
-Accept = Callable[[Reply], bool]
+Accept = Callable[[Reply], bool | str]
 
 BAUD_RATES = (300, 1200, 2400, 9600, 19200)
 #: Alarms the driver itself infers or the NE-1000 reports (cleared by a successful RUN).
@@ -108,35 +108,113 @@ class _NoReply(Exception):
         self.errors = errors
 
 
-# -- what a reply to each query must look like (anything else is stale or garbled) ----------
+# -- what a reply to each query must look like ------------------------------------------------
+# An acceptor answers True (the reply answers the query), False (it is another kind of
+# reply: late or crossed, skipped) or a message: the reply has the shape of the answer
+# but a value this pump cannot have (an error: never believed).
+_DIS_SHAPE = re.compile(r"I(.*)W(.*)(ML|UL)\Z")
+_RATE_SHAPE = re.compile(r"(.*?)(MH|MM|UH|UM)\Z")
+_VOL_SHAPE = re.compile(r"(.*?)(ML|UL)\Z")
+_NUMBER_SHAPE = re.compile(r"[-+\d.eE]+\Z")
+#: Largest number a pump writes (4 digits; "1200.0" style allowed).
+_MAX_PUMP_NUMBER = 9999.0
+
+
+def _shape(data: str) -> str:
+    """What kind of reply ``data`` looks like: status, dis, rate, volume, ver, dir, number."""
+    if data == "":
+        return "status"
+    if _DIS_SHAPE.match(data):
+        return "dis"
+    if _RATE_SHAPE.match(data):
+        return "rate"
+    if _VOL_SHAPE.match(data):
+        return "volume"
+    if data.startswith("NE"):
+        return "ver"
+    if data in ("INF", "WDR", "STK"):
+        return "dir"
+    if _NUMBER_SHAPE.match(data):
+        return "number"
+    return "other"
+
+
+def _pump_number(text: str, what: str, lo: float = 0.0, hi: float = _MAX_PUMP_NUMBER) -> float:
+    """A number as a pump writes it, within [lo, hi]; ValueError with a clear reason."""
+    try:
+        value = parse_number(text)
+    except ValueError:
+        raise ValueError(f"{what} {text!r} is not a number the pump writes") from None
+    if len(text.replace(".", "")) > 5 or not lo <= value <= hi:
+        raise ValueError(f"{what} {text!r} is outside {lo:g}-{hi:g}")
+    return value
+
+
+def _acceptors(limits: RateLimits, model_name: str) -> dict[str, Accept]:
+    """Acceptors for each query, with the value ranges of this pump model."""
+
+    def judged(kind: str, check: Callable[[str], None]) -> Accept:
+        def ok(r: Reply) -> bool | str:
+            if r.error is not None:
+                return True
+            shape = _shape(r.data)
+            if shape != kind and shape != "other":
+                return False  # another command's reply
+            try:
+                check(r.data)
+            except ValueError as exc:
+                return str(exc)
+            return True
+
+        return ok
+
+    def rate(data: str) -> None:
+        m = _RATE_SHAPE.match(data)
+        if m is None:
+            raise ValueError(f"rate {data!r} has no rate units (MH, MM, UH, UM)")
+        value = _pump_number(m.group(1), "rate")
+        ml_per_h = value * RATE_UNITS_ML_PER_H[m.group(2)]
+        if ml_per_h > limits.max_ml_per_h + 1e-9:
+            raise ValueError(
+                f"rate {data!r} = {ml_per_h:g} mL/h is outside the {model_name} range "
+                f"0-{limits.max_ml_per_h:g} mL/h"
+            )
+
+    def volume(data: str) -> None:
+        m = _VOL_SHAPE.match(data)
+        if m is None:
+            raise ValueError(f"volume {data!r} has no volume units (ML, UL)")
+        _pump_number(m.group(1), "volume")
+
+    def dispensed(data: str) -> None:
+        m = _DIS_SHAPE.match(data)
+        if m is None:
+            raise ValueError(f"dispensed volume {data!r} is not I<infused>W<withdrawn><units>")
+        _pump_number(m.group(1), "infused volume")
+        _pump_number(m.group(2), "withdrawn volume")
+
+    def diameter(data: str) -> None:
+        _pump_number(data, "syringe diameter", 0.1, 50.0)
+
+    def safe_timeout(data: str) -> None:
+        value = _pump_number(data, "safe-mode time-out", 0.0, 255.0)
+        if value != int(value):
+            raise ValueError(f"safe-mode time-out {data!r} is not a whole number of seconds")
+
+    return {
+        "": _status_only,
+        "VER": _ver_reply,
+        "DIS": judged("dis", dispensed),
+        "RAT": judged("rate", rate),
+        "VOL": judged("volume", volume),
+        "DIA": judged("number", diameter),
+        "SAF": judged("number", safe_timeout),
+        "DIR": _dir_reply,
+    }
+
+
 def _status_only(r: Reply) -> bool:
     return r.data == "" or r.error is not None
-
-
-def _number_reply(units: dict[str, float] | None) -> Accept:
-    def ok(r: Reply) -> bool:
-        if r.error is not None:
-            return True
-        try:
-            if units is None:
-                parse_number(r.data)
-            else:
-                split_number_units(r.data, units)
-        except ValueError:
-            return False
-        return True
-
-    return ok
-
-
-def _dis_reply(r: Reply) -> bool:
-    if r.error is not None:
-        return True
-    try:
-        parse_dispensed(r.data)
-    except ValueError:
-        return False
-    return True
 
 
 def _ver_reply(r: Reply) -> bool:
@@ -149,18 +227,6 @@ def _dir_reply(r: Reply) -> bool:
 
 def _any_reply(r: Reply) -> bool:
     return True
-
-
-_ACCEPT: dict[str, Accept] = {
-    "": _status_only,
-    "VER": _ver_reply,
-    "DIS": _dis_reply,
-    "RAT": _number_reply(RATE_UNITS_ML_PER_H),
-    "VOL": _number_reply(VOLUME_UNITS_ML),
-    "DIA": _number_reply(None),
-    "SAF": _number_reply(None),
-    "DIR": _dir_reply,
-}
 
 
 def _lock_conflict(exc: BaseException) -> bool:
@@ -397,6 +463,8 @@ class NewEraDriver(PumpDriver):
         else:
             self.bus = NewEraBus(port, baud=baud, timeout_s=timeout_s)
         self.bus.attach(self)
+        name = model.name if model is not None else "pump model"
+        self._accept = _acceptors(self.limits, name)
         self._url = self.bus.url
         self._decoder = self.bus.decoder
         self._lock = self.bus.lock
@@ -531,9 +599,16 @@ class NewEraDriver(PumpDriver):
                     errors.append(FrameError("address", item.raw, f"reply from {item.address}"))
                     self.stats["other_address"] += 1
                     continue
-                if item.alarm is None and not accept(item):
+                verdict = True if item.alarm is not None else accept(item)
+                if verdict is False:
                     self.stats["stale_replies"] += 1
+                    errors.append(FrameError("unexpected", item.raw, f"reply {item.data!r}"))
                     continue
+                if isinstance(verdict, str):  # the answer, with an impossible value
+                    self.stats["impossible_values"] += 1
+                    errors.append(FrameError("value", item.raw, verdict))
+                    self.bus.put_back(items[i + 1 :])
+                    raise _NoReply(time.monotonic() - t0, True, errors)
                 if self._safe and not item.safe:
                     self.stats["mode_mismatch"] += 1
                     self._ready = False  # the pump left safe mode: set it up again
@@ -549,7 +624,13 @@ class NewEraDriver(PumpDriver):
         waited = sum(f.waited_s for f in failures)
         shown = round(max(waited, self.timeout_s * len(failures)), 1)
         errors = [e for f in failures for e in f.errors]
-        if not any(f.got_bytes for f in failures):
+        impossible = [e for e in errors if e.kind == "value"]
+        if impossible:
+            msg = (
+                f"pump at {self.address} on {self._url} answered {what} with an impossible "
+                f"value: {impossible[-1].detail}; not believed"
+            )
+        elif not any(f.got_bytes for f in failures):
             msg = (
                 f"no reply from pump at {self.address} on {self._url} within {shown:.1f} s; "
                 "check cable, baud and address"
@@ -578,7 +659,7 @@ class NewEraDriver(PumpDriver):
     ) -> Reply:
         """A read-only command: retried on a lost or bad reply; alarms are noted and it is
         asked again (the alarm reply acknowledged the alarm; the query was not answered)."""
-        acc = accept or _ACCEPT.get(command, _any_reply)
+        acc = accept or self._accept.get(command, _any_reply)
         frame = self._frame(command, args, safe=safe)
         tries = attempts if attempts is not None else self.retries + 1
         failures: list[_NoReply] = []
@@ -640,10 +721,13 @@ class NewEraDriver(PumpDriver):
                 except _NoReply as miss:
                     self.stats["lost_replies"] += 1
                     self.stats["read_backs"] += 1
-                    if verify():
+                    if self._read_back(verify, command, what):
                         return None
                     if sends > self.retries:
-                        raise self._comm_error([miss], what) from None
+                        err = self._comm_error([miss], what)
+                        raise CommunicationError(
+                            f"{err}; read back: {self._outcome(command, what, known=True)}"
+                        ) from None
                     self.stats["resends"] += 1
                     continue
                 if reply.alarm is not None:  # not executed: the reply acknowledged an alarm
@@ -660,11 +744,13 @@ class NewEraDriver(PumpDriver):
                     continue
                 if reply.error in ("?COM", "?IGN"):
                     self.stats["read_backs"] += 1
-                    if verify():
+                    if self._read_back(verify, command, what):
                         return None
                     if sends > self.retries:
                         raise CommunicationError(
-                            f"pump at {self.address} rejected {what} {sends} times ({reply.data})"
+                            f"pump at {self.address} rejected {what} {sends} times "
+                            f"({reply.data}); read back: "
+                            f"{self._outcome(command, what, known=True)}"
                         )
                     continue
                 self._note_prompt(reply.prompt)
@@ -674,6 +760,30 @@ class NewEraDriver(PumpDriver):
                 return reply
         finally:
             self._current = prev
+
+    def _read_back(self, verify: Callable[[], bool], command: str, what: str) -> bool:
+        """Whether a command whose reply was lost took effect; if the pump cannot be read
+        back either, a ``CommunicationError`` that says what may have happened."""
+        try:
+            return verify()
+        except CommunicationError as exc:
+            raise CommunicationError(
+                f"no reply to {what} from pump at {self.address} on {self._url}, and reading "
+                f"it back failed ({exc}); {self._outcome(command, what, known=False)}"
+            ) from None
+
+    def _outcome(self, command: str, what: str, *, known: bool) -> str:
+        """What the pump is doing after a command that may not have taken effect."""
+        if not known:
+            if command == "RUN":
+                return "its state is unknown: the pump may be running"
+            if command == "STP":
+                return "its state is unknown: the pump may still be running"
+            return f"{what} may or may not have taken effect"
+        state = PROMPTS.get(self._prompt or "", RunState.STOPPED).value
+        if command in ("RUN", "STP"):
+            return f"the pump is {state}; {what} did not take effect"
+        return f"{what} did not take effect (the pump is {state})"
 
     def _note_alarm(self, code: str) -> None:
         alarm = ALARMS[code]
