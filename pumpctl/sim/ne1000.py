@@ -789,8 +789,11 @@ class EmulatorServer:
     def _take_output(self) -> bytes:
         if len(self.emulators) == 1:
             return self.emulator.take_output()
-        order = sorted(self.emulators, key=lambda e: e.next_due_s() or math.inf)
-        return b"".join(e.take_output() for e in order)
+        def due(emu: Ne1000Emulator) -> float:
+            t = emu.next_due_s()
+            return math.inf if t is None else t
+
+        return b"".join(e.take_output() for e in sorted(self.emulators, key=due))
 
     def _wait_s(self) -> float:
         """How long to block for input: until shortly before the next reply is due."""
