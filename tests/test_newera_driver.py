@@ -596,3 +596,10 @@ def test_lost_stop_and_failed_read_back_says_the_pump_may_still_run(make: Make) 
     drv, _port = ready(make, (Q("0"), R("", "I")), (Q("STP"), None), *[(Q("0"), None)] * 3)
     with pytest.raises(CommunicationError, match="the pump may still be running$"):
         drv.stop()
+
+
+def test_start_that_fails_before_run_says_run_was_not_sent(make: Make) -> None:
+    drv, port = ready(make, *[(Q("0"), None)] * 3)
+    with pytest.raises(CommunicationError, match=r"no reply from pump at 0 .*; RUN was not sent$"):
+        drv.start()
+    assert port.sent(Q("RUN")) == 0

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from pumpctl.drivers.base import PumpStatus, RateLimits
-from pumpctl.errors import InputError, PumpCommandError
+from pumpctl.errors import CommunicationError, InputError, PumpCommandError
 
 ACTIONS = ("identify", "status", "rate", "vtbi", "run", "stop", "dispensed")
 #: Per-attempt reply time-out and retries of the bench command: 2 x 0.5 s = 1.0 s in all.
@@ -223,7 +223,12 @@ def run_pump(args: argparse.Namespace) -> int:
                 )
         elif act == "run":
             drv.start()
-            st = drv.status()
+            try:
+                st = drv.status()
+            except CommunicationError as exc:
+                raise CommunicationError(
+                    f"RUN was confirmed (the pump is running) but reading its status failed: {exc}"
+                ) from None
             if st.run_state is not RunState.RUNNING:
                 raise PumpCommandError(f"the pump did not start: it reports {st.run_state.value}")
             print(f"{st.run_state.value} at {st.rate_ml_per_h:g} mL/h")

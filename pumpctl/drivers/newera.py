@@ -1025,33 +1025,40 @@ class NewEraDriver(PumpDriver):
             self._alarms.discard(PumpAlarm.VTBI_COMPLETE)
 
     def _do_start(self) -> None:
-        with self._op():
-            prompt = self._status_prompt()
-            if prompt in ACTIVE_PROMPTS:
-                return  # already running: never a second RUN
-            if prompt == "S":  # a new run: the pump counts VOL from here
-                infused, prompt = self._dis_ml()
+        run_sent = False
+        try:
+            with self._op():
+                prompt = self._status_prompt()
                 if prompt in ACTIVE_PROMPTS:
-                    return
-                self._run_base_ml = infused
-                if self._vtbi_ml is not None:
-                    per_run = self._vtbi_ml - infused
-                    if per_run <= _VOLUME_TOLERANCE_ML:
-                        raise PumpCommandError(
-                            "cannot start: VTBI already infused; program a new VTBI"
-                        )
-                    if self._vol_sent_ml is None or abs(per_run - self._vol_sent_ml) > 1e-6:
-                        self._send_vol(per_run)
-            rate = self._rate_ml_per_h if self._rate_ml_per_h is not None else self._read_rate()
-            if rate <= 0:
-                raise PumpCommandError("cannot start: no rate programmed")
+                    return  # already running: never a second RUN
+                if prompt == "S":  # a new run: the pump counts VOL from here
+                    infused, prompt = self._dis_ml()
+                    if prompt in ACTIVE_PROMPTS:
+                        return
+                    self._run_base_ml = infused
+                    if self._vtbi_ml is not None:
+                        per_run = self._vtbi_ml - infused
+                        if per_run <= _VOLUME_TOLERANCE_ML:
+                            raise PumpCommandError(
+                                "cannot start: VTBI already infused; program a new VTBI"
+                            )
+                        if self._vol_sent_ml is None or abs(per_run - self._vol_sent_ml) > 1e-6:
+                            self._send_vol(per_run)
+                rate = self._rate_ml_per_h if self._rate_ml_per_h is not None else self._read_rate()
+                if rate <= 0:
+                    raise PumpCommandError("cannot start: no rate programmed")
 
-            def started() -> bool:
-                return self._status_prompt() in ACTIVE_PROMPTS
+                def started() -> bool:
+                    return self._status_prompt() in ACTIVE_PROMPTS
 
-            self._apply("RUN", "", started, what="RUN", retry_alarms=frozenset("RT"))
-            self._was_running = True
-            self._alarms -= _CLEARED_BY_RUN
+                run_sent = True
+                self._apply("RUN", "", started, what="RUN", retry_alarms=frozenset("RT"))
+                self._was_running = True
+                self._alarms -= _CLEARED_BY_RUN
+        except CommunicationError as exc:
+            if run_sent:
+                raise
+            raise CommunicationError(f"{exc}; RUN was not sent") from None
 
     def _do_stop(self) -> None:
         with self._op():

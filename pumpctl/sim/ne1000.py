@@ -789,6 +789,7 @@ class EmulatorServer:
     def _take_output(self) -> bytes:
         if len(self.emulators) == 1:
             return self.emulator.take_output()
+
         def due(emu: Ne1000Emulator) -> float:
             t = emu.next_due_s()
             return math.inf if t is None else t
