@@ -6,7 +6,7 @@ a real 8N1 line at 19200 baud (10 bits per byte), and the measured round trip, m
 software overhead: driver, pty, emulator) and with the emulator pacing its replies as a
 19200-baud line would (overhead = round trip - line time).
 
-    .venv/bin/python benchmarks/bench_serial.py [--rounds 300] [--baud 19200]
+    .venv/bin/python benchmarks/bench_serial.py [--rounds 300] [--baud 19200] [--pumps 2]
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pumpctl.clock import SystemClock  # noqa: E402
-from pumpctl.drivers.newera import NewEraDriver  # noqa: E402
+from pumpctl.drivers.newera import NewEraBus  # noqa: E402
 from pumpctl.sim.ne1000 import EmulatorServer, Ne1000Emulator  # noqa: E402
 
 
@@ -29,7 +30,7 @@ def _pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
-def measure(drv: NewEraDriver, fn: Callable[[], object], rounds: int) -> tuple[list[float], float]:
+def measure(drv: Any, fn: Callable[[], object], rounds: int) -> tuple[list[float], float]:
     """Round-trip times (s) of ``fn`` and the mean bytes it put on the wire (both ways)."""
     fn()  # warm up
     b0 = drv.stats["bytes_sent"] + drv.stats["bytes_received"]
@@ -43,13 +44,19 @@ def measure(drv: NewEraDriver, fn: Callable[[], object], rounds: int) -> tuple[l
 
 
 def run_config(
-    safe_timeout_s: int, pace_baud: int | None, rounds: int
+    safe_timeout_s: int, pace_baud: int | None, rounds: int, pumps: int = 1
 ) -> dict[str, tuple[list[float], float]]:
-    """Time each command for one mode and one pacing."""
-    emu = Ne1000Emulator(clock=SystemClock(), pace_baud=pace_baud)
+    """Time each command for one mode and one pacing (on the last of ``pumps`` pumps)."""
+    clock = SystemClock()
+    emus = [Ne1000Emulator(clock=clock, pace_baud=pace_baud, address=a) for a in range(pumps)]
     out: dict[str, tuple[list[float], float]] = {}
-    with EmulatorServer(emu) as server:
-        drv = NewEraDriver(server.url, safe_timeout_s=safe_timeout_s, timeout_s=1.0)
+    with EmulatorServer(emus) as server:
+        bus = NewEraBus(server.url, timeout_s=1.0)
+        others = [bus.driver(a, safe_timeout_s=safe_timeout_s) for a in range(pumps - 1)]
+        for other in others:
+            other.set_rate(50.0)
+            other.start()  # the other pumps on the line are running
+        drv = bus.driver(pumps - 1, safe_timeout_s=safe_timeout_s)
         drv.identify()
         drv.set_rate(12.5)
         rate = [12.5, 12.6]
@@ -69,7 +76,8 @@ def run_config(
         for name, fn in commands.items():
             out[name] = measure(drv, fn, rounds)
         errors = drv.frame_errors
-        drv.close()
+        for d in (*others, drv):
+            d.close()
     if errors:
         print(f"warning: {errors} frame errors during the run", file=sys.stderr)
     return out
@@ -79,6 +87,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=300)
     ap.add_argument("--baud", type=int, default=19200)
+    ap.add_argument(
+        "--pumps", type=int, default=1, help="pumps on the line; commands go to the last one"
+    )
     args = ap.parse_args()
     bit_s = 10.0 / args.baud
     head = (
@@ -86,14 +97,15 @@ def main() -> int:
         f"{'paced p50':>9} {'p95':>6} | {'overhead p50':>12} {'p95':>6}"
     )
     print(
-        f"NE-1000 driver <-> emulator over a pty, {args.rounds} rounds per command; "
+        f"NE-1000 driver <-> emulator over a pty ({args.pumps} pump(s) on the line), "
+        f"{args.rounds} rounds per command; "
         f"line time at {args.baud} baud, 8N1 (10 bits/byte); times in ms"
     )
     print(head)
     print("-" * len(head))
     for mode, saf in (("basic", 0), ("safe", 10)):
-        bare = run_config(saf, None, args.rounds)
-        paced = run_config(saf, args.baud, args.rounds)
+        bare = run_config(saf, None, args.rounds, args.pumps)
+        paced = run_config(saf, args.baud, args.rounds, args.pumps)
         for name, (times, nbytes) in bare.items():
             ptimes, _ = paced[name]
             line_ms = nbytes * bit_s * 1e3

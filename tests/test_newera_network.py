@@ -249,7 +249,7 @@ def test_paced_reply_is_never_early_and_not_late(ne1000_model: PumpModel) -> Non
             ser.close()
     overheads.sort()
     assert overheads[0] > -2e-4  # the reply never beats the line (2400 baud: ~70 ms)
-    assert overheads[len(overheads) // 2] < 0.005  # and is not held much longer
+    assert overheads[len(overheads) // 2] < 0.01  # and is not held much longer
 
 
 # ------------------------------------------------------------------ the CLI
