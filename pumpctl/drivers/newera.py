@@ -397,11 +397,11 @@ def open_relay_pair(
         raise InputError(f"relay pumps need two different addresses, got {a} and {b}")
     baud = int(kw.pop("baud", model.serial.get("baud", 19200)))
     bus = NewEraBus(port, baud=baud, timeout_s=float(kw.get("timeout_s", 0.5)))
-    first = NewEraDriver.from_model(model, bus, address=a, baud=baud, **kw)
     try:
+        first = NewEraDriver.from_model(model, bus, address=a, baud=baud, **kw)
         second = NewEraDriver.from_model(model, bus, address=b, baud=baud, **kw)
     except BaseException:
-        first.close()
+        bus.close()
         raise
     return first, second
 
