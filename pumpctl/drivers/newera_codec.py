@@ -1,6 +1,6 @@
 """Pure codec for the New Era NE-500/NE-1000 RS-232 protocol (no I/O, no clock).
 
-Wire formats (DESIGN.md section 4)::
+Wire formats (New Era NE-1000 user manual, RS-232 protocol; see docs/serial.md)::
 
     basic request   [addr] CMD [args] CR             b"RAT12.5MH\\r", b"1RUN\\r"
     safe request    STX len data CRC_hi CRC_lo ETX   len = len(data) + 4

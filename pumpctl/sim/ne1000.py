@@ -6,7 +6,7 @@ go in with :meth:`Ne1000Emulator.receive`, due bytes come out of
 for the CLI, any clock in tests). ``EmulatorServer`` puts it on a pseudo-terminal or
 a TCP port on 127.0.0.1 so that any client written for the real pump talks to it.
 
-Behaviour follows the NE-1000 manual (DESIGN.md section 4): basic and safe mode, a
+Behaviour follows the New Era NE-1000 user manual (RS-232 protocol): basic and safe mode, a
 safe packet is accepted in either mode, ``STP`` pauses and a second ``STP`` stops,
 a rate changed while running is not saved and is lost at a reset, the power-on reset
 alarm ``A?R`` answers the first command (which is then not executed), the 0.5 s
