@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pumpctl.clock import SimClock
-from pumpctl.drivers.base import RateLimits
+from pumpctl.drivers.base import RateLimits, RunState
 from pumpctl.drivers.newera import NewEraDriver
 from pumpctl.drivers.newera_codec import (
     COMMANDS,
@@ -166,4 +166,96 @@ def test_driver_takes_any_reply_bytes(chunks: list[bytes], safe_timeout_s: int) 
         except (CommunicationError, PumpCommandError) as exc:
             assert str(exc) and "\n" not in str(exc)  # one line
     assert time.monotonic() - t0 < 3.0  # bounded: no hang on any input
+    drv.close()
+
+
+class EmulatorPort:
+    """The emulator behind a fake port, in-process: every write is answered at once."""
+
+    def __init__(self, emu: Ne1000Emulator) -> None:
+        self.emu = emu
+        self.rx = bytearray()
+        self.timeout: float | None = None
+        self.port = "emulator://"
+
+    def write(self, data: bytes) -> int:
+        self.emu.receive(data)
+        self.rx += self.emu.take_output()
+        return len(data)
+
+    @property
+    def in_waiting(self) -> int:
+        self.rx += self.emu.take_output()
+        return len(self.rx)
+
+    def read(self, size: int = 1) -> bytes:
+        out = bytes(self.rx[:size])
+        del self.rx[:size]
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+_FAULTS = ("none", "drop", "corrupt", "truncate", "noise")
+_OPS = st.one_of(
+    st.tuples(st.just("rate"), st.sampled_from([0.5, 12.5, 100.0, 999.9])),
+    st.tuples(st.sampled_from(["start", "stop", "status"]), st.just(0.0)),
+)
+
+
+@pytest.mark.parametrize("safe_timeout_s", [0, 30])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(st.tuples(_OPS, st.sampled_from(_FAULTS)), min_size=1, max_size=12))
+def test_exactly_once_under_any_reply_faults(
+    steps: list[tuple[tuple[str, float], str]], safe_timeout_s: int
+) -> None:
+    """Whatever happens to the replies, a rate is applied and RUN executed at most once per
+    call (exactly once when the call succeeds), and a successful call leaves the pump as
+    asked. The faults only touch replies: every command reaches the pump."""
+    emu = Ne1000Emulator(clock=SimClock(), power_on_alarm=False)
+    drv = NewEraDriver(
+        EmulatorPort(emu),  # type: ignore[arg-type]
+        limits=LIMITS,
+        safe_timeout_s=safe_timeout_s,
+        timeout_s=0.003,
+        retries=2,
+        program_phases=False,
+    )
+    for (op, value), fault in steps:
+        if fault == "drop":
+            emu.drop_replies = 1
+        elif fault == "corrupt":
+            emu.corrupt_replies = 1
+        elif fault == "truncate":
+            emu.truncate_replies = 1
+        elif fault == "noise":
+            emu.inject(b"\xff\x02garbage\x03")
+        rats, runs = emu.stats.count_set("RAT"), emu.stats.count("RUN")
+        was_running = emu.run_state() is RunState.RUNNING
+        try:
+            if op == "rate":
+                drv.set_rate(value)
+            elif op == "start":
+                drv.start()
+            elif op == "stop":
+                drv.stop()
+            else:
+                drv.status()
+            ok = True
+        except (CommunicationError, PumpCommandError) as exc:
+            assert "\n" not in str(exc)
+            ok = False
+        rat_sets = emu.stats.count_set("RAT") - rats
+        run_cmds = emu.stats.count("RUN") - runs
+        assert rat_sets <= (1 if op == "rate" else 0)
+        assert run_cmds <= (0 if was_running or op != "start" else 1)
+        if ok and op == "rate":
+            assert rat_sets == 1 and emu.rate_ml_per_h() == value
+        if ok and op == "start":
+            assert emu.run_state() is RunState.RUNNING
+            assert run_cmds == (0 if was_running else 1)
+        if ok and op == "stop":
+            assert emu.run_state() is RunState.STOPPED
+        emu.drop_replies = emu.corrupt_replies = emu.truncate_replies = 0
     drv.close()
