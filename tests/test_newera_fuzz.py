@@ -170,22 +170,23 @@ def test_driver_takes_any_reply_bytes(chunks: list[bytes], safe_timeout_s: int) 
 
 
 class EmulatorPort:
-    """The emulator behind a fake port, in-process: every write is answered at once."""
+    """Emulated pumps on one line behind a fake port, in-process: answers come at once."""
 
-    def __init__(self, emu: Ne1000Emulator) -> None:
-        self.emu = emu
+    def __init__(self, *emus: Ne1000Emulator) -> None:
+        self.emus = emus
         self.rx = bytearray()
         self.timeout: float | None = None
         self.port = "emulator://"
 
     def write(self, data: bytes) -> int:
-        self.emu.receive(data)
-        self.rx += self.emu.take_output()
+        for emu in self.emus:
+            emu.receive(data)
         return len(data)
 
     @property
     def in_waiting(self) -> int:
-        self.rx += self.emu.take_output()
+        for emu in self.emus:
+            self.rx += emu.take_output()
         return len(self.rx)
 
     def read(self, size: int = 1) -> bytes:
@@ -204,18 +205,22 @@ _OPS = st.one_of(
 )
 
 
-@pytest.mark.parametrize("safe_timeout_s", [0, 30])
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize(("safe_timeout_s", "address"), [(0, 0), (30, 0), (0, 1), (30, 1)])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=st.lists(st.tuples(_OPS, st.sampled_from(_FAULTS)), min_size=1, max_size=12))
 def test_exactly_once_under_any_reply_faults(
-    steps: list[tuple[tuple[str, float], str]], safe_timeout_s: int
+    steps: list[tuple[tuple[str, float], str]], safe_timeout_s: int, address: int
 ) -> None:
     """Whatever happens to the replies, a rate is applied and RUN executed at most once per
     call (exactly once when the call succeeds), and a successful call leaves the pump as
-    asked. The faults only touch replies: every command reaches the pump."""
-    emu = Ne1000Emulator(clock=SimClock(), power_on_alarm=False)
+    asked. The faults only touch replies: every command reaches the pump. At address 1,
+    pump 0 shares the line and must execute nothing."""
+    clock = SimClock()
+    emu = Ne1000Emulator(clock=clock, power_on_alarm=False, address=address)
+    others = [Ne1000Emulator(clock=clock, power_on_alarm=False, address=a) for a in range(address)]
     drv = NewEraDriver(
-        EmulatorPort(emu),  # type: ignore[arg-type]
+        EmulatorPort(*others, emu),  # type: ignore[arg-type]
+        address=address,
         limits=LIMITS,
         safe_timeout_s=safe_timeout_s,
         timeout_s=0.003,
@@ -258,4 +263,5 @@ def test_exactly_once_under_any_reply_faults(
         if ok and op == "stop":
             assert emu.run_state() is RunState.STOPPED
         emu.drop_replies = emu.corrupt_replies = emu.truncate_replies = 0
+    assert all(not o.stats.executed for o in others)
     drv.close()
