@@ -69,7 +69,7 @@ class PumpMachine:
             conditions: list[Callable[[], bool]] = []
             if guard is not None:
                 conditions.append(self._guard(guard))
-            self._machine.add_transition(trigger, source, dest, conditions=conditions)
+            self._machine.add_transition(trigger, source, dest, conditions=conditions)  # type: ignore[arg-type]
 
     def _guard(self, name: str) -> Callable[[], bool]:
         def check() -> bool:

@@ -55,9 +55,12 @@ HISTORY_EVENTS = 300  # events loaded into the log view at start
 class ConsoleSession(Protocol):
     """What the console needs: a clock, a controller and its pump driver."""
 
-    clock: Clock
-    controller: Controller
-    driver: PumpDriver
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def controller(self) -> Controller: ...
+    @property
+    def driver(self) -> PumpDriver: ...
 
 
 # --------------------------------------------------------------------------- simulated staff
@@ -774,7 +777,7 @@ class ConsoleApp(App[None]):
     def _on_event(self, ev: Event) -> None:
         if self.ctl.last_status is not self._status_seen:
             self._status_seen, self._status_t_s = self.ctl.last_status, ev.t_s
-        if self.is_mounted:
+        if self.is_mounted:  # type: ignore[truthy-function]
             log = self.query_one(EventLogView)
             if log.ready:
                 log.add(ev)
@@ -951,11 +954,11 @@ class ConsoleApp(App[None]):
         """Console keys act only on the channel screen, never under an open dialog."""
         return not (action in self._console_actions and isinstance(self.screen, ModalScreen))
 
-    _console_actions = frozenset(b.action for b in BINDINGS)
+    _console_actions = frozenset(b.action for b in BINDINGS)  # type: ignore[union-attr]
 
     def say(self, text: str, ok: bool = True) -> None:
         """Show the result of the last action."""
-        if self.is_mounted:
+        if self.is_mounted:  # type: ignore[truthy-function]
             self.query_one(MessageLine).say(text, ok)
 
     def call(self, fn: Callable[..., str | None], *args: Any) -> str | None:
@@ -978,7 +981,7 @@ class ConsoleApp(App[None]):
         self,
         title: str,
         body: str | Text,
-        then: Callable[[], None],
+        then: Callable[[], object],
         *,
         checks: list[tuple[str, str]] | None = None,
         label: str = "Confirm (y)",

@@ -866,12 +866,12 @@ class EmulatorServer:
         socks: list[socket.socket] = [self._listener]
         if self._client is not None:
             socks.append(self._client)
-        ready, _, _ = select.select(socks, [], [], wait_s)
+        ready, _, _ = select.select(socks, [], [], wait_s)  # type: ignore[arg-type]
         for s in ready:
             if s is self._listener:
                 self._accept()
             else:
-                data = s.recv(4096)
+                data = s.recv(4096)  # type: ignore[attr-defined]
                 if not data:
                     self._drop_client()
                 else:

@@ -342,7 +342,7 @@ class _Decoder:
         """An incomplete frame is waiting for more bytes."""
         return bool(self.buf)
 
-    def _err(self, out: list, kind: str, raw: bytes, detail: str = "") -> None:
+    def _err(self, out: list, kind: str, raw: bytes | bytearray, detail: str = "") -> None:
         self.errors[kind] += 1
         out.append(FrameError(kind, bytes(raw), detail))
 

@@ -134,7 +134,7 @@ class RelayPair(PumpDriver):
     def _do_status(self) -> PumpStatus:
         st = self.active.status()
         beat = getattr(self.idle, "heartbeat", None)
-        if beat is not None and getattr(self.idle, "safe_timeout_s", 0):
+        if beat is not None and getattr(self.idle, "safe_timeout_s", None):
             beat()  # a safe-mode pump fail-stops without packets to its own address
         return st
 

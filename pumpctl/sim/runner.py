@@ -126,7 +126,7 @@ def run_scenario(
             t.operator,
             t.confirm_deviation,
         )
-        clock.call_at(t.at_h * 3600.0, lambda o=o: ctl.titrate(o, "md1"))
+        clock.call_at(t.at_h * 3600.0, _titrate_at(ctl, o))
 
     samples: list[tuple[float, float]] = []
     if trace:
@@ -175,6 +175,13 @@ def run_scenario(
     run = SimRun(sc, seed, setting, model, ctl, driver, log, start, end_s, {}, samples)
     run.result = build_result(log.events())
     return run
+
+
+def _titrate_at(ctl: Controller, order: Order) -> Callable[[], None]:
+    def go() -> None:
+        ctl.titrate(order, "md1")
+
+    return go
 
 
 def record_physics(
