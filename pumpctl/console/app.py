@@ -655,7 +655,7 @@ class ConsoleApp(App[None]):
         log = self.query_one(EventLogView)
         log.border_title = "Event log (every action and refusal)"
         self._history = self.ctl.log.events()[-HISTORY_EVENTS:]
-        self.ctl.listeners.append(self._on_event)
+        self._unsubscribe = self.ctl.subscribe(self._on_event)
         self.call_after_refresh(self._load_history)  # once the log view has its width
         self.say(f"operator {self.operator}: keys below; the controller logs every action")
         self.refresh_view()
@@ -681,8 +681,9 @@ class ConsoleApp(App[None]):
 
     def on_unmount(self) -> None:
         """Stop listening (the controller and the pump carry on)."""
-        if self._on_event in self.ctl.listeners:
-            self.ctl.listeners.remove(self._on_event)
+        unsubscribe = getattr(self, "_unsubscribe", None)
+        if unsubscribe is not None:
+            unsubscribe()
 
     def _set_operator(self, value: str | None) -> None:
         if value:
@@ -895,7 +896,7 @@ class ConsoleApp(App[None]):
         active = ctl.alarms.active()
         idle_new = st is State.IDLE and not ctl.bags
         start_label = "resume" if st is State.ALARM else "start"
-        start_ok = ctl.machine.check("resume" if st is State.ALARM else "start") is None
+        start_ok = ctl.why_not("resume" if st is State.ALARM else "start") is None
         keys = [
             ("p", "program", idle_new),
             (
@@ -916,7 +917,7 @@ class ConsoleApp(App[None]):
                 "bag arrived",
                 nb is not None and nb.requested_s is not None and nb.delivered_s is None,
             ),
-            ("b", "bag change", ctl.machine.check("begin_bag_change") is None),
+            ("b", "bag change", ctl.why_not("begin_bag_change") is None),
             ("h", "hang", self._hang_state_ok()),
             ("t", "titrate", ctl.build is not None),
             ("a", "ack", any(a.acknowledged_s is None for a in active)),
@@ -926,7 +927,7 @@ class ConsoleApp(App[None]):
                 "re-order",
                 nb is not None and nb.requested_s is not None and nb.hung_s is None,
             ),
-            ("x", "stop", ctl.machine.check("stop") is None),
+            ("x", "stop", ctl.why_not("stop") is None),
         ]
         if self.nurse is not None:
             keys.append(("n", "auto nurse " + ("ON" if self.nurse.on else "off"), True))
@@ -1087,7 +1088,7 @@ class ConsoleApp(App[None]):
         """s: start the infusion (idle) or resume after an alarm."""
         ctl, op = self.ctl, self.operator
         if ctl.state is State.ALARM:
-            if ctl.machine.check("resume") is not None:
+            if ctl.why_not("resume") is not None:
                 self.done("", self.call(ctl.resume, op))
                 return
             bag = ctl.current_bag
@@ -1098,7 +1099,7 @@ class ConsoleApp(App[None]):
                 lambda: self.done("infusion resumed", self.call(ctl.resume, op)),
             )
             return
-        if ctl.machine.check("start") is not None:
+        if ctl.why_not("start") is not None:
             self.done("", self.call(ctl.start, op))
             return
         nb = ctl.next_bag
@@ -1137,7 +1138,7 @@ class ConsoleApp(App[None]):
     def action_bag_change(self) -> None:
         """b: begin a bag change (flow goes on from the drip chamber), then hang."""
         ctl, op = self.ctl, self.operator
-        if ctl.machine.check("begin_bag_change") is not None:
+        if ctl.why_not("begin_bag_change") is not None:
             self.done("", self.call(ctl.begin_bag_change, op))
             return
         old, nb = ctl.current_bag, ctl.next_bag
@@ -1276,7 +1277,7 @@ class ConsoleApp(App[None]):
     def action_stop(self) -> None:
         """x: stop the infusion (an interruption of a continuous order, with a reason)."""
         ctl = self.ctl
-        if ctl.machine.check("stop") is not None:
+        if ctl.why_not("stop") is not None:
             self.done("", self.call(ctl.stop, self.operator, ""))
             return
 
