@@ -712,6 +712,8 @@ def stream_runs(
     pending: deque[tuple[int, Any]] = deque()
     nxt = start
     done = start
+    if progress:
+        progress(start, runs)
     with _stop_on_signal() as flag:
         try:
             while done < runs:
