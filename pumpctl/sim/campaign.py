@@ -305,6 +305,17 @@ def dask_available() -> bool:
     return True
 
 
+#: Dask settings for CPU-bound workers: no 10 ms stack profiler nor 1 ms GIL monitor
+#: stealing the GIL from the simulation. For `dask worker` processes started by hand, the
+#: same as environment variables: DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False etc.
+LEAN_WORKER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.gil.enabled": False,
+    "distributed.admin.tick.interval": "200ms",
+    "distributed.worker.memory.monitor-interval": "1s",
+}
+
+
 class DaskExecutor:
     """A Dask distributed cluster: a new ``LocalCluster`` or an existing scheduler."""
 
@@ -317,13 +328,16 @@ class DaskExecutor:
             raise InputError(f"--scheduler needs Dask distributed; {DASK_HINT}") from None
         self.cluster = None
         if address is None:
-            self.cluster = LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-            )
+            import dask
+
+            with dask.config.set(LEAN_WORKER_CONFIG):  # the nannies pass it to the workers
+                self.cluster = LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                )
             self.client = Client(self.cluster)
         else:
             try:
