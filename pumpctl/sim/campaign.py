@@ -313,7 +313,15 @@ LEAN_WORKER_CONFIG = {
     "distributed.admin.system-monitor.gil.enabled": False,
     "distributed.admin.tick.interval": "200ms",
     "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
 }
+
+
+def _warm_worker() -> str:
+    """Import the simulator in a worker before timing starts (spawned workers import afresh)."""
+    import pumpctl.sim.runner  # noqa: F401
+
+    return "ok"
 
 
 class DaskExecutor:
@@ -327,6 +335,7 @@ class DaskExecutor:
         except ImportError:
             raise InputError(f"--scheduler needs Dask distributed; {DASK_HINT}") from None
         self.cluster = None
+        self._futures: set[Any] = set()
         if address is None:
             import dask
 
@@ -347,10 +356,25 @@ class DaskExecutor:
                     f"--scheduler {address}: no Dask scheduler answered ({exc}); allowed: "
                     "local, dask, or the address of a running `dask scheduler`"
                 ) from None
+        try:
+            self.client.wait_for_workers(1, timeout=30)
+        except TimeoutError:
+            self.close(cancel=True)
+            raise InputError(
+                f"--scheduler {address}: the scheduler has no workers after 30 s; allowed: a "
+                f"scheduler with workers (start them with `dask worker {address}`)"
+            ) from None
+        try:
+            self.client.run(_warm_worker)
+        except ImportError as exc:
+            self.close(cancel=True)
+            raise InputError(
+                f"--scheduler {address or 'dask'}: a Dask worker cannot import pumpctl ({exc}); "
+                "allowed: workers started from an environment with pumpctl installed"
+            ) from None
         self.slots = max(1, sum(self.client.nthreads().values()))
-        where = "LocalCluster" if address is None else address
+        where = address or "LocalCluster"
         self.name = f"dask {where}, {self.slots} worker threads"
-        self._futures: set[Any] = set()
 
     def share(self, sc: Scenario) -> Any:
         return self.client.scatter(sc, broadcast=True)
@@ -377,7 +401,7 @@ class DaskExecutor:
         if cancel and self._futures:
             self.client.cancel(list(self._futures))
         self.client.close()
-        if self.cluster is not None:
+        if getattr(self, "cluster", None) is not None:
             self.cluster.close()
 
 
