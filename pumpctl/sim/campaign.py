@@ -344,7 +344,7 @@ class DaskExecutor:
                     n_workers=workers,
                     threads_per_worker=1,
                     processes=True,
-                    dashboard_address=None,
+                    dashboard_address=":0",  # no fixed port: other clusters may run
                     silence_logs=logging.ERROR,
                 )
             self.client = Client(self.cluster)
