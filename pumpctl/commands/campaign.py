@@ -92,8 +92,7 @@ class _Progress:
     def __call__(self, done: int, total: int) -> None:
         if self.first is None:  # the first call: runs already done (resume) and the start time
             self.first, self.t0 = done, self.clock.now()
-            if done == 0:
-                return
+            return
         pct = done * 100 // total
         tty = sys.stderr.isatty()
         step = 1 if tty else 25  # redraw in place on a terminal, a few lines in a log
