@@ -251,6 +251,9 @@ def test_cli_sweep_writes_one_row_per_grid_point(short, tmp_path, capsys):
     sc = with_values(load_scenario(short), {"nurse.response_min": 30, "pharmacy.compound_min": 240})
     expect, _ = _campaign(sc, runs=12, seed=11)
     got = {k: v for k, v in doc["rows"][3].items() if k != "point"}
+    for w in got["worst_runs"]:  # the replay line names the swept values
+        assert w["reproduce"].endswith("(with nurse.response_min=30, pharmacy.compound_min=240)")
+        w["reproduce"] = w["reproduce"].split(" (with")[0]
     assert got == expect
     # slow staff at 4 h of pharmacy time leaves more runs interrupted for longer
     assert float(rows[3]["interrupted_s_p95"]) > float(rows[0]["interrupted_s_p95"])

@@ -152,6 +152,8 @@ def _workers(args: argparse.Namespace, points: int) -> int:
         args.workers if args.workers is not None else (1 if args.scheduler == "local" else cores)
     )
     cap = min(args.runs, cores)
+    if wanted > cap and args.workers is None:
+        return cap
     if wanted > cap:
         print(
             f"pumpctl campaign: --workers {wanted} capped at {cap} "
@@ -240,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
                 out_dir=where,
                 resume=args.resume,
                 progress=_Progress(label) if show else None,
+                point=point or None,
             )
             if where is not None:
                 _finish_dir(where, psc, summary, stats)

@@ -176,9 +176,15 @@ class CampaignStats:
             bisect.insort(self._worst, (key, slim), key=lambda kv: kv[0])
             del self._worst[self.worst :]
 
-    def summary(self, sc: Scenario, seed: int) -> dict[str, Any]:
-        """The campaign summary (the ``--json`` output and campaign.json)."""
+    def summary(
+        self, sc: Scenario, seed: int, point: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The campaign summary (the ``--json`` output and campaign.json).
+
+        ``point``: the swept values, named in each worst run's ``reproduce`` line.
+        """
         n = self.n
+        swept = f" (with {', '.join(f'{k}={v}' for k, v in point.items())})" if point else ""
         return {
             "schema_version": SCHEMA_VERSION,
             "scenario": sc.name,
@@ -202,7 +208,7 @@ class CampaignStats:
                     "interrupted_s": r["interrupted_s"],
                     "dose_error_pct": r["dose_error_pct"],
                     "causes": r["causes"],
-                    "reproduce": f"pumpctl simulate {sc.path} --seed {r['seed']}",
+                    "reproduce": f"pumpctl simulate {sc.path} --seed {r['seed']}{swept}",
                 }
                 for _, r in self._worst
             ],
@@ -810,6 +816,7 @@ def campaign(
     progress: Callable[[int, int], None] | None = None,
     stop_after: int | None = None,
     batch: int | None = None,
+    point: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], CampaignStats]:
     """A campaign streamed to ``out_dir/runs.*``; the summary and the stats behind it.
 
@@ -854,7 +861,7 @@ def campaign(
     finally:
         if writer is not None:
             writer.close()
-    return stats.summary(sc, seed), stats
+    return stats.summary(sc, seed, point), stats
 
 
 # ---------------------------------------------------------------------------
