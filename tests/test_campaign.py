@@ -147,7 +147,7 @@ def test_resume_after_interruption_gives_the_same_summary(short, tmp_path, monke
     resumed, _ = _campaign(sc, out_dir=part, batch=4, resume=True)
     assert resumed == whole
     assert _rows(runs_file) == _rows(tmp_path / "whole" / f"runs.{fmt}")
-    assert not list(part.glob("*.prev"))
+    assert not (part / ".runs.parts").exists()
 
 
 def test_resume_drops_a_half_written_csv_line(short, tmp_path, monkeypatch):
@@ -208,6 +208,29 @@ def test_sigint_to_a_real_campaign_keeps_runs_and_resume_matches(short, tmp_path
     resumed = json.loads(capsys.readouterr().out)
     whole, _ = _campaign(load_scenario(short), runs=300, seed=4, workers=2)
     assert resumed == whole
+
+
+def test_kill_9_loses_at_most_the_unmerged_tail_and_resume_matches(short, tmp_path, capsys):
+    out = tmp_path / "k"
+    cmd = [sys.executable, "-m", "pumpctl.cli", "campaign", str(short), "--runs", "1200"]
+    cmd += ["--seed", "8", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    done = 0
+    while done < 256:  # at least one part (256 runs) written
+        line = proc.stderr.readline()
+        assert line, "the campaign ended without progress"
+        done = int(line.split("] ")[1].split("/")[0])
+    proc.kill()
+    proc.wait(timeout=30)
+    parts = sorted(p.name for p in (out / ".runs.parts").glob("part-*.parquet"))
+    assert parts and parts[0] == "part-000000000000.parquet"
+    argv = ["campaign", str(short), "--runs", "1200", "--seed", "8", "--out", str(out)]
+    assert main([*argv, "--resume", "--json", "--no-progress"]) in (0, 1)
+    resumed = json.loads(capsys.readouterr().out)
+    whole, _ = _campaign(load_scenario(short), runs=1200, seed=8, workers=2)
+    assert resumed == whole
+    assert [int(r["run"]) for r in _rows(out / "runs.parquet")] == list(range(1200))
 
 
 # --------------------------------------------------------------------------- CLI

@@ -185,7 +185,9 @@ def _check_out(out: str | None, resume: bool) -> Path | None:
         ) from None
     if not resume:
         taken = [
-            n for n in ("runs.parquet", "runs.csv", "points", "sweep.json") if (p / n).exists()
+            n
+            for n in ("runs.parquet", "runs.csv", ".runs.parts", "points", "sweep.json")
+            if (p / n).exists()
         ]
         if taken:
             raise InputError(

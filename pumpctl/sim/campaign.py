@@ -22,6 +22,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -506,33 +507,87 @@ class CsvRunsWriter:
 
 
 class ParquetRunsWriter:
-    """runs.parquet, one row group per ~4096 runs; closed (footer written) on Ctrl-C."""
+    """runs.parquet, crash-safe: runs go to whole part files, merged in on close.
 
-    ROW_GROUP = 4096
+    A Parquet file is readable only once its footer is written, so finished runs are
+    written every ``PART_ROWS`` as complete files under ``.runs.parts/`` (named by their
+    first run) and appended to runs.parquet on close (end, Ctrl-C, error) or, after a
+    ``kill -9``, on ``--resume``. At most ``PART_ROWS - 1`` finished runs are lost to a
+    kill -9; they are run again on resume, with the same seeds.
+    """
 
-    def __init__(self, path: Path) -> None:
+    PART_ROWS = 256
+
+    def __init__(self, path: Path, first_run: int) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         self.path = path
         self.pa = pa
         self.schema = parquet_schema()
-        self.writer = pq.ParquetWriter(str(path), self.schema)
+        self.parts = parts_dir(path)
+        self.parts.mkdir(exist_ok=True)
+        self.next_run = first_run
         self.buf: list[dict[str, Any]] = []
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         self.buf.extend(rows)
-        if len(self.buf) >= self.ROW_GROUP:
+        if len(self.buf) >= self.PART_ROWS:
             self._flush()
 
     def _flush(self) -> None:
-        if self.buf:
-            self.writer.write_table(self.pa.Table.from_pylist(self.buf, schema=self.schema))
-            self.buf = []
+        import pyarrow.parquet as pq
+
+        if not self.buf:
+            return
+        name = f"part-{self.next_run:012d}.parquet"
+        tmp = self.parts / f".{name}.tmp"
+        pq.write_table(self.pa.Table.from_pylist(self.buf, schema=self.schema), str(tmp))
+        os.replace(tmp, self.parts / name)
+        self.next_run += len(self.buf)
+        self.buf = []
 
     def close(self) -> None:
         self._flush()
-        self.writer.close()
+        merge_parts(self.path)
+
+
+def parts_dir(path: Path) -> Path:
+    """Where a runs.parquet's not yet merged runs wait."""
+    return path.with_name(".runs.parts")
+
+
+def merge_parts(path: Path) -> None:
+    """Append the part files to runs.parquet (a new file renamed over the old one).
+
+    Safe to repeat after a crash at any point: parts already in runs.parquet (by their
+    first run) are skipped, and the old file stays until the new one is whole.
+    """
+    import pyarrow.parquet as pq
+
+    parts = parts_dir(path)
+    if not parts.is_dir():
+        return
+    have = pq.ParquetFile(str(path)).metadata.num_rows if path.exists() else 0
+    todo = sorted(p for p in parts.glob("part-*.parquet") if int(p.stem[5:]) >= have)
+    if todo or not path.exists():
+        tmp = path.with_name(f".{path.name}.tmp")
+        w = pq.ParquetWriter(str(tmp), parquet_schema())
+        if path.exists():
+            old = pq.ParquetFile(str(path))
+            for g in range(old.num_row_groups):
+                w.write_table(old.read_row_group(g))
+        expected = have
+        for part in todo:
+            if int(part.stem[5:]) != expected:
+                w.close()
+                tmp.unlink()
+                raise InputError(f"{part}: runs {expected}.. are missing; the file is damaged")
+            t = pq.read_table(str(part))
+            w.write_table(t)
+            expected += t.num_rows
+        w.close()
+        os.replace(tmp, path)
+    shutil.rmtree(parts)
 
 
 def parquet_schema() -> Any:
@@ -579,7 +634,7 @@ def _read_parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
     except Exception as exc:  # pyarrow raises ArrowInvalid (a ValueError) and OSError
         raise InputError(
             f"{path}: unreadable ({exc}); a campaign killed with -9 loses its Parquet footer; "
-            "allowed: start again in a new directory"
+            "allowed: --resume (it rebuilds the file from its parts) or a new directory"
         ) from None
     if tuple(pf.schema_arrow.names) != RUN_COLUMNS:
         raise InputError(f"{path}: not a pumpctl runs file (columns {pf.schema_arrow.names})")
@@ -613,6 +668,8 @@ class RunsStore:
         for name in ("runs.parquet", "runs.csv"):
             if (self.dir / name).exists():
                 return self.dir / name
+        if parts_dir(self.dir / "runs.parquet").is_dir():  # killed before the first merge
+            return self.dir / "runs.parquet"
         return None
 
     def open(
@@ -651,7 +708,10 @@ class RunsStore:
             if not pyarrow_available():
                 raise InputError(f"{found} needs pyarrow to resume; install: pip install pyarrow")
             self.fmt, self.path = "parquet", found
-            return self._resume_parquet(runs, stats)
+            merge_parts(found)  # runs finished before a kill -9
+            for i, row in enumerate(_read_parquet_rows(found)):
+                self._fold(i, row, runs, stats)
+            return self._writer(found, stats.n)
         self.fmt, self.path = "csv", found
         for i, row in enumerate(_read_csv_rows(found)):
             self._fold(i, row, runs, stats)
@@ -667,38 +727,10 @@ class RunsStore:
             )
         stats.add(from_row(row))
 
-    def _resume_parquet(self, runs: int, stats: CampaignStats) -> RunsWriter:
-        # Parquet files cannot be appended to: copy the finished runs into a new file.
-        prev = self.path.with_name("runs.parquet.prev")
-        if not prev.exists():
-            os.replace(self.path, prev)  # else a resume died while copying: prev is whole
-        writer = ParquetRunsWriter(self.path)
-        try:
-            for i, row in enumerate(_read_parquet_rows(prev)):
-                self._fold(i, row, runs, stats)
-                writer.write([row])
-        except BaseException:
-            writer.close()
-            os.replace(prev, self.path)
-            raise
-        return _DropWhenClosed(writer, prev)  # prev goes once the new file is whole
-
-    def _writer(self, path: Path) -> RunsWriter:
-        return ParquetRunsWriter(path) if self.fmt == "parquet" else CsvRunsWriter(path)
-
-
-class _DropWhenClosed:
-    """A Parquet writer that took over an older file's runs; the old goes on close."""
-
-    def __init__(self, writer: ParquetRunsWriter, old: Path) -> None:
-        self.inner, self.old, self.path = writer, old, writer.path
-
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        self.inner.write(rows)
-
-    def close(self) -> None:
-        self.inner.close()
-        self.old.unlink(missing_ok=True)
+    def _writer(self, path: Path, first_run: int = 0) -> RunsWriter:
+        if self.fmt == "parquet":
+            return ParquetRunsWriter(path, first_run)
+        return CsvRunsWriter(path)
 
 
 # ---------------------------------------------------------------------------
