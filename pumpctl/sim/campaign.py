@@ -562,6 +562,7 @@ def merge_parts(path: Path) -> None:
     Safe to repeat after a crash at any point: parts already in runs.parquet (by their
     first run) are skipped, and the old file stays until the new one is whole.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     parts = parts_dir(path)
@@ -577,14 +578,19 @@ def merge_parts(path: Path) -> None:
             for g in range(old.num_row_groups):
                 w.write_table(old.read_row_group(g))
         expected = have
+        group: list[Any] = []  # parts gathered into row groups of ~64k runs
         for part in todo:
             if int(part.stem[5:]) != expected:
                 w.close()
                 tmp.unlink()
                 raise InputError(f"{part}: runs {expected}.. are missing; the file is damaged")
-            t = pq.read_table(str(part))
-            w.write_table(t)
-            expected += t.num_rows
+            group.append(pq.read_table(str(part)))
+            expected += group[-1].num_rows
+            if sum(t.num_rows for t in group) >= 65536:
+                w.write_table(pa.concat_tables(group))
+                group = []
+        if group:
+            w.write_table(pa.concat_tables(group))
         w.close()
         os.replace(tmp, path)
     shutil.rmtree(parts)
