@@ -135,7 +135,7 @@ def _check_scheduler(scheduler: str) -> None:
         raise InputError(f"--scheduler {scheduler} needs Dask distributed; {DASK_HINT}")
 
 
-def _workers(args: argparse.Namespace, points: int) -> int:
+def _workers(args: argparse.Namespace) -> int:
     """The worker count: checked, defaulted and capped at min(runs, cores), saying so."""
     cores = _cores()
     if args.workers is not None and args.workers < 1:
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     axes = parse_sweeps(args.sweep)
     sc = load_scenario(args.scenario)
     points = sweep_points(sc, axes) if axes else [({}, sc)]
-    workers = _workers(args, len(points))
+    workers = _workers(args)
     out_dir = _check_out(args.out, args.resume)
     seed = sc.seed if args.seed is None else args.seed
     show = not args.no_progress
