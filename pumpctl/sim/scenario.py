@@ -7,6 +7,7 @@ max) are also accepted. Each draw is clipped at zero (times cannot be negative).
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import tomllib
@@ -324,8 +325,6 @@ def load_scenario(path: str | Path) -> Scenario:
 
     ``path`` may also be the bare name of a shipped example, e.g. ``anakinra_72h``.
     """
-    from pumpctl.alarms import KINDS
-
     p = resolve_scenario(path)
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
@@ -335,6 +334,19 @@ def load_scenario(path: str | Path) -> Scenario:
         raise InputError(f"{p}: not UTF-8 text; allowed: a TOML file") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{p}: not valid TOML: {exc}") from None
+    except (IsADirectoryError, PermissionError, OSError) as exc:
+        raise InputError(f"{p}: cannot be read ({exc.strerror}); allowed: a TOML file") from None
+    return scenario_from_raw(raw, p)
+
+
+def scenario_from_raw(raw: dict[str, Any], path: str | Path) -> Scenario:
+    """Validate a parsed scenario table (e.g. a file's, modified for a sweep) into a Scenario.
+
+    ``path`` names the scenario in errors and anchors relative setting/pump paths.
+    """
+    from pumpctl.alarms import KINDS
+
+    p = Path(path)
     try:
         SCENARIO_SCHEMA.check(raw, "")
         titrations = _list_of(raw.get("titrations", []), "titrations", _TITRATION)
@@ -420,3 +432,51 @@ def load_scenario(path: str | Path) -> Scenario:
         else to_dist(raw["charge_nurse"]["response_min"]),
         relay=bool(sc.get("relay", False)),
     )
+
+
+def _parse_index(part: str, where: str) -> int:
+    if not part.isdigit():
+        raise InputError(f"key '{where}': {part!r} is not a list index; allowed: 0, 1, ...")
+    return int(part)
+
+
+def with_values(sc: Scenario, values: dict[str, Any]) -> Scenario:
+    """A copy of ``sc`` with dotted keys set (``nurse.response_min``, ``faults.0.at_h``).
+
+    For sweeps: the raw table is copied, changed and validated again, so a swept value
+    gets the same checks as one written in the file. Unknown keys are errors.
+    """
+    raw = copy.deepcopy(sc.raw)
+    for key, value in values.items():
+        parts = key.split(".")
+        if len(parts) < 2 or not all(parts):
+            raise InputError(
+                f"sweep key {key!r} is not allowed; allowed: a dotted scenario key such as "
+                "nurse.response_min, order.dose_mg_per_day or faults.0.duration_min"
+            )
+        node: Any = raw
+        for i, part in enumerate(parts[:-1]):
+            where = ".".join(parts[: i + 1])
+            if isinstance(node, list):
+                idx = _parse_index(part, where)
+                if idx >= len(node):
+                    raise InputError(
+                        f"key '{where}': the scenario has {len(node)} entries; "
+                        f"allowed: 0-{len(node) - 1}"
+                    )
+                node = node[idx]
+            elif isinstance(node, dict):
+                if part not in node:
+                    if part in ("faults", "titrations"):
+                        raise InputError(f"key '{where}': the scenario has no [[{part}]]")
+                    node[part] = {}
+                node = node[part]
+            else:
+                raise InputError(f"key '{where}' is a value, not a table")
+        last = parts[-1]
+        if isinstance(node, list):
+            raise InputError(f"sweep key {key!r} names a list, not a value")
+        if not isinstance(node, dict):
+            raise InputError(f"key '{'.'.join(parts[:-1])}' is a value, not a table")
+        node[last] = value
+    return scenario_from_raw(raw, sc.path)
