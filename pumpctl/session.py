@@ -84,6 +84,7 @@ class Session:
     staff: list[object] = field(default_factory=list)
     lease: Lease | None = None
     _housekeeping: TimerHandle | None = None
+    new_run: bool = False  # no run was programmed when this session opened
 
     @property
     def demo(self) -> bool:
@@ -111,9 +112,23 @@ class Session:
             self._housekeeping.cancel()
         self.controller.close()
         self.driver.close()
+        if self.new_run and not library.run_under_way(self.log):
+            forget_unstarted_run(self.log)
         if self.lease is not None:
             self.lease.release(self.log)
         return self.log.close()
+
+
+#: Run parameters stored when a session opens; a run that was never programmed keeps none.
+RUN_META_KEYS = ("epoch_wall_s", "speed", "pump")
+
+
+def forget_unstarted_run(log: EventLog) -> None:
+    """Drop the run parameters of a session that never programmed a run (a refused first
+    order, a console closed before programming), so nothing of it binds the next run."""
+    with contextlib.suppress(sqlite3.Error):  # a storage fault: the next open resets them
+        marks = ",".join("?" * len(RUN_META_KEYS))
+        log.db.execute(f"DELETE FROM meta WHERE key IN ({marks})", RUN_META_KEYS)
 
 
 def installed_setting(log: EventLog) -> DrugSetting:
@@ -200,6 +215,8 @@ def _open(
     safe_timeout_s: int | None,
     programmed: bool,
 ) -> Session:
+    if not programmed:  # parameters left by a session that never started a run bind nothing
+        forget_unstarted_run(log)
     stored_speed = log.meta_get("speed")
     if stored_speed is not None and float(stored_speed) != speed:
         raise InputError(
@@ -238,7 +255,7 @@ def _open(
         poll_s = max(min(timeout / 3.0, 2.0), 0.5) if timeout else 2.0
     ctl = Controller(clock, driver, log, setting, model=model, poll_s=poll_s)
     resumed = restore(ctl) if programmed else None
-    return Session(clock, log, setting, model, driver, ctl, resumed)
+    return Session(clock, log, setting, model, driver, ctl, resumed, new_run=not programmed)
 
 
 def attach_staff(

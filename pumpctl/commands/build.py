@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from pumpctl.argtypes import BAG_ML, INTERVAL_H
 from pumpctl.errors import InputError, OverrideRequiredError, RefusedError
 from pumpctl.order import Order, build, to_decimal
 from pumpctl.setting import load_setting
@@ -27,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="ordered dose per kg (mg/kg/day; settings that take it, e.g. the pediatric one)",
     )
     p.add_argument("--weight-kg", required=True, metavar="W", help="patient weight (kg)")
-    p.add_argument("--bag-ml", type=int, metavar="50|100|250")
-    p.add_argument("--interval-h", type=int, metavar="8|6", help="force q8h or q6h")
+    p.add_argument("--bag-ml", type=BAG_ML, metavar="50|100|250")
+    p.add_argument("--interval-h", type=INTERVAL_H, metavar="8|6", help="force q8h or q6h")
     p.add_argument("--setting", default="anakinra_continuous", metavar="NAME_OR_PATH")
     p.add_argument("--override-reason", metavar="TEXT", help="reason to exceed a soft limit")
     p.add_argument(

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from pumpctl.argtypes import RUNS, SEED, WORKERS, output_dir
 from pumpctl.clock import SystemClock
 from pumpctl.errors import InputError
 from pumpctl.sim.campaign import plot_histograms, run_campaign, summarise
@@ -21,9 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="Monte Carlo campaign of a scenario (exit 0 all pass, 1 some fail, 2 bad input)",
     )
     p.add_argument("scenario", metavar="SCENARIO")
-    p.add_argument("--runs", type=int, required=True, metavar="N")
-    p.add_argument("--workers", type=int, default=1, metavar="K")
-    p.add_argument("--seed", type=int, metavar="S", help="campaign seed (default: the scenario's)")
+    p.add_argument("--runs", type=RUNS, required=True, metavar="N")
+    p.add_argument("--workers", type=WORKERS, default=1, metavar="K")
+    p.add_argument("--seed", type=SEED, metavar="S", help="campaign seed (default: the scenario's)")
     p.add_argument("--out", metavar="DIR", help="write campaign.json, runs.csv, histograms.png")
     p.add_argument("--json", action="store_true", help="print the summary JSON")
     p.set_defaults(func=run)
@@ -59,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--runs {args.runs} is not allowed; allowed: 1 or more")
     if args.workers < 1:
         raise InputError(f"--workers {args.workers} is not allowed; allowed: 1 or more")
+    if args.out:
+        output_dir(args.out)  # a bad --out is refused before the campaign runs, not after
     sc = load_scenario(args.scenario)
     seed = sc.seed if args.seed is None else args.seed
     records = run_campaign(sc, args.runs, workers=args.workers, seed=seed, progress=_Progress())

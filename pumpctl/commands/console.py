@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from pumpctl.argtypes import ADDRESS, BAUD, SAFE_TIMEOUT_S, SPEED
 from pumpctl.errors import InputError, PumpctlError
 
 DEMO_SETTING = "anakinra_continuous"
@@ -36,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", metavar="PATH", help="event log (required with --port)")
     p.add_argument(
         "--speed",
-        type=float,
+        type=SPEED,
         metavar="X",
         help="simulated time runs X times faster (default 1, or the speed the --db run uses)",
     )
@@ -47,9 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start with the simulated nurse on (toggle with n; --sim only)",
     )
-    p.add_argument("--address", type=int, default=0, metavar="A")
-    p.add_argument("--baud", type=int, metavar="B")
-    p.add_argument("--safe-timeout", type=int, metavar="S")
+    p.add_argument("--address", type=ADDRESS, default=0, metavar="A")
+    p.add_argument("--baud", type=BAUD, metavar="B")
+    p.add_argument("--safe-timeout", type=SAFE_TIMEOUT_S, metavar="S")
 
 
 def demo_db() -> Path:

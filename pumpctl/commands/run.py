@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 
+from pumpctl.argtypes import ADDRESS, BAG_ML, BAUD, INTERVAL_H, SAFE_TIMEOUT_S, SPEED, UNTIL_H
 from pumpctl.errors import InputError
 from pumpctl.order import Order, to_decimal
 from pumpctl.session import open_session
@@ -25,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     where.add_argument("--port", metavar="URL", help="NE-1000 serial port or socket:// URL")
     p.add_argument("--dose-mg-per-day", metavar="D")
     p.add_argument("--weight-kg", metavar="W")
-    p.add_argument("--bag-ml", type=int, metavar="V")
-    p.add_argument("--interval-h", type=int, metavar="8|6")
+    p.add_argument("--bag-ml", type=BAG_ML, metavar="V")
+    p.add_argument("--interval-h", type=INTERVAL_H, metavar="8|6")
     p.add_argument("--override-reason", metavar="TEXT")
     p.add_argument(
         "--override-by",
@@ -41,12 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "PUMPCTL_OPERATOR_SECRET or a prompt",
     )
     p.add_argument("--db", required=True, metavar="PATH")
-    p.add_argument("--speed", type=float, default=1.0, metavar="X")
+    p.add_argument("--speed", type=SPEED, default=1.0, metavar="X")
     p.add_argument("--pump", metavar="PROFILE", help="pump model profile (name or path)")
-    p.add_argument("--address", type=int, default=0, metavar="A")
-    p.add_argument("--baud", type=int, metavar="B")
-    p.add_argument("--safe-timeout", type=int, metavar="S")
-    p.add_argument("--until-h", type=float, metavar="H", help="stop the controller at this time")
+    p.add_argument("--address", type=ADDRESS, default=0, metavar="A")
+    p.add_argument("--baud", type=BAUD, metavar="B")
+    p.add_argument("--safe-timeout", type=SAFE_TIMEOUT_S, metavar="S")
+    p.add_argument("--until-h", type=UNTIL_H, metavar="H", help="stop the controller at this time")
     p.add_argument(
         "--no-staff",
         action="store_true",

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from pumpctl.argtypes import SEED
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``simulate`` sub-command."""
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--out", metavar="DIR", help="write report.json, report.md, events.db, plots")
     p.add_argument("--json", action="store_true", help="print the result JSON")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--seed", type=int, metavar="S", help="override the scenario's seed")
+    p.add_argument("--seed", type=SEED, metavar="S", help="override the scenario's seed")
     p.set_defaults(func=run)
 
 

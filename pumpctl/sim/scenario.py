@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import math
 import random
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pumpctl.errors import InputError
 from pumpctl.events import GapCause
-from pumpctl.setting import Anything, Num, Spec, Str, Table
+from pumpctl.setting import Anything, Num, Spec, Str, Table, read_toml
 
 FAULT_KINDS = (
     "occlusion",
@@ -289,14 +288,7 @@ def load_scenario(path: str | Path) -> Scenario:
     from pumpctl.alarms import KINDS
 
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{p}: no such file") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{p}: not UTF-8 text; allowed: a TOML file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{p}: not valid TOML: {exc}") from None
+    raw = read_toml(p)  # a directory, symlink loop, bad bytes or deep nesting: one line
     try:
         SCENARIO_SCHEMA.check(raw, "")
         titrations = _list_of(raw.get("titrations", []), "titrations", _TITRATION)
