@@ -127,6 +127,9 @@ class Controller:
         self._poll_timer: TimerHandle | None = None
         if hasattr(driver, "listener"):
             driver.listener = self._on_pump_alarms
+        self._storage_timer: TimerHandle | None = None
+        self._storage_also = getattr(log, "on_storage_change", None)
+        log.on_storage_change = self._on_storage_change
         if poll_s:
             self._poll_timer = clock.call_later(poll_s, self._poll)
 
@@ -793,6 +796,24 @@ class Controller:
         if timer is not None:
             timer.cancel()
 
+    def _on_storage_change(self, ok: bool, why: str) -> None:
+        """The log can (not) be written: the alarm follows on the clock, not inside the
+        log's write (an event being appended must be applied before the alarm's)."""
+        if self._storage_also is not None:
+            self._storage_also(ok, why)
+        if self._storage_timer is None:
+            self._storage_timer = self.clock.call_later(0.0, self.sync_storage_alarm)
+
+    def sync_storage_alarm(self) -> None:
+        """Raise the high-priority LOG_UNAVAILABLE alarm while the log cannot be written
+        (events wait in memory; supervision goes on) and clear it once the backlog is
+        written."""
+        self._storage_timer = None
+        if self.log.storage_ok:
+            self._clear(AlarmKind.LOG_UNAVAILABLE)
+        else:
+            self._raise(AlarmKind.LOG_UNAVAILABLE, getattr(self.log, "storage_problem", ""))
+
     def _find(self, alarm: int | str) -> Any:
         return self.alarms.get(alarm) if isinstance(alarm, int) else self.alarms.find_active(alarm)
 
@@ -1002,6 +1023,8 @@ class Controller:
             self._poll_timer.cancel()
         for t in [*self._timers.values(), *self._silence_timers.values()]:
             t.cancel()
+        if self._storage_timer is not None:
+            self._storage_timer.cancel()
         self.watchdog.cancel()
 
     # ------------------------------------------------------------- display
@@ -1066,6 +1089,7 @@ def restore(ctl: Controller, operator: str = "system") -> dict[str, Any]:
     }
     last_end = ctl.s.projected_end_s
     ctl._emit(E.RESUME, found, operator)
+    ctl.sync_storage_alarm()  # a log-unavailable alarm from before the restart ends here
     for a in ctl.alarms.active():
         if a.silenced_until_s is not None:
             ctl._arm_silence(a.id, a.silenced_until_s)

@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         if reason is not None:
             sess.close()
             raise InputError(f"order refused: {reason}")
-        print(f"started: {ctl.build.label().splitlines()[2].strip() if ctl.build else ''}")
+        label = ctl.build.label().splitlines()[2].strip() if ctl.build else ""
+        print(f"started: {'[DEMO] ' if sess.demo else ''}{label}")
     else:
         print(f"resumed from {args.db}: {sess.resumed}")
     sys.stdout.flush()
