@@ -97,23 +97,29 @@ WORKERS = whole(1, 1024, "worker processes")
 
 
 def input_file(path: str | Path, what: str = "file") -> Path:
-    """``path`` if it is a readable regular file; otherwise ``InputError`` in one line."""
+    """``path`` if it is a readable regular file; otherwise ``InputError`` in one line
+    (``PATH: cannot read: WHY; allowed: a WHAT``)."""
     p = Path(path)
-    if str(path) == "":
-        raise InputError(f"an empty {what} path; allowed: a path to a {what}")
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise InputError(f"{p}: no such {what}") from None
-    except NotADirectoryError:
-        raise InputError(f"{p}: a part of the path is a file, not a directory") from None
-    except OSError as exc:  # symlink loop, name too long, permission
-        raise InputError(f"{p}: cannot open: {exc.strerror or exc}") from None
-    if os.path.isdir(p):
-        raise InputError(f"{p}: is a directory; allowed: a {what}")
-    if not os.access(p, os.R_OK):
-        raise InputError(f"{p}: cannot read (permission denied)")
-    del st
+    why = ""
+    if str(path) in ("", "."):
+        why = "an empty path"
+    else:
+        try:
+            p.stat()
+        except FileNotFoundError:
+            why = "no such file"
+        except NotADirectoryError:
+            why = "a part of the path is a file, not a directory"
+        except OSError as exc:  # symlink loop, name too long, permission
+            why = str(exc.strerror or exc)
+        else:
+            if os.path.isdir(p):
+                why = "is a directory"
+            elif not os.access(p, os.R_OK):
+                why = "permission denied"
+    if why:
+        name = repr(str(path)) if why == "an empty path" else str(p)
+        raise InputError(f"{name}: cannot read: {why}; allowed: a {what}")
     return p
 
 

@@ -51,7 +51,10 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, dispatch, turn known errors into one line and an exit code."""
     parser = make_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a bad option (one line, exit 2), --help or --version (0)
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     try:
         return int(args.func(args) or 0)
     except PumpctlError as exc:

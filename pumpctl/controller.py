@@ -1098,14 +1098,34 @@ def restore(ctl: Controller, operator: str = "system") -> dict[str, Any]:
         ctl._arm_hang_by(nb)
     state = ctl.state
     if st is not None and state in (State.INFUSING, State.BAG_CHANGE) and not st.running:
-        pa = next(iter(st.alarms), PumpAlarm.PUMP_FAILURE)
-        when = last_end if pa is PumpAlarm.VTBI_COMPLETE and last_end is not None else None
+        pa, when = _what_stopped(ctl, st, last_end)
         ctl._handle_pump_alarm(pa, gap_from_s=when)
     else:
         ctl._project()
     if ctl.s.plan is not None and ctl.next_bag is None and ctl.state is State.ALARM:
         ctl._request_bag(stat=True, why="resume: the bag ran out while the controller was down")
     return found
+
+
+def _what_stopped(
+    ctl: Controller, st: PumpStatus, last_end_s: float | None
+) -> tuple[PumpAlarm, float | None]:
+    """Why and since when the pump found stopped at a resume has not been delivering.
+
+    The bag's end (VTBI complete) is the root cause even when the pump ran the line dry
+    (air in line) afterwards. The time is the pump's own record where it keeps one (the
+    simulated pump's journal, ``alarm_times``), else the projected end for a bag end,
+    else unknown (the gap then starts at the resume)."""
+    if PumpAlarm.VTBI_COMPLETE in st.alarms:
+        pa = PumpAlarm.VTBI_COMPLETE
+    else:
+        stopping = sorted(a.value for a in st.alarms if a in FLOW_STOPPING_ALARMS)
+        pa = PumpAlarm(stopping[0]) if stopping else next(iter(st.alarms), PumpAlarm.PUMP_FAILURE)
+    seen: dict[PumpAlarm, float] = getattr(ctl.driver, "alarm_times", {})
+    when = seen.get(pa)
+    if when is None and pa is PumpAlarm.VTBI_COMPLETE:
+        when = last_end_s
+    return pa, when
 
 
 def _replay_observations(ctl: Controller, events: list[Event]) -> None:

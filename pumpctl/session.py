@@ -20,7 +20,7 @@ from typing import Any
 from pumpctl import library, roster
 from pumpctl.clock import SystemClock, TimerHandle
 from pumpctl.controller import Controller, restore
-from pumpctl.drivers.base import PumpDriver
+from pumpctl.drivers.base import PumpAlarm, PumpDriver
 from pumpctl.drivers.sim import SimDriver
 from pumpctl.errors import InputError, PumpCommandError
 from pumpctl.eventlog import EventLog, is_demo, probe, verify_chain
@@ -38,6 +38,7 @@ class JournaledSimDriver(SimDriver):
         super().__init__(model, clock, keep_segments=False)
         self.physics = PumpPhysics(model, t_s=0.0, keep_segments=False)  # replayed from t=0
         self.journal = log
+        self.alarm_times: dict[PumpAlarm, float] = {}  # when the pump last raised each alarm
         self._unjournaled: list[tuple[float, str, str]] = []
         self.replayed = self._replay()
         self.reschedule()
@@ -46,11 +47,20 @@ class JournaledSimDriver(SimDriver):
         rows = self.journal.db.execute("SELECT t_s, command, args FROM sim_pump ORDER BY id")
         n = 0
         for t_s, command, args in rows:
+            self._advance_noting_alarms(t_s)
             with contextlib.suppress(PumpCommandError):  # refused the first time too
                 getattr(self.physics, command)(t_s, *json.loads(args))
             n += 1
-        self.physics.advance(self.clock.now())
+        self._advance_noting_alarms(self.clock.now())
         return n
+
+    def _advance_noting_alarms(self, t1_s: float) -> None:
+        """Run the physics to ``t1_s`` event by event, noting when each alarm was raised:
+        what the pump did while no controller watched (a resume dates gaps from it)."""
+        while (t_evt := self.physics.next_event_s()) <= t1_s:
+            for alarm in self.physics.advance(t_evt):
+                self.alarm_times[alarm] = t_evt
+        self.physics.advance(t1_s)
 
     def _apply(self, action: str, *args: object) -> object:
         # The pump acts even when the database cannot be written: journal rows wait in

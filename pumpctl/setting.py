@@ -560,17 +560,11 @@ MAX_TOML_DEPTH = 64
 def read_toml(path: str | Path) -> dict[str, Any]:
     """Parse a TOML file; a missing, unreadable, non-UTF-8, malformed or absurdly nested
     file is one ``InputError`` line naming the file."""
-    path = Path(path)
-    if str(path) in ("", "."):
-        raise InputError("an empty file name; allowed: a path to a TOML file")
+    from pumpctl.argtypes import input_file
+
+    path = input_file(path, "TOML file")  # missing, a directory, a loop: one line
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory; allowed: a TOML file") from None
-    except NotADirectoryError:
-        raise InputError(f"{path}: a part of the path is a file, not a directory") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:

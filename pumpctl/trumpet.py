@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pumpctl.argtypes import input_file
 from pumpctl.errors import InputError
 
 FloatArray = npt.NDArray[np.float64]
@@ -252,7 +253,7 @@ def read_gravimetric_csv(
     Returns (t_min, volume_ml); mass is converted with ``density_g_per_ml``. Every problem
     raises InputError naming the file, the line or column, and what is allowed.
     """
-    p = Path(path)
+    p = input_file(path, "CSV file")  # missing, a directory, a loop: one line
     d = float(density_g_per_ml)
     if not math.isfinite(d) or d <= 0:
         raise InputError(f"density is {density_g_per_ml} g/mL; must be a positive number")
