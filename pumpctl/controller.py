@@ -128,7 +128,9 @@ class Controller:
         if hasattr(driver, "listener"):
             driver.listener = self._on_pump_alarms
         self._storage_timer: TimerHandle | None = None
-        self._storage_also = getattr(log, "on_storage_change", None)
+        also = getattr(log, "on_storage_change", None)  # another listener (not a controller)
+        owner = getattr(also, "__self__", None)
+        self._storage_also = None if isinstance(owner, Controller) else also
         log.on_storage_change = self._on_storage_change
         if poll_s:
             self._poll_timer = clock.call_later(poll_s, self._poll)
