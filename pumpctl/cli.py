@@ -214,7 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None and not argv:
         parser.print_help(sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a bad option (one line, exit 2), --help or --version (0)
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     if getattr(args, "func", None) is None:  # "pumpctl -v" with no command
         parser.print_help(sys.stderr)
         return 2

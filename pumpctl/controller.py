@@ -19,7 +19,7 @@ from pumpctl.channel.guards import Guards
 from pumpctl.channel.pharmacy import PharmacyDesk
 from pumpctl.channel.pumplink import PumpLink
 from pumpctl.clock import Clock, TimerHandle
-from pumpctl.drivers.base import PumpAlarm, PumpDriver, PumpStatus
+from pumpctl.drivers.base import FLOW_STOPPING_ALARMS, PumpAlarm, PumpDriver, PumpStatus
 from pumpctl.drivers.relay import RelayPair
 from pumpctl.eventlog import Event
 from pumpctl.events import ChannelState, fold
@@ -68,6 +68,11 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
         self._poll_timer: TimerHandle | None = None
         self._relay = driver if isinstance(driver, RelayPair) else None
         self._pending_hang = None
+        self._storage_timer: TimerHandle | None = None
+        also = getattr(log, "on_storage_change", None)  # another listener (not a controller)
+        owner = getattr(also, "__self__", None)
+        self._storage_also = None if isinstance(owner, Controller) else also
+        log.on_storage_change = self._on_storage_change
         if hasattr(driver, "listener"):
             driver.listener = self._on_pump_alarms
         if poll_s:
@@ -142,6 +147,8 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
             self._poll_timer.cancel()
         for t in [*self._timers.values(), *self._silence_timers.values()]:
             t.cancel()
+        if self._storage_timer is not None:
+            self._storage_timer.cancel()
         self.watchdog.cancel()
 
     # ------------------------------------------------------------- display
@@ -206,6 +213,7 @@ def restore(ctl: Controller, operator: str = "system") -> dict[str, Any]:
     }
     last_end = ctl.s.projected_end_s
     ctl._emit(E.RESUME, found, operator)
+    ctl.sync_storage_alarm()  # a log-unavailable alarm from before the restart ends here
     for a in ctl.alarms.active():
         if a.silenced_until_s is not None:
             ctl._arm_silence(a.id, a.silenced_until_s)
@@ -214,14 +222,34 @@ def restore(ctl: Controller, operator: str = "system") -> dict[str, Any]:
         ctl._arm_hang_by(nb)
     state = ctl.state
     if st is not None and state in (State.INFUSING, State.BAG_CHANGE) and not st.running:
-        pa = next(iter(st.alarms), PumpAlarm.PUMP_FAILURE)
-        when = last_end if pa is PumpAlarm.VTBI_COMPLETE and last_end is not None else None
+        pa, when = _what_stopped(ctl, st, last_end)
         ctl._handle_pump_alarm(pa, gap_from_s=when)
     else:
         ctl._project()
     if ctl.s.plan is not None and ctl.next_bag is None and ctl.state is State.ALARM:
         ctl._request_bag(stat=True, why="resume: the bag ran out while the controller was down")
     return found
+
+
+def _what_stopped(
+    ctl: Controller, st: PumpStatus, last_end_s: float | None
+) -> tuple[PumpAlarm, float | None]:
+    """Why and since when the pump found stopped at a resume has not been delivering.
+
+    The bag's end (VTBI complete) is the root cause even when the pump ran the line dry
+    (air in line) afterwards. The time is the pump's own record where it keeps one (the
+    simulated pump's journal, ``alarm_times``), else the projected end for a bag end,
+    else unknown (the gap then starts at the resume)."""
+    if PumpAlarm.VTBI_COMPLETE in st.alarms:
+        pa = PumpAlarm.VTBI_COMPLETE
+    else:
+        stopping = sorted(a.value for a in st.alarms if a in FLOW_STOPPING_ALARMS)
+        pa = PumpAlarm(stopping[0]) if stopping else next(iter(st.alarms), PumpAlarm.PUMP_FAILURE)
+    seen: dict[PumpAlarm, float] = getattr(ctl.driver, "alarm_times", {})
+    when = seen.get(pa)
+    if when is None and pa is PumpAlarm.VTBI_COMPLETE:
+        when = last_end_s
+    return pa, when
 
 
 def _replay_observations(ctl: Controller, events: list[Event]) -> None:

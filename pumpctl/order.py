@@ -28,7 +28,7 @@ def to_decimal(value: Any, name: str) -> Decimal:
         raise InputError(f"{name} = {value!r} is not a number") from None
     if not d.is_finite():
         raise InputError(f"{name} = {value!r} is not a finite number")
-    if d != 0 and not Decimal("1e-6") <= abs(d) <= Decimal("1e9"):
+    if d != 0 and not Decimal("1e-6") <= d.copy_abs() <= Decimal("1e9"):  # no context
         raise InputError(f"{name} = {value!r} is out of range; allowed: 0.000001 to 1000000000")
     return d
 

@@ -701,7 +701,7 @@ def markdown(result: dict[str, Any]) -> str:
         head += " No interruption: the drug reached the patient at the ordered rate throughout."
     bp = r["alarms_by_priority"]
     lines = [
-        f"# Infusion report: {r['scenario']}",
+        f"# Infusion report: {r['scenario']}{' [DEMO database]' if r.get('demo') else ''}",
         "",
         head,
         "",

@@ -21,7 +21,7 @@ from pumpctl import library, roster
 from pumpctl.clock import SystemClock, TimerHandle
 from pumpctl.controller import Controller, restore
 from pumpctl.devices.physics import PumpPhysics
-from pumpctl.drivers.base import PumpDriver
+from pumpctl.drivers.base import PumpAlarm, PumpDriver
 from pumpctl.drivers.sim import SimDriver
 from pumpctl.errors import InputError, PumpCommandError
 from pumpctl.eventlog import EventLog, is_demo, probe, verify_chain
@@ -38,6 +38,7 @@ class JournaledSimDriver(SimDriver):
         super().__init__(model, clock, keep_segments=False)
         self.physics = PumpPhysics(model, t_s=0.0, keep_segments=False)  # replayed from t=0
         self.journal = log
+        self.alarm_times: dict[PumpAlarm, float] = {}  # when the pump last raised each alarm
         self._unjournaled: list[tuple[float, str, str]] = []
         self.replayed = self._replay()
         self.reschedule()
@@ -46,11 +47,20 @@ class JournaledSimDriver(SimDriver):
         rows = self.journal.db.execute("SELECT t_s, command, args FROM sim_pump ORDER BY id")
         n = 0
         for t_s, command, args in rows:
+            self._advance_noting_alarms(t_s)
             with contextlib.suppress(PumpCommandError):  # refused the first time too
                 getattr(self.physics, command)(t_s, *json.loads(args))
             n += 1
-        self.physics.advance(self.clock.now())
+        self._advance_noting_alarms(self.clock.now())
         return n
+
+    def _advance_noting_alarms(self, t1_s: float) -> None:
+        """Run the physics to ``t1_s`` event by event, noting when each alarm was raised:
+        what the pump did while no controller watched (a resume dates gaps from it)."""
+        while (t_evt := self.physics.next_event_s()) <= t1_s:
+            for alarm in self.physics.advance(t_evt):
+                self.alarm_times[alarm] = t_evt
+        self.physics.advance(t1_s)
 
     def _apply(self, action: str, *args: object) -> object:
         # The pump acts even when the database cannot be written: journal rows wait in
@@ -84,6 +94,7 @@ class Session:
     staff: list[object] = field(default_factory=list)
     lease: Lease | None = None
     _housekeeping: TimerHandle | None = None
+    new_run: bool = False  # no run was programmed when this session opened
 
     @property
     def demo(self) -> bool:
@@ -111,9 +122,23 @@ class Session:
             self._housekeeping.cancel()
         self.controller.close()
         self.driver.close()
+        if self.new_run and not library.run_under_way(self.log):
+            forget_unstarted_run(self.log)
         if self.lease is not None:
             self.lease.release(self.log)
         return self.log.close()
+
+
+#: Run parameters stored when a session opens; a run that was never programmed keeps none.
+RUN_META_KEYS = ("epoch_wall_s", "speed", "pump")
+
+
+def forget_unstarted_run(log: EventLog) -> None:
+    """Drop the run parameters of a session that never programmed a run (a refused first
+    order, a console closed before programming), so nothing of it binds the next run."""
+    with contextlib.suppress(sqlite3.Error):  # a storage fault: the next open resets them
+        marks = ",".join("?" * len(RUN_META_KEYS))
+        log.db.execute(f"DELETE FROM meta WHERE key IN ({marks})", RUN_META_KEYS)
 
 
 def installed_setting(log: EventLog) -> DrugSetting:
@@ -209,6 +234,8 @@ def _open(
             "--relay needs --port (two NE-1000 pumps at addresses A and A+1 on one line); "
             "simulate a relay with 'pumpctl simulate' and relay = true in the scenario"
         )
+    if not programmed:  # parameters left by a session that never started a run bind nothing
+        forget_unstarted_run(log)
     stored_speed = log.meta_get("speed")
     if stored_speed is not None and float(stored_speed) != speed:
         raise InputError(
@@ -258,7 +285,7 @@ def _open(
         poll_s = max(min(timeout / 3.0, 2.0), 0.5) if timeout else 2.0
     ctl = Controller(clock, driver, log, setting, model=model, poll_s=poll_s)
     resumed = restore(ctl) if programmed else None
-    return Session(clock, log, setting, model, driver, ctl, resumed)
+    return Session(clock, log, setting, model, driver, ctl, resumed, new_run=not programmed)
 
 
 def attach_staff(

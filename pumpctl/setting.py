@@ -553,19 +553,50 @@ def short_version(version: str) -> str:
     return version[: len("sha256:") + 12]
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+#: Deepest nesting of arrays and tables a TOML file may have (Python's parser recurses).
+MAX_TOML_DEPTH = 64
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML file; a missing, unreadable, non-UTF-8, malformed or absurdly nested
+    file is one ``InputError`` line naming the file."""
+    from pumpctl.argtypes import input_file
+
+    path = input_file(path, "TOML file")  # missing, a directory, a loop: one line
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
     except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text; allowed: a TOML file") from None
+    if _nesting(text) > MAX_TOML_DEPTH:
+        raise InputError(
+            f"{path}: arrays or tables nested more than {MAX_TOML_DEPTH} deep; allowed: "
+            "a flat TOML file"
+        )
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{path}: nested too deeply; allowed: a flat TOML file") from None
+
+
+def _nesting(text: str) -> int:
+    """An upper bound of the bracket nesting of a TOML text (brackets in strings count too)."""
+    depth = most = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            most = max(most, depth)
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+    return most
+
+
+_read_toml = read_toml
 
 
 def resolve(name_or_path: str, *, pump: bool = False) -> Path:

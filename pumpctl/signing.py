@@ -108,6 +108,8 @@ def load_private(path: str | Path) -> Ed25519PrivateKey:
 def generate(out: str | Path) -> tuple[Path, Path]:
     """Write a new private key to ``out`` (mode 0600) and its public key to ``out.pub``."""
     p = Path(out)
+    if not p.name or p.name in (".", ".."):
+        raise InputError(f"{str(out)!r} is not a file name; allowed: a path for the new key")
     pub_p = p.with_name(p.name + ".pub")
     for q in (p, pub_p):
         if q.exists():

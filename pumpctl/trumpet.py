@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pumpctl.argtypes import input_file
 from pumpctl.errors import InputError
 
 FloatArray = npt.NDArray[np.float64]
@@ -252,7 +253,7 @@ def read_gravimetric_csv(
     Returns (t_min, volume_ml); mass is converted with ``density_g_per_ml``. Every problem
     raises InputError naming the file, the line or column, and what is allowed.
     """
-    p = Path(path)
+    p = input_file(path, "CSV file")  # missing, a directory, a loop: one line
     d = float(density_g_per_ml)
     if not math.isfinite(d) or d <= 0:
         raise InputError(f"density is {density_g_per_ml} g/mL; must be a positive number")
@@ -317,8 +318,38 @@ def read_gravimetric_csv(
             )
 
     t_min = t * _TIME_COLUMNS_TO_MIN[t_col]
+    if t_min[0] < 0 or t_min[-1] > MAX_RECORD_MIN:
+        raise InputError(
+            f"{p}: times run from {t_min[0]:g} to {t_min[-1]:g} min; allowed: 0 to "
+            f"{MAX_RECORD_MIN:g} min (a balance record of at most a week)"
+        )
+    _check_no_hole(p, t_min, [line for line, _row in data], t_col)
     volume_ml = q / d if q_col == "mass_g" else q
     return t_min, volume_ml
+
+
+#: The longest record the analysis accepts (a week, in minutes).
+MAX_RECORD_MIN = 7 * 24 * 60.0
+#: A step longer than this many median sample intervals is a hole in the record.
+MAX_STEP_OVER_MEDIAN = 10.0
+
+
+def _check_no_hole(p: Path, t_min: FloatArray, lines: list[int], t_col: str) -> None:
+    """Refuse a record with a hole: a step longer than ten median sample intervals.
+
+    The start-up and trumpet curves assume the balance was read at a steady interval;
+    a missing stretch would be averaged over silently and hide a stop in flow.
+    """
+    steps = np.diff(t_min)
+    median = float(np.median(steps))
+    k = int(np.argmax(steps))
+    if steps[k] > MAX_STEP_OVER_MEDIAN * median:
+        raise InputError(
+            f"{p}: line {lines[k + 1]}, column {t_col}: a gap in the record from "
+            f"{t_min[k]:g} min to {t_min[k + 1]:g} min ({steps[k]:g} min without a sample; the "
+            f"usual interval is {median * 60:g} s); allowed: steps of at most "
+            f"{MAX_STEP_OVER_MEDIAN:g} times the usual interval"
+        )
 
 
 def plot_trumpet(

@@ -456,7 +456,7 @@ def test_cli_registers_console(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> 
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["pumpctl console: --port needs --db PATH: a real pump's run keeps its event log"]
     assert cli.main(["console", "--sim", "--speed", "0"]) == 2
-    assert "--speed 0.0 is not allowed" in capsys.readouterr().err
+    assert "--speed: '0' is not allowed" in capsys.readouterr().err
 
 
 @pytest.fixture

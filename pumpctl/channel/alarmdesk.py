@@ -44,6 +44,24 @@ class AlarmDesk(ChannelBase):
         if timer is not None:
             timer.cancel()
 
+    def _on_storage_change(self, ok: bool, why: str) -> None:
+        """The log can (not) be written: the alarm follows on the clock, not inside the
+        log's write (an event being appended must be applied before the alarm's)."""
+        if self._storage_also is not None:
+            self._storage_also(ok, why)
+        if self._storage_timer is None:
+            self._storage_timer = self.clock.call_later(0.0, self.sync_storage_alarm)
+
+    def sync_storage_alarm(self) -> None:
+        """Raise the high-priority LOG_UNAVAILABLE alarm while the log cannot be written
+        (events wait in memory; supervision goes on) and clear it once the backlog is
+        written."""
+        self._storage_timer = None
+        if getattr(self.log, "storage_ok", True):
+            self._clear(AlarmKind.LOG_UNAVAILABLE)
+        else:
+            self._raise(AlarmKind.LOG_UNAVAILABLE, getattr(self.log, "storage_problem", ""))
+
     def _find(self, alarm: int | str) -> Any:
         return self.alarms.get(alarm) if isinstance(alarm, int) else self.alarms.find_active(alarm)
 

@@ -109,6 +109,8 @@ class ChannelBase:
     _poll_timer: TimerHandle | None
     _relay: RelayPair | None
     _pending_hang: tuple[float, float, bool] | None
+    _storage_timer: TimerHandle | None
+    _storage_also: Any
 
     # ------------------------------------------------------------ state views
     @property

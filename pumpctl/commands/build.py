@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from pumpctl.argtypes import BAG_ML, INTERVAL_H
 from pumpctl.errors import InputError, OverrideRequiredError, RefusedError
 from pumpctl.order import Order, build, to_decimal
 from pumpctl.setting import load_setting
@@ -35,14 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument(
         "--bag-ml",
-        type=int,
+        type=BAG_ML,
         metavar="50|100|250",
         help="bag size in mL (default: the setting's, 100 mL; if the concentration "
         "falls outside 1-5 mg/mL the nearest bag size that fits is used)",
     )
     p.add_argument(
         "--interval-h",
-        type=int,
+        type=INTERVAL_H,
         metavar="8|6",
         help="hours per bag: force q8h or q6h (default: the nearer dose; on a tie the one "
         "that keeps the ordered bag, then the one with less fluid a day)",

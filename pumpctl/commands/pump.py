@@ -15,6 +15,7 @@ import signal
 import sys
 from typing import Any
 
+from pumpctl.argtypes import ADDRESS, BAUD, SAFE_TIMEOUT_S
 from pumpctl.drivers.base import PumpStatus, RateLimits
 from pumpctl.errors import CommunicationError, InputError, PumpCommandError
 
@@ -41,17 +42,17 @@ def register(sub: Any) -> None:
         metavar="URL",
         help="device path, socket://host:port or spy://... (pyserial URL)",
     )
-    p.add_argument("--address", type=int, default=0, metavar="A", help="pump address 0-99")
+    p.add_argument("--address", type=ADDRESS, default=0, metavar="A", help="pump address 0-99")
     p.add_argument(
         "--baud",
-        type=int,
+        type=BAUD,
         default=19200,
         metavar="B",
         help="baud rate: 300, 1200, 2400, 9600 or 19200 (default 19200)",
     )
     p.add_argument(
         "--safe-timeout",
-        type=int,
+        type=SAFE_TIMEOUT_S,
         default=0,
         metavar="S",
         help="safe mode with an S-second time-out (1-255); the pump stops S s "
@@ -86,7 +87,7 @@ def register(sub: Any) -> None:
     )
     e.add_argument(
         "--address",
-        type=int,
+        type=ADDRESS,
         default=0,
         metavar="A",
         help="pump address 0-99 (with --pumps N: the first of N consecutive addresses)",

@@ -26,11 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     """Read the log (read-only), build the report, print and write it."""
-    from pumpctl.eventlog import read_events
+    from pumpctl.eventlog import EventLog, is_demo, read_events
     from pumpctl.report import build_result, markdown, with_flow_accuracy, write_report
 
     events = read_events(args.db)
+    with EventLog(args.db, readonly=True) as log:
+        demo = is_demo(log)
     result = build_result(events)
+    result["demo"] = demo  # a DEMO database (demo keys and roster): the report says so
     if args.out:
         result = write_report(result, events, Path(args.out), plots=not args.no_plots)
     else:

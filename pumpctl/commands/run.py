@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Any
 
+from pumpctl.argtypes import ADDRESS, BAG_ML, BAUD, INTERVAL_H, SAFE_TIMEOUT_S, SPEED, UNTIL_H
 from pumpctl.errors import InputError
 
 log = logging.getLogger("pumpctl.run")
@@ -43,13 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--weight-kg", metavar="W", help="patient weight in kg (a new run needs it)")
     p.add_argument(
         "--bag-ml",
-        type=int,
+        type=BAG_ML,
         metavar="V",
         help="bag size in mL: 50, 100 or 250 (default: the setting's, 100 mL)",
     )
     p.add_argument(
         "--interval-h",
-        type=int,
+        type=INTERVAL_H,
         metavar="8|6",
         help="hours per bag: force q8h or q6h (default: q8h unless q6h rounds nearer)",
     )
@@ -85,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument(
         "--speed",
-        type=float,
+        type=SPEED,
         default=1.0,
         metavar="X",
         help="simulated time runs X times faster than real time (--sim only; default 1). "
@@ -100,17 +101,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "newera_ne1000 with --port; a resumed run keeps its pump)",
     )
     p.add_argument(
-        "--address", type=int, default=0, metavar="A", help="pump address 0-99 (default 0)"
+        "--address", type=ADDRESS, default=0, metavar="A", help="pump address 0-99 (default 0)"
     )
     p.add_argument(
         "--baud",
-        type=int,
+        type=BAUD,
         metavar="B",
         help="baud rate: 300, 1200, 2400, 9600 or 19200 (default: the pump profile's, 19200)",
     )
     p.add_argument(
         "--safe-timeout",
-        type=int,
+        type=SAFE_TIMEOUT_S,
         metavar="S",
         help="NE-1000 safe mode time-out in s, 1-255, or 0 for basic mode "
         "(default: the pump profile's, 10 s)",
@@ -123,7 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument(
         "--until-h",
-        type=float,
+        type=UNTIL_H,
         metavar="H",
         help="stop the controller at this simulated time in hours (default: run until Ctrl-C)",
     )

@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from pumpctl.argtypes import SEED
 from pumpctl.errors import InputError
 
 log = logging.getLogger("pumpctl.simulate")
@@ -29,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--out", metavar="DIR", help="write report.json, report.md, events.db, plots")
     p.add_argument("--json", action="store_true", help="print the result JSON")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--seed", type=int, metavar="S", help="override the scenario's seed")
+    p.add_argument("--seed", type=SEED, metavar="S", help="override the scenario's seed")
     p.add_argument(
         "--hl7-out",
         metavar="FILE",

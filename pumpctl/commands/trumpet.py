@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pumpctl.argtypes import number
 from pumpctl.errors import InputError
 
 if TYPE_CHECKING:
@@ -32,29 +33,34 @@ def register(sub: Any) -> None:
         type=Path,
         help="header row; time_s|time_min|t_s|t_min and mass_g|volume_ml columns",
     )
-    p.add_argument("--rate-ml-per-h", type=float, required=True, help="programmed rate (mL/h)")
+    p.add_argument(
+        "--rate-ml-per-h",
+        type=number(0.001, 10_000, "mL/h"),
+        required=True,
+        help="programmed rate (mL/h)",
+    )
     p.add_argument(
         "--density-g-per-ml",
-        type=float,
+        type=number(0.1, 25, "g/mL"),
         default=DEFAULT_DENSITY_G_PER_ML,
         metavar="G_PER_ML",
         help=f"liquid density in g/mL, to turn mass_g into mL (default {DEFAULT_DENSITY_G_PER_ML})",
     )
     p.add_argument(
         "--analysis-start-min",
-        type=float,
+        type=number(0, 100_000, "min"),
         default=60.0,
         help="start of the trumpet analysis period (default 60)",
     )
     p.add_argument(
         "--analysis-end-min",
-        type=float,
+        type=number(0, 100_000, "min", lo_open=True),
         default=120.0,
         help="end of the trumpet analysis period (default 120)",
     )
     p.add_argument(
         "--stated-pct",
-        type=float,
+        type=number(0.01, 100, "%"),
         default=None,
         help="stated accuracy, drawn as a +/- band on the plot",
     )

@@ -43,7 +43,7 @@ from pumpctl.controller import Controller
 from pumpctl.drivers.base import PumpDriver, PumpStatus
 from pumpctl.drivers.sim import SimDriver
 from pumpctl.errors import InputError, OverrideRequiredError, PumpctlError, RefusedError
-from pumpctl.eventlog import Event
+from pumpctl.eventlog import Event, is_demo
 from pumpctl.machine import State
 from pumpctl.order import Build, Order, build, to_decimal
 from pumpctl.sim.scenario import DEFAULT_HANG_LEAD_S, Dist
@@ -611,6 +611,7 @@ class ConsoleApp(App[None]):
         self.pump_label = pump_label or f"{self.ctl.pump_name} {kind} ×{g(self.speed)}"
         self.tick_s = tick_s
         self.bell_on = bell
+        self.demo = is_demo(self.ctl.log)  # a DEMO database: the header says so
         self.demo_defaults = self.sim is not None if demo_defaults is None else demo_defaults
         self.pharmacy: Pharmacy | None = None
         if simulate_pharmacy if simulate_pharmacy is not None else self.sim is not None:
@@ -838,6 +839,7 @@ class ConsoleApp(App[None]):
             setting_name=snap["setting_name"],
             setting_version=snap["setting_version"],
             pump_label=self.pump_label,
+            demo=self.demo,
             operator=self.operator,
             auto_nurse=None if self.nurse is None else self.nurse.on,
             ordered_mg_per_day=ordered,

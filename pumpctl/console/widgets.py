@@ -95,6 +95,7 @@ class ChannelView:
     alarms: list[AlarmView] = field(default_factory=list)
     keys: list[tuple[str, str, bool]] = field(default_factory=list)
     paused: bool = False  # simulated time stands still (space, or a dialog is open)
+    demo: bool = False  # a DEMO database (demo keys and roster): the header says so
 
 
 # --------------------------------------------------------------------------- widgets
@@ -119,6 +120,9 @@ class HeaderBar(Shown):
     def render_view(self, v: ChannelView) -> None:
         """Redraw from ``v``."""
         t = Text(no_wrap=True, overflow="ellipsis")
+        if v.demo:
+            t.append(" DEMO ", style="bold white on red")
+            t.append(" ")
         t.append(f" {v.drug.upper()} ", style="bold black on white")
         t.append(f" setting {v.setting_version[:19]} ", style="bold")
         t.append(f"│ {v.pump_label} ")

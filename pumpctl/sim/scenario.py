@@ -10,14 +10,13 @@ from __future__ import annotations
 import copy
 import math
 import random
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pumpctl.errors import InputError
 from pumpctl.events import GapCause
-from pumpctl.setting import Anything, Bool, Num, Spec, Str, Table
+from pumpctl.setting import Anything, Bool, Num, Spec, Str, Table, read_toml
 
 FAULT_KINDS = (
     "occlusion",
@@ -326,16 +325,7 @@ def load_scenario(path: str | Path) -> Scenario:
     ``path`` may also be the bare name of a shipped example, e.g. ``anakinra_72h``.
     """
     p = resolve_scenario(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{p}: no such file") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{p}: not UTF-8 text; allowed: a TOML file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{p}: not valid TOML: {exc}") from None
-    except (IsADirectoryError, PermissionError, OSError) as exc:
-        raise InputError(f"{p}: cannot be read ({exc.strerror}); allowed: a TOML file") from None
+    raw = read_toml(p)  # a directory, symlink loop, bad bytes or deep nesting: one line
     return scenario_from_raw(raw, p)
 
 
