@@ -338,10 +338,10 @@ def _cases() -> list[tuple[str, list[str]]]:
         add(f"simulate-seed-{v}", "simulate", "{sc}", "--seed", v)
         add(f"campaign-seed-{v}", "campaign", "{sc}", "--runs", "2", "--seed", v)
         add(f"campaign-runs-{v}", "campaign", "{sc}", "--runs", v)
-        add(f"campaign-workers-{v}", "campaign", "{sc}", "--runs", "2", "--workers", v)
+        if v != "99999999999999999999":  # a huge worker count is capped, not refused
+            add(f"campaign-workers-{v}", "campaign", "{sc}", "--runs", "2", "--workers", v)
     add("campaign-runs-0", "campaign", "{sc}", "--runs", "0")
     add("campaign-workers-0", "campaign", "{sc}", "--runs", "2", "--workers", "0")
-    add("campaign-workers-1e6", "campaign", "{sc}", "--runs", "2", "--workers", "1000000")
     add("simulate-out-under-file", "simulate", "{sc}", "--out", "{file}/sub")
     add("simulate-out-file", "simulate", "{sc}", "--out", "{file}")
     add("campaign-out-under-file", "campaign", "{sc}", "--runs", "2", "--out", "{file}/sub")
@@ -500,7 +500,7 @@ def test_a_failed_first_run_saves_nothing(files, capsys, monkeypatch):
             "--dose-mg-per-day", "600", "--weight-kg", "70", "--until-h", "0.001"]  # fmt: skip
     code, out, err = run_cli(argv, capsys)
     assert code == 0, err
-    assert "started" in out
+    assert "programmed 600 mg/day" in out
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -352,6 +353,9 @@ def test_pump_command_against_the_emulator(
     assert run("vtbi") == "pump VOL 5 mL per run\n"
     assert run("run") == "running at 12.5 mL/h\n"
     assert "state      running" in run("status")
+    doc = json.loads(run("status", "--json"))
+    assert doc["schema_version"] == 1 and doc["run_state"] == "running"
+    assert doc["rate_ml_per_h"] == 12.5 and doc["vtbi_ml"] == 5 and doc["alarms"] == []
     assert run("stop") == "stopped\n"
     assert run("dispensed").startswith("infused 0.0")
 

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from pumpctl.sim.physics import PumpPhysics
 
 from pumpctl.cli import main
+from pumpctl.devices.physics import PumpPhysics
 from pumpctl.drivers.base import PumpAlarm
 from pumpctl.errors import PumpCommandError
 from pumpctl.setting import load_pump, profiles_dir

@@ -118,3 +118,14 @@ def test_hang_by_rule_checked_at_install(tmp_path):
     bad = mutate(tmp_path, SETTING, r"^pharmacy_request_min = 60", "pharmacy_request_min = 300")
     with pytest.raises(InputError, match="beyond-use"):
         load_setting(bad)
+
+
+def test_check_json_lists_every_file_and_the_reservoir_problem(capsys):
+    import json
+
+    ne = profiles_dir() / "pumps" / "newera_ne1000.toml"
+    assert main(["setting", "check", str(SETTING), str(ne), "--json"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema_version"] == 1 and doc["ok"] is False
+    assert [f["kind"] for f in doc["files"]] == ["setting", "pump"]
+    assert len(doc["problems"]) == 1 and "reservoir" in doc["problems"][0]

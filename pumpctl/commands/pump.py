@@ -10,6 +10,7 @@ prints the URL to open as the first line of standard output.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -70,6 +71,9 @@ def register(sub: Any) -> None:
         default=None,
         metavar="VALUE",
         help="mL/h for rate, mL for vtbi (omit to read the pump's setting)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the status read-back as JSON (status only)"
     )
     p.set_defaults(func=run_pump)
 
@@ -201,6 +205,25 @@ def run_pump(args: argparse.Namespace) -> int:
             print(
                 f"{ident.model} firmware {ident.firmware or '?'} at address {ident.address} "
                 f"on {args.port}"
+            )
+        elif act == "status" and getattr(args, "json", False):
+            st = drv.status()
+            print(
+                json.dumps(
+                    {
+                        "schema_version": 1,
+                        "port": args.port,
+                        "address": args.address,
+                        "run_state": st.run_state.value,
+                        "running": st.running,
+                        "rate_ml_per_h": st.rate_ml_per_h,
+                        "vtbi_ml": st.vtbi_ml,
+                        "volume_infused_ml": st.volume_infused_ml,
+                        "vtbi_left_ml": st.vtbi_left_ml,
+                        "alarms": sorted(a.value for a in st.alarms),
+                    },
+                    indent=2,
+                )
             )
         elif act == "status":
             print(format_status(drv.status()))

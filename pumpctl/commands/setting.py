@@ -28,6 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument(
         "files", nargs="+", metavar="FILE", help="drug setting or pump profile TOML files"
     )
+    c.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document: every file with its kind, name, version or error",
+    )
     c.set_defaults(func=check)
     s = ssub.add_parser(
         "sign",
@@ -79,29 +84,50 @@ def check(args: argparse.Namespace) -> int:
     """Validate every file; print ``OK kind name version`` or one error line each."""
     from pumpctl.setting import PumpModel, check_fits
 
+    as_json = getattr(args, "json", False)
     failed = 0
     loaded: list[DrugSetting | PumpModel] = []
+    files: list[dict[str, object]] = []
+    problems: list[str] = []
+
+    def problem(text: str) -> None:
+        problems.append(text)
+        if not as_json:
+            print(f"pumpctl setting check: {text}", file=sys.stderr)
+
     for f in args.files:
         if str(f).endswith(".sig.toml"):
-            print(f"--  {f}  signatures (verified by 'pumpctl setting install')")
+            files.append({"file": str(f), "kind": "signatures", "ok": True})
+            if not as_json:
+                print(f"--  {f}  signatures (verified by 'pumpctl setting install')")
             continue
         try:
             item = load_any(f)
         except InputError as exc:
-            print(f"pumpctl setting check: {exc}", file=sys.stderr)
+            problem(str(exc))
+            files.append({"file": str(f), "ok": False, "error": str(exc)})
             failed += 1
             continue
         loaded.append(item)
         kind = "setting" if isinstance(item, DrugSetting) else "pump"
-        print(f"OK  {f}  {kind} '{item.name}'  version {item.version}")
+        files.append(
+            {"file": str(f), "kind": kind, "name": item.name, "version": item.version, "ok": True}
+        )
+        if not as_json:
+            print(f"OK  {f}  {kind} '{item.name}'  version {item.version}")
     # Settings checked together with pump profiles must fit those pumps' reservoirs.
     for st in (x for x in loaded if isinstance(x, DrugSetting)):
         for pm in (x for x in loaded if isinstance(x, PumpModel)):
             try:
                 check_fits(st, pm)
             except InputError as exc:
-                print(f"pumpctl setting check: {exc}", file=sys.stderr)
+                problem(str(exc))
                 failed += 1
+    if as_json:
+        import json
+
+        doc = {"schema_version": 1, "ok": not failed, "files": files, "problems": problems}
+        print(json.dumps(doc, indent=2))
     return 2 if failed else 0
 
 

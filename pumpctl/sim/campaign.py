@@ -278,7 +278,14 @@ class PoolExecutor:
     """A local process pool (``--scheduler local``)."""
 
     def __init__(self, workers: int) -> None:
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        # forkserver, not fork: a worker forked from a process with other threads (a
+        # lease heartbeat, a console, a test runner) can inherit a held lock and hang.
+        # The server preloads pumpctl, so workers start as quickly as forked ones.
+        if sys.platform.startswith("linux"):
+            ctx = mp.get_context("forkserver")
+            ctx.set_forkserver_preload(["pumpctl.sim.campaign"])
+        else:
+            ctx = mp.get_context("spawn")
         self.pool = ctx.Pool(workers, initializer=_ignore_sigint)
         self.slots = workers
         self.name = f"local, {workers} workers"
