@@ -171,6 +171,24 @@ class PumpPhysics:
             return math.inf
         return self._time_to_deliver(self._source_ml())
 
+    def _dry_not_before_s(self) -> float:
+        """A cheap lower bound of ``_dry_s`` (the Newton solve is needed only if it can win).
+
+        While running, the flow is at most ``q * (1 + a*sin(w*u))`` (the start-up factor is
+        at most 1), whose integral over any span exceeds ``q * span`` by at most ``2a/w``.
+        """
+        if self.mode is not RunState.RUNNING or self.occluded_since_s is not None:
+            return self.t_s  # closed form or never: no bound needed
+        m = self.model
+        q = self.rate_ml_per_h * (1 + m.bias_pct / 100.0) / 3600.0
+        a = m.ripple_pct / 100.0
+        src = self._source_ml()
+        if q <= 0 or src <= 0 or a > 1.0:
+            return self.t_s
+        slack_s = 2.0 * a * m.ripple_period_s / (2.0 * math.pi) if m.ripple_period_s > 0 else 0.0
+        span_s = src / q
+        return self.t_s + span_s - slack_s - 1.0 - 1e-6 * span_s
+
     def _occlusion_alarm_s(self) -> float:
         if self.occluded_since_s is None or self.mode not in (RunState.RUNNING, RunState.KVO):
             return math.inf
@@ -186,9 +204,10 @@ class PumpPhysics:
 
     def next_event_s(self) -> float:
         """When the pump will next change by itself (``inf`` if never)."""
-        return min(
-            self._vtbi_done_s(), self._dry_s(), self._occlusion_alarm_s(), self._battery_s()[0]
-        )
+        other = min(self._vtbi_done_s(), self._occlusion_alarm_s(), self._battery_s()[0])
+        if other < self._dry_not_before_s():
+            return other  # the reservoir cannot run dry first: skip the Newton solve
+        return min(other, self._dry_s())
 
     # -- time --------------------------------------------------------------
     def _integrate(self, t1_s: float) -> None:
@@ -258,7 +277,7 @@ class PumpPhysics:
         tol = 1e-6
         if self._occlusion_alarm_s() <= t + tol:
             self._alarm_stop(PumpAlarm.OCCLUSION, raised)
-        elif self._dry_s() <= t + tol:
+        elif self._dry_not_before_s() <= t + tol and self._dry_s() <= t + tol:
             # Reservoir and drip chamber are both empty: air reaches the detector.
             alarm = PumpAlarm.AIR_IN_LINE if self.model.air_detect_ul > 0 else PumpAlarm.STALL
             self._alarm_stop(alarm, raised)
