@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -553,13 +554,18 @@ def short_version(version: str) -> str:
     return version[: len("sha256:") + 12]
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_bytes(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _read_toml(path: Path, data: bytes | None = None) -> dict[str, Any]:
+    if data is None:
+        data = _read_bytes(path)
     try:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
@@ -704,10 +710,32 @@ def _check_drug(raw: dict[str, Any]) -> None:
             )
 
 
+#: Validated files by (kind, path, exact content): a campaign parses, validates and hashes
+#: each file once, not once per run. Content is compared whole, so an edit is never missed.
+_LOADED: dict[tuple[str, str, bytes], Any] = {}
+_LOADED_MAX = 64
+
+
+def _cached(kind: str, path: Path, make: Callable[[dict[str, Any]], Any]) -> Any:
+    """The validated object for the file's current content (parsed once per content)."""
+    data = _read_bytes(path)
+    key = (kind, str(path), data)
+    obj = _LOADED.get(key)
+    if obj is None:
+        obj = make(_read_toml(path, data))
+        if len(_LOADED) >= _LOADED_MAX:
+            _LOADED.clear()
+        _LOADED[key] = obj
+    return obj
+
+
 def load_setting(name_or_path: str | Path) -> DrugSetting:
-    """Load and validate a drug setting; raise ``InputError`` naming file and key."""
+    """Load and validate a drug setting; raise ``InputError`` naming file and key.
+
+    The result is shared between calls for the same file content: treat it as read-only.
+    """
     path = resolve(str(name_or_path))
-    return setting_from_raw(_read_toml(path), str(path))
+    return _cached("setting", path, lambda raw: setting_from_raw(raw, str(path)))
 
 
 def setting_from_raw(raw: Any, path: str) -> DrugSetting:
@@ -721,9 +749,12 @@ def setting_from_raw(raw: Any, path: str) -> DrugSetting:
 
 
 def load_pump(name_or_path: str | Path) -> PumpModel:
-    """Load and validate a pump model profile."""
+    """Load and validate a pump model profile (shared per file content: read-only)."""
     path = resolve(str(name_or_path), pump=True)
-    raw = _read_toml(path)
+    return _cached("pump", path, lambda raw: _pump_from_raw(raw, path))
+
+
+def _pump_from_raw(raw: dict[str, Any], path: Path) -> PumpModel:
     try:
         PUMP_SCHEMA.check(raw, "")
         r = raw["rate"]
