@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 from pumpctl.errors import InputError, OverrideRequiredError, PumpctlError, RefusedError
@@ -236,15 +237,15 @@ class _Candidate:
     mg: Decimal
     bag_ml: int
 
-    @property
+    @cached_property
     def n(self) -> int:
         return 24 // self.interval_h
 
-    @property
+    @cached_property
     def nominal(self) -> Decimal:
         return self.n * self.mg
 
-    @property
+    @cached_property
     def fluid_ml_per_day(self) -> int:
         return self.n * self.bag_ml
 
@@ -279,7 +280,20 @@ def _real(c: _Candidate, setting: DrugSetting) -> dict[str, Decimal]:
 
 
 def achievable(setting: DrugSetting, ordered_ml: int, intervals: list[int]) -> list[_Candidate]:
-    """Every daily dose the build can make (one candidate per dose, by the tie rule)."""
+    """Every daily dose the build can make (one candidate per dose, by the tie rule).
+
+    Computed once per setting object and bag/interval choice (settings are read-only and
+    shared per file content), not once per run.
+    """
+    key = ("achievable", ordered_ml, tuple(intervals))
+    memo = setting.memo
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = tuple(_achievable(setting, ordered_ml, intervals))
+    return list(hit)
+
+
+def _achievable(setting: DrugSetting, ordered_ml: int, intervals: list[int]) -> list[_Candidate]:
     step = setting.dose_resolution_mg
     biggest = setting.conc_max_mg_per_ml * max(setting.bag_sizes_ml)
     best: dict[Decimal, _Candidate] = {}

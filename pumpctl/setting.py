@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -351,67 +352,76 @@ class DrugSetting:
     version: str
     raw: dict[str, Any]
 
+    @cached_property
+    def memo(self) -> dict[str, Any]:
+        """Per-object cache for figures derived from the content (e.g. achievable doses)."""
+        return {}
+
     def _d(self, *keys: str) -> Decimal:
         node: Any = self.raw
         for k in keys:
             node = node[k]
         return Decimal(str(node))
 
-    @property
+    @cached_property
     def name(self) -> str:
         return str(self.raw["name"])
 
-    @property
+    @cached_property
     def drug(self) -> str:
         return str(self.raw["drug"]["name"])
 
-    @property
+    @cached_property
     def syringe_mg(self) -> Decimal:
         return self._d("drug", "syringe_mg")
 
-    @property
+    @cached_property
     def syringe_ml(self) -> Decimal:
         return self._d("drug", "syringe_ml")
 
-    @property
+    @cached_property
     def bag_sizes_ml(self) -> tuple[int, ...]:
         return tuple(sorted(self.raw["build"]["bag_sizes_ml"]))
 
-    @property
+    @cached_property
     def default_bag_ml(self) -> int:
         return int(self.raw["build"]["default_bag_ml"])
 
-    @property
+    @cached_property
     def intervals_h(self) -> tuple[int, ...]:
         return tuple(self.raw["build"]["intervals_h"])
 
-    @property
+    @cached_property
     def default_interval_h(self) -> int:
         return int(self.raw["build"]["default_interval_h"])
 
-    @property
+    @cached_property
     def conc_min_mg_per_ml(self) -> Decimal:
         return self._d("build", "concentration_min_mg_per_ml")
 
-    @property
+    @cached_property
     def conc_max_mg_per_ml(self) -> Decimal:
         return self._d("build", "concentration_max_mg_per_ml")
 
-    @property
+    @cached_property
     def rate_resolution_ml_per_h(self) -> Decimal:
         return self._d("build", "rate_resolution_ml_per_h")
 
-    @property
+    @cached_property
     def weight_min_kg(self) -> Decimal:
         return self._d("patient", "weight_min_kg")
 
-    @property
+    @cached_property
     def weight_max_kg(self) -> Decimal:
         return self._d("patient", "weight_max_kg")
 
     @property
     def limits(self) -> dict[str, Limit]:
-        """Configured limits by level."""
+        """Configured limits by level (a fresh dict of the immutable limits)."""
+        return dict(self._limits)
+
+    @cached_property
+    def _limits(self) -> dict[str, Limit]:
         out: dict[str, Limit] = {}
         for key, value in self.raw["limits"].items():
             for level in LIMIT_LEVELS:
@@ -419,23 +429,23 @@ class DrugSetting:
                     out[level] = Limit(level, Decimal(str(value)), key[len(level) + 1 :])
         return out
 
-    @property
+    @cached_property
     def restricted_formulary(self) -> bool:
         return bool(self.raw["drug"]["restricted_formulary"])
 
-    @property
+    @cached_property
     def measure(self) -> str:
         """ "whole_syringes" (the adult protocol) or "partial" (measured doses)."""
         return str(self.raw["drug"].get("measure", "whole_syringes"))
 
-    @property
+    @cached_property
     def dose_resolution_mg(self) -> Decimal:
         """Smallest dose step in a bag: one syringe, or the measured resolution."""
         if self.measure == "partial":
             return self._d("drug", "dose_resolution_mg")
         return self.syringe_mg
 
-    @property
+    @cached_property
     def dose_forms(self) -> str:
         """Order forms accepted: mg_per_day, mg_per_kg_per_day or both."""
         return str(self.raw.get("dosing", {}).get("dose_forms", "mg_per_day"))
@@ -445,27 +455,27 @@ class DrugSetting:
         table = self.raw["build"].get("overfill_ml", {})
         return Decimal(str(table.get(str(bag_ml), 0)))
 
-    @property
+    @cached_property
     def max_deviation_pct(self) -> Decimal:
         """Largest build deviation from the order accepted without confirmation."""
         return Decimal(str(self.raw["build"].get("max_deviation_pct", 10)))
 
-    @property
+    @cached_property
     def compounding_target_min(self) -> float:
         """Pharmacy aims to finish compounding this long before the hang."""
         return float(self.raw["handling"].get("compounding_target_min", 60))
 
-    @property
+    @cached_property
     def beyond_use_h(self) -> float:
         """Beyond-use time of a compounded bag (USP <797> Category 1, room temperature)."""
         return float(self.raw["handling"].get("beyond_use_h", 12))
 
-    @property
+    @cached_property
     def titration_mode(self) -> str:
         """ "now" (rate change or STAT bag) or "next_bag" (the old behaviour)."""
         return str(self.raw.get("titration", {}).get("mode", "now"))
 
-    @property
+    @cached_property
     def titration_margin_min(self) -> float:
         """A rate change must leave the bag this much longer than the pharmacy lead."""
         return float(self.raw.get("titration", {}).get("rate_change_margin_min", 30))
@@ -482,7 +492,7 @@ class DrugSetting:
             "min_observations": float(w.get("plan_min_observations", 5)),
         }
 
-    @property
+    @cached_property
     def light_protection(self) -> bool:
         return bool(self.raw["handling"]["light_protection"])
 
