@@ -116,11 +116,20 @@ def _integrate(timeline: list[tuple[float, float, float]], col: int, t0: float, 
     return total
 
 
-def build_result(events: Sequence[EventLike], *, end_s: float | None = None) -> dict[str, Any]:
-    """The report JSON of a log: interruptions, dose, bags, alarms, waste and a verdict."""
+def build_result(
+    events: Sequence[EventLike],
+    *,
+    end_s: float | None = None,
+    state: ChannelState | None = None,
+) -> dict[str, Any]:
+    """The report JSON of a log: interruptions, dose, bags, alarms, waste and a verdict.
+
+    ``state`` is ``fold(events)`` when the caller already has it (a simulation's live
+    controller built it by applying exactly these events), to save a second fold.
+    """
     if not events:
         raise InputError("the event log is empty; allowed: a log with a programmed infusion")
-    s = fold(events)
+    s = fold(events) if state is None else state
     meta: dict[str, Any] = {}
     for e in events:
         if e.event == E.RUN_END:

@@ -503,6 +503,12 @@ class DrugSetting:
 
     def max_bag_duration_h(self) -> Decimal:
         """The longest a bag of this setting can run (largest bag at its slowest rate)."""
+        hit = self.memo.get("max_bag_duration_h")
+        if hit is None:
+            hit = self.memo["max_bag_duration_h"] = self._max_bag_duration_h()
+        return hit
+
+    def _max_bag_duration_h(self) -> Decimal:
         res = self.rate_resolution_ml_per_h
         worst = Decimal(0)
         for bag in self.bag_sizes_ml:

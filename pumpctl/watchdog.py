@@ -84,6 +84,7 @@ class LeadPlanner:
             Stage.PREPARE: plan["nurse_seed_min"] * 60.0,
         }
         self.observed: dict[str, list[float]] = {Stage.PHARMACY_REQUEST: [], Stage.PREPARE: []}
+        self._leads: dict[tuple[str, int], Lead] = {}
 
     def observe(self, stage: str, seconds: float) -> None:
         """One observed turnaround (pharmacy) or response (nurse)."""
@@ -91,7 +92,18 @@ class LeadPlanner:
             self.observed[stage].append(seconds)
 
     def lead(self, stage: str) -> Lead:
-        """The lead for ``stage`` now, with the reason."""
+        """The lead for ``stage`` now, with the reason.
+
+        Observations are only ever appended, so the lead is kept per stage and number of
+        observations (the watchdog asks for every stage of every bag).
+        """
+        key = (stage, len(self.observed.get(stage, ())))
+        hit = self._leads.get(key)
+        if hit is None:
+            hit = self._leads[key] = self._lead(stage)
+        return hit
+
+    def _lead(self, stage: str) -> Lead:
         floor = self.floor_s[stage]
         if stage not in self.observed:
             return Lead(floor, f"setting {floor / 60:g} min")

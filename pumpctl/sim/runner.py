@@ -164,7 +164,9 @@ def run_scenario(
         run_meta(sc, seed, setting, model, end_s),
     )
     run = SimRun(sc, seed, setting, model, ctl, driver, log, start, end_s, {}, samples)
-    run.result = build_result(log.events())
+    # The live controller's state is the fold of exactly these events (the events logged
+    # beside it, install, segments, trace and run end, change no channel state).
+    run.result = build_result(log.events(), state=ctl.s)
     return run
 
 
