@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -726,22 +727,31 @@ def _check_drug(raw: dict[str, Any]) -> None:
             )
 
 
-#: Validated files by (kind, path, exact content): a campaign parses, validates and hashes
-#: each file once, not once per run. Content is compared whole, so an edit is never missed.
-_LOADED: dict[tuple[str, str, bytes], Any] = {}
+#: Validated files by (kind, path): the file's stamp (mtime, ctime, size, inode), its exact
+#: content and the object. A campaign parses, validates and hashes each file once, not once
+#: per run; a changed stamp re-reads the file, and only changed content is parsed again.
+_LOADED: dict[tuple[str, str], tuple[tuple[int, int, int, int], bytes, Any]] = {}
 _LOADED_MAX = 64
 
 
 def _cached(kind: str, path: Path, make: Callable[[dict[str, Any]], Any]) -> Any:
     """The validated object for the file's current content (parsed once per content)."""
+    key = (kind, str(path))
+    try:
+        st = os.stat(path)
+        stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+    except OSError:
+        stamp = None
+    hit = _LOADED.get(key)
+    if hit is not None and stamp is not None and hit[0] == stamp:
+        return hit[2]
     data = _read_bytes(path)
-    key = (kind, str(path), data)
-    obj = _LOADED.get(key)
-    if obj is None:
-        obj = make(_read_toml(path, data))
+    same = hit is not None and hit[1] == data
+    obj = hit[2] if same else make(_read_toml(path, data))
+    if stamp is not None:
         if len(_LOADED) >= _LOADED_MAX:
             _LOADED.clear()
-        _LOADED[key] = obj
+        _LOADED[key] = (stamp, data, obj)
     return obj
 
 

@@ -1,0 +1,113 @@
+"""Speed work (issue 12): the caches and shortcuts keep results exact."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pumpctl.errors import InputError
+from pumpctl.machine import PumpMachine, State
+from pumpctl.report import build_result
+from pumpctl.setting import load_pump, load_setting, profiles_dir
+from pumpctl.sim.physics import PumpPhysics
+from pumpctl.sim.runner import run_scenario
+from pumpctl.sim.scenario import load_scenario
+from pumpctl.watchdog import LeadPlanner, Stage
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.toml") if "campaign" not in p.name)
+
+
+def _copy_setting(tmp_path: Path) -> Path:
+    p = tmp_path / "s.toml"
+    p.write_text((profiles_dir() / "anakinra_continuous.toml").read_text())
+    return p
+
+
+def test_setting_cache_shares_one_object_until_the_content_changes(tmp_path):
+    p = _copy_setting(tmp_path)
+    a, b = load_setting(p), load_setting(p)
+    assert a is b
+    text = p.read_text()
+    assert "escalate_min = 10 " in text
+    p.write_text(text.replace("escalate_min = 10 ", "escalate_min = 9  "))  # same size
+    os.utime(p, ns=(1, 1))  # even with an old mtime: size and ctime/inode/content decide
+    c = load_setting(p)
+    assert c is not a and c.watchdog_min["escalate_min"] == 9.0
+    assert c.version != a.version
+
+
+def test_setting_cache_never_keeps_a_bad_file(tmp_path):
+    p = _copy_setting(tmp_path)
+    load_setting(p)
+    p.write_text(p.read_text().replace("escalate_min = 10", "escalate_min = 99"))
+    for _ in range(2):  # refused each time, with its one-line reason
+        with pytest.raises(InputError, match="escalate_min"):
+            load_setting(p)
+
+
+def test_pump_cache_follows_edits(tmp_path):
+    p = tmp_path / "p.toml"
+    p.write_text((profiles_dir() / "pumps" / "generic_lvp.toml").read_text())
+    a = load_pump(p)
+    assert load_pump(p) is a
+    p.write_text(p.read_text().replace("bias_pct = 0.8", "bias_pct = 1.5"))
+    assert load_pump(p).bias_pct == 1.5
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_result_from_live_state_equals_a_fresh_fold(path):
+    run = run_scenario(load_scenario(path), trace=False)
+    assert run.result == build_result(run.log.events())
+
+
+class _Facts:
+    def __init__(self, start_reason: str | None) -> None:
+        self.start_reason = start_reason
+        self.asked = 0
+
+    def why_not_start(self) -> str | None:
+        self.asked += 1
+        return self.start_reason
+
+
+def test_shared_machine_keeps_channels_apart_and_asks_each_guard_once():
+    ok, no = _Facts(None), _Facts("line not primed")
+    m1, m2 = PumpMachine(ok), PumpMachine(no)
+    assert m1.request("start") is None and m1.state is State.INFUSING
+    assert m2.request("start") == "line not primed" and m2.state is State.IDLE
+    assert ok.asked == 1 and no.asked == 1
+    assert m1.request("start").startswith("'start' is not allowed while infusing")
+    m2.force(State.ALARM)
+    assert m1.state is State.INFUSING and m2.state is State.ALARM
+
+
+def test_lead_follows_new_observations(setting):
+    planner = LeadPlanner(setting)
+    first = planner.lead(Stage.PHARMACY_REQUEST)
+    assert planner.lead(Stage.PHARMACY_REQUEST) is first
+    for _ in range(8):
+        planner.observe(Stage.PHARMACY_REQUEST, 3 * 3600.0)
+    later = planner.lead(Stage.PHARMACY_REQUEST)
+    assert later.s > first.s and "observed" in later.why
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rate=st.floats(0.5, 500),
+    bag_ml=st.floats(0.5, 1000),
+    start_s=st.floats(0, 600),
+    t_s=st.floats(0, 7200),
+)
+def test_dry_bound_never_exceeds_the_solved_dry_time(lvp, rate, bag_ml, start_s, t_s):
+    p = PumpPhysics(lvp)
+    p.connect_bag(0.0, bag_ml, 1.0, "b1")
+    p.set_rate(start_s, rate)
+    p.start(start_s)
+    p.advance(start_s + t_s)
+    if p.mode.value == "running":
+        assert p._dry_not_before_s() <= p._dry_s()
