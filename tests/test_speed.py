@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import FrozenInstanceError, fields
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pumpctl.errors import InputError
+from pumpctl.eventlog import _EVENT_FIELDS, Event, _new_event
 from pumpctl.machine import PumpMachine, State
 from pumpctl.report import build_result
 from pumpctl.setting import load_pump, load_setting, profiles_dir
@@ -111,3 +113,11 @@ def test_dry_bound_never_exceeds_the_solved_dry_time(lvp, rate, bag_ml, start_s,
     p.advance(start_s + t_s)
     if p.mode.value == "running":
         assert p._dry_not_before_s() <= p._dry_s()
+
+
+def test_fast_event_is_the_same_frozen_event():
+    assert tuple(f.name for f in fields(Event)) == _EVENT_FIELDS  # a new field needs a setter
+    ev = _new_event(3, 1.5, "", "pump1", "idle", "alarm", {"kind": "x"}, "rn1")
+    assert ev == Event(3, 1.5, "", "pump1", "idle", "alarm", {"kind": "x"}, "rn1")
+    with pytest.raises(FrozenInstanceError):
+        ev.seq = 4  # type: ignore[misc]
