@@ -73,6 +73,12 @@ class PumpPhysics:
     _chamber_mg: float = 0.0
     _chamber_label: str = ""
     primed_ml: float = 0.0
+    #: Sample times asked for (sorted) and the delivered volume found at each, for the IEC
+    #: trace: read off each integration step in closed form, so sampling neither needs a
+    #: clock callback nor splits a step (the physics is the same with or without a trace).
+    probe_times: list[float] = field(default_factory=list)
+    probe_values: list[tuple[float, float]] = field(default_factory=list)
+    _probe_i: int = 0
 
     def __post_init__(self) -> None:
         self.battery_min_left = float(self.model.battery_capacity_min)
@@ -210,11 +216,37 @@ class PumpPhysics:
         return min(other, self._dry_s())
 
     # -- time --------------------------------------------------------------
+    def add_probes(self, times_s: list[float]) -> None:
+        """Ask for the delivered volume (``actual_ml_total``) at each of these times."""
+        pending = self.probe_times[self._probe_i :]
+        self.probe_times = sorted([*pending, *times_s])
+        self._probe_i = 0
+
+    def flush_probes(self) -> None:
+        """Read every probe due by ``t_s`` (call after the last ``advance``)."""
+        times, t = self.probe_times, self.t_s
+        while self._probe_i < len(times) and times[self._probe_i] <= t:
+            self.probe_values.append((times[self._probe_i], self.actual_ml_total))
+            self._probe_i += 1
+
+    def _read_probes(self, t0: float, t1_s: float) -> None:
+        """Probes in (t0, t1]: the volume so far plus this step's closed form up to each."""
+        self.flush_probes()
+        times = self.probe_times
+        source = self._source_ml()
+        while self._probe_i < len(times) and times[self._probe_i] <= t1_s:
+            p = times[self._probe_i]
+            part = min(self._volume_ml(t0, p), source)
+            self.probe_values.append((p, self.actual_ml_total + part))
+            self._probe_i += 1
+
     def _integrate(self, t1_s: float) -> None:
         """Move the state from ``t_s`` to ``t1_s`` with nothing happening in between."""
         t0 = self.t_s
         if t1_s <= t0:
             return
+        if self._probe_i < len(self.probe_times) and self.probe_times[self._probe_i] <= t1_s:
+            self._read_probes(t0, t1_s)
         mode = self.mode
         nominal = self._nominal_rate()
         if mode in (RunState.RUNNING, RunState.KVO):

@@ -123,18 +123,13 @@ def run_scenario(
         )
         clock.call_at(t.at_h * 3600.0, lambda o=o: ctl.titrate(o, "md1"))
 
-    samples: list[tuple[float, float]] = []
-    if trace:
+    if trace:  # IEC samples every 30 s for 2 h from the start, read off the physics' steps
 
         def on_event(ev: Any) -> None:
             if ev.event == "state" and ev.detail.get("trigger") == "start":
                 t0 = clock.now()
-                for k in range(int(TRUMPET_S / SAMPLE_S) + 1):
-                    clock.call_at(t0 + k * SAMPLE_S, _sample)
-
-        def _sample() -> None:
-            driver.physics.advance(clock.now())
-            samples.append((clock.now(), driver.physics.actual_ml_total))
+                n = int(TRUMPET_S / SAMPLE_S) + 1
+                driver.physics.add_probes([t0 + k * SAMPLE_S for k in range(n)])
 
         ctl.listeners.append(on_event)
     for obs in observers or ():
@@ -150,6 +145,8 @@ def run_scenario(
         raise InputError(f"{sc.path}: the scenario's order cannot be programmed: {err}")
     clock.run(end_s)
     driver.physics.advance(end_s)
+    driver.physics.flush_probes()
+    samples = driver.physics.probe_values
     ctl.close()
     start = next(
         (e.t_s for e in log.events() if e.event == "state" and e.detail.get("trigger") == "start"),
