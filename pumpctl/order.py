@@ -5,7 +5,7 @@ Pure functions, decimal arithmetic, no I/O. The same inputs always give the same
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import cached_property
 from typing import Any
@@ -108,7 +108,10 @@ class Build:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict; decimals become numbers at a sensible precision."""
         out: dict[str, Any] = {}
-        for key, value in asdict(self).items():
+        # Fields read directly (no ``asdict`` deep copy): every value is a number, a string
+        # or a tuple of strings or of flat dicts, each copied below.
+        for key in _BUILD_FIELDS:
+            value = getattr(self, key)
             if isinstance(value, Decimal):
                 out[key] = _num(value)
             elif key == "alternatives":
@@ -151,6 +154,9 @@ class Build:
             )
         lines += [f"  note        {m}" for m in self.messages]
         return "\n".join(lines)
+
+
+_BUILD_FIELDS = tuple(f.name for f in fields(Build))
 
 
 def _num(value: Decimal) -> float | int:
