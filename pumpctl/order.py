@@ -337,7 +337,23 @@ def _alternative(c: _Candidate, dose: Decimal, setting: DrugSetting, w: Decimal)
 
 
 def build(order: Order, setting: DrugSetting) -> Build:
-    """The pharmacy build; raises Refused / OverrideRequired / InputError with one line."""
+    """The pharmacy build; raises Refused / OverrideRequired / InputError with one line.
+
+    A build is a pure function of the order and the (read-only) setting, so a successful
+    one is kept on the setting per exact order (``repr`` tells ``600`` from ``600.0``).
+    """
+    key = ("build", repr(order))
+    memo = setting.memo
+    hit = memo.get(key)
+    if hit is None:
+        hit = _build(order, setting)
+        if len(memo) > 512:
+            memo.clear()
+        memo[key] = hit
+    return hit
+
+
+def _build(order: Order, setting: DrugSetting) -> Build:
     validate_order(order, setting)
     dose = order.dose_mg_per_day
     weight = order.weight_kg

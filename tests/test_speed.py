@@ -158,3 +158,16 @@ def test_asking_for_a_trace_changes_nothing_else():
     on, off = run_scenario(sc), run_scenario(sc, trace=False)
     strip = [(e.t_s, e.event, e.detail) for e in on.log.events() if e.event != "flow_trace"]
     assert strip == [(e.t_s, e.event, e.detail) for e in off.log.events()]
+
+
+def test_build_is_kept_per_exact_order(setting):
+    from decimal import Decimal
+
+    from pumpctl.order import Order, build
+
+    a = build(Order(Decimal("600"), Decimal("70"), bag_ml=100), setting)
+    assert build(Order(Decimal("600"), Decimal("70"), bag_ml=100), setting) is a
+    b = build(Order(Decimal("600.0"), Decimal("70"), bag_ml=100), setting)
+    assert b is not a and b.to_json() == a.to_json()
+    c = build(Order(Decimal("900"), Decimal("70"), bag_ml=100), setting)
+    assert c.ordered_mg_per_day == 900
