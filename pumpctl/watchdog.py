@@ -17,6 +17,7 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 from pumpctl.clock import Clock, TimerHandle
 from pumpctl.setting import DrugSetting
@@ -59,6 +60,41 @@ def lognormal_percentile(values: list[float], q: float) -> float:
     return math.exp(mu + statistics.NormalDist().inv_cdf(min(q, 99.99) / 100.0) * sd)
 
 
+class _LogFit:
+    """``lognormal_percentile`` kept up to date one observation at a time.
+
+    The sample standard deviation is exact (as ``statistics.stdev`` computes it: exact
+    rational sums, then a correctly rounded square root), from running exact sums instead
+    of a pass over every observation each time, so long runs stay linear.
+    """
+
+    def __init__(self) -> None:
+        self.logs: list[float] = []
+        self.sx = Fraction(0)
+        self.sxx = Fraction(0)
+
+    def add(self, value: float) -> None:
+        x = math.log(max(value, 1.0))
+        self.logs.append(x)
+        fx = Fraction(x)
+        self.sx += fx
+        self.sxx += fx * fx
+
+    def percentile(self, q: float) -> float:
+        logs = self.logs
+        n = len(logs)
+        mu = statistics.fmean(logs)
+        sqrt_of_frac = getattr(statistics, "_float_sqrt_of_frac", None)
+        if n < 2:
+            sd = 0.0
+        elif sqrt_of_frac is None:  # another Python: the plain (slower) path
+            sd = statistics.stdev(logs)
+        else:
+            mss = (n * self.sxx - self.sx * self.sx) / n / (n - 1)
+            sd = sqrt_of_frac(mss.numerator, mss.denominator)
+        return math.exp(mu + statistics.NormalDist().inv_cdf(min(q, 99.99) / 100.0) * sd)
+
+
 class LeadPlanner:
     """Leads from the setting and from observed staff times."""
 
@@ -85,11 +121,13 @@ class LeadPlanner:
         }
         self.observed: dict[str, list[float]] = {Stage.PHARMACY_REQUEST: [], Stage.PREPARE: []}
         self._leads: dict[tuple[str, int], Lead] = {}
+        self._fits = {stage: _LogFit() for stage in self.observed}
 
     def observe(self, stage: str, seconds: float) -> None:
         """One observed turnaround (pharmacy) or response (nurse)."""
         if seconds >= 0 and stage in self.observed:
             self.observed[stage].append(seconds)
+            self._fits[stage].add(seconds)
 
     def lead(self, stage: str) -> Lead:
         """The lead for ``stage`` now, with the reason.
@@ -115,7 +153,9 @@ class LeadPlanner:
                 f", max {max(obs) / 60:.1f} min)" if obs else ")"
             )
         else:
-            fitted = lognormal_percentile(obs, self.q)
+            fit = self._fits[stage]
+            exact = len(fit.logs) == len(obs)  # else someone appended past ``observe``
+            fitted = fit.percentile(self.q) if exact else lognormal_percentile(obs, self.q)
             base = max(fitted, max(obs))
             how = (
                 f"p{self.q:g} of a lognormal fitted to {len(obs)} observed = {fitted / 60:.1f} min"

@@ -171,3 +171,14 @@ def test_build_is_kept_per_exact_order(setting):
     assert b is not a and b.to_json() == a.to_json()
     c = build(Order(Decimal("900"), Decimal("70"), bag_ml=100), setting)
     assert c.ordered_mg_per_day == 900
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.floats(0.0, 5e4, allow_nan=False), min_size=1, max_size=40), st.floats(50, 99.9))
+def test_running_lognormal_fit_is_bit_identical(values, q):
+    from pumpctl.watchdog import _LogFit, lognormal_percentile
+
+    fit = _LogFit()
+    for v in values:
+        fit.add(v)
+    assert fit.percentile(q) == lognormal_percentile(values, q)
