@@ -70,15 +70,16 @@ class _LogFit:
 
     def __init__(self) -> None:
         self.logs: list[float] = []
-        self.sx = Fraction(0)
-        self.sxx = Fraction(0)
+        # exact sums as integer numerators per power-of-two denominator (as statistics does)
+        self._sx: dict[int, int] = {}
+        self._sxx: dict[int, int] = {}
 
     def add(self, value: float) -> None:
         x = math.log(max(value, 1.0))
         self.logs.append(x)
-        fx = Fraction(x)
-        self.sx += fx
-        self.sxx += fx * fx
+        n, d = x.as_integer_ratio()
+        self._sx[d] = self._sx.get(d, 0) + n
+        self._sxx[d] = self._sxx.get(d, 0) + n * n
 
     def percentile(self, q: float) -> float:
         logs = self.logs
@@ -90,7 +91,9 @@ class _LogFit:
         elif sqrt_of_frac is None:  # another Python: the plain (slower) path
             sd = statistics.stdev(logs)
         else:
-            mss = (n * self.sxx - self.sx * self.sx) / n / (n - 1)
+            sx = sum(Fraction(k, d) for d, k in self._sx.items())
+            sxx = sum(Fraction(k, d * d) for d, k in self._sxx.items())
+            mss = (n * sxx - sx * sx) / n / (n - 1)
             sd = sqrt_of_frac(mss.numerator, mss.denominator)
         return math.exp(mu + statistics.NormalDist().inv_cdf(min(q, 99.99) / 100.0) * sd)
 
