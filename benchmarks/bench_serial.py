@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pumpctl.clock import SystemClock  # noqa: E402
 from pumpctl.drivers.newera import NewEraDriver  # noqa: E402
-from pumpctl.sim.ne1000 import EmulatorServer, Ne1000Emulator  # noqa: E402
+from pumpctl.devices.ne1000 import EmulatorServer, Ne1000Emulator  # noqa: E402
 
 
 def _p95(xs: list[float]) -> float:

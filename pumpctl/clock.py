@@ -121,17 +121,45 @@ class SystemClock(_HeapClock):
         if speed <= 0:
             raise ValueError("speed must be > 0")
         self.speed = speed
-        self._t0_mono = time.monotonic()
         now_wall = time.time()
         # ``epoch_wall_s`` continues an earlier run: now() counts from that wall time.
         self._t0_wall = now_wall if epoch_wall_s is None else epoch_wall_s
-        self._offset_s = (now_wall - self._t0_wall) * speed
+        # (simulated seconds at the anchor, monotonic time of the anchor, paused): one
+        # tuple replaced whole, so now() reads a consistent anchor from any thread.
+        self._anchor: tuple[float, float, bool] = (
+            (now_wall - self._t0_wall) * speed,
+            time.monotonic(),
+            False,
+        )
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self.stopped = False
 
     def now(self) -> float:
-        return self._offset_s + (time.monotonic() - self._t0_mono) * self.speed
+        offset_s, t0_mono, paused = self._anchor
+        if paused:
+            return offset_s
+        return offset_s + (time.monotonic() - t0_mono) * self.speed
+
+    @property
+    def paused(self) -> bool:
+        """True while ``now()`` is frozen by ``pause()``."""
+        return self._anchor[2]
+
+    def pause(self) -> None:
+        """Freeze ``now()``: no timer falls due until ``resume()`` (simulated pumps only;
+        a real pump keeps running whatever this clock says)."""
+        with self._lock:
+            if not self._anchor[2]:
+                self._anchor = (self.now(), time.monotonic(), True)
+        self._wake.set()
+
+    def resume(self) -> None:
+        """Let ``now()`` run again from where ``pause()`` froze it."""
+        with self._lock:
+            if self._anchor[2]:
+                self._anchor = (self._anchor[0], time.monotonic(), False)
+        self._wake.set()
 
     def wall_epoch(self) -> float:
         return self._t0_wall

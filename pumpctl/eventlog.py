@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pumpctl.errors import InputError
+from pumpctl.eventkinds import EventKind
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -85,38 +86,7 @@ GENESIS = "0" * 64
 KEY_DIR_ENV = "PUMPCTL_KEY_DIR"
 
 #: Event names pumpctl writes (``pumpctl log --event`` accepts these and any in the log).
-KNOWN_EVENTS = (
-    "alarm",
-    "alarm_acknowledged",
-    "alarm_cleared",
-    "alarm_reannunciated",
-    "alarm_silenced",
-    "bag_at_bedside",
-    "bag_compounded",
-    "bag_discarded",
-    "bag_hung",
-    "comm_restored",
-    "gap_end",
-    "gap_start",
-    "key_trust",
-    "lease_takeover",
-    "operator_add",
-    "operator_remove",
-    "override",
-    "pharmacy_request",
-    "program",
-    "projection",
-    "pump_command",
-    "pump_refused",
-    "refused",
-    "resume",
-    "setting_accept",
-    "setting_install",
-    "state",
-    "storage_restored",
-    "titration",
-    "watchdog",
-)
+KNOWN_EVENTS = tuple(sorted(k.value for k in EventKind))
 
 
 @dataclass(frozen=True, slots=True)
@@ -815,10 +785,6 @@ def verify_chain(log: Any) -> tuple[bool, int | None, str]:
 def known_event_names(log: Any = None) -> list[str]:
     """Event names pumpctl writes, plus any found in ``log``."""
     names = set(KNOWN_EVENTS)
-    with contextlib.suppress(ImportError, AttributeError):
-        from pumpctl.events import EventKind
-
-        names |= {str(k) for k in EventKind}
     if isinstance(log, EventLog):
         names |= {str(r[0]) for r in log.db.execute("SELECT DISTINCT event FROM events")}
     return sorted(names)

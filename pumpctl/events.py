@@ -8,73 +8,28 @@ request sequences). Reports, HL7 messages and the console are views made from ev
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pumpctl.alarms import Alarm, AlarmBoard, AlarmKind
 from pumpctl.bags import Bag, BagStatus, Recipe
-
-
-class EventKind(enum.StrEnum):
-    """Every kind of event in a pumpctl log."""
-
-    SETTING_INSTALL = "setting_install"
-    PROGRAM = "program"
-    TITRATION = "titration"
-    OVERRIDE = "override"
-    DEVIATION_CONFIRMED = "deviation_confirmed"
-    PHARMACY_REQUEST = "pharmacy_request"
-    BAG_COMPOUNDED = "bag_compounded"
-    BAG_AT_BEDSIDE = "bag_at_bedside"
-    BAG_HUNG = "bag_hung"
-    BAG_DISCARDED = "bag_discarded"
-    BAG_RELEASED = "bag_released"
-    STATE = "state"
-    RATE_CHANGE = "rate_change"
-    REFUSED = "refused"
-    PUMP_COMMAND = "pump_command"
-    PUMP_REFUSED = "pump_refused"
-    ALARM = "alarm"
-    ALARM_ACKNOWLEDGED = "alarm_acknowledged"
-    ALARM_SILENCED = "alarm_silenced"
-    ALARM_REANNUNCIATED = "alarm_reannunciated"
-    ALARM_CLEARED = "alarm_cleared"
-    WATCHDOG = "watchdog"
-    PROJECTION = "projection"
-    GAP_START = "gap_start"
-    GAP_END = "gap_end"
-    COMM_RESTORED = "comm_restored"
-    RESUME = "resume"
-    DELIVERY_SEGMENT = "delivery_segment"  # what reached the patient (simulated pump)
-    RUN_END = "run_end"
-
-
-class GapCause(enum.StrEnum):
-    """Why the drug did not reach the patient at the ordered rate."""
-
-    BAG_EMPTY = "bag_empty"
-    BAG_CHANGE = "bag_change"
-    OCCLUSION = "occlusion"
-    AIR_IN_LINE = "air_in_line"
-    POWER_LOSS = "power_loss"
-    BATTERY_DEPLETED = "battery_depleted"
-    PUMP_FAILURE = "pump_failure"
-    PUMP_RESET = "pump_reset"
-    PUMP_STOPPED = "pump_stopped"
-    STOPPED = "stopped"
-    NEVER_STARTED = "never_started"
+from pumpctl.eventkinds import EventKind, GapCause
 
 
 class EventLike(Protocol):
     """What ``apply`` reads of an event (``pumpctl.eventlog.Event`` has it)."""
 
-    seq: int
-    t_s: float
-    event: str
-    detail: dict[str, Any]
-    operator: str
+    @property
+    def seq(self) -> int: ...
+    @property
+    def t_s(self) -> float: ...
+    @property
+    def event(self) -> str: ...
+    @property
+    def detail(self) -> dict[str, Any]: ...
+    @property
+    def operator(self) -> str: ...
 
 
 @dataclass(slots=True)
@@ -106,6 +61,7 @@ class ChannelState:
     titration_mode: str | None = None
     line_primed: bool = False
     fault_from: str | None = None  # the state an alarm interrupted
+    relay_armed: int | None = None  # bag loaded on the idle pump of a relay, waiting
     bags: dict[int, Bag] = field(default_factory=dict)
     alarms: AlarmBoard = field(default_factory=AlarmBoard)
     gaps: list[Gap] = field(default_factory=list)
@@ -210,7 +166,12 @@ def _delivered(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
     _bag(s, d).delivered_s = t
 
 
+def _relay_armed(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
+    s.relay_armed = int(d["bag"])
+
+
 def _hung(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
+    s.relay_armed = None
     b = _bag(s, d)
     cur = s.current_bag
     if cur is not None and cur is not b:
@@ -316,6 +277,7 @@ _HANDLERS: dict[str, Any] = {
     EventKind.BAG_HUNG: _hung,
     EventKind.BAG_DISCARDED: _discarded,
     EventKind.BAG_RELEASED: _released,
+    EventKind.RELAY_ARMED: _relay_armed,
     EventKind.STATE: _state,
     EventKind.RATE_CHANGE: _rate_change,
     EventKind.ALARM: _alarm,

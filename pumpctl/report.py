@@ -69,6 +69,8 @@ def interruptions(
             if g_end > start_s:
                 gaps.append({"start_s": max(g.start_s, start_s), "end_s": g_end, "cause": g.cause})
         return gaps
+    if len({g.get("pump", "A") for g in segs}) > 1:
+        return _relay_gaps(segs, s, start_s, end_s)
     for seg in segs:
         if seg["end_s"] <= start_s:
             continue
@@ -86,6 +88,43 @@ def interruptions(
             gaps[-1]["end_s"] = seg["end_s"]
         else:
             gaps.append({"start_s": start, "end_s": seg["end_s"], "cause": cause})
+    return gaps
+
+
+def _relay_gaps(
+    segs: list[dict[str, Any]], s: ChannelState, start_s: float, end_s: float
+) -> list[dict[str, Any]]:
+    """Gaps when no pump of a relay delivers: flow is the union of both pumps' flow."""
+    by_pump: dict[str, list[dict[str, Any]]] = {}
+    for g in segs:
+        by_pump.setdefault(g.get("pump", "A"), []).append(g)
+    edges = sorted({x for g in segs for x in (g["start_s"], g["end_s"])} | {start_s, end_s})
+    gaps: list[dict[str, Any]] = []
+    last_on: str | None = None
+    idx = dict.fromkeys(by_pump, 0)
+    for a, b in zip(edges, edges[1:], strict=False):
+        if b <= start_s or a >= end_s or b - a < 1e-6:  # float noise at a hand-over
+            continue
+        mid = (a + b) / 2
+        now: dict[str, dict[str, Any] | None] = {}
+        for name, lst in by_pump.items():
+            i = idx[name]
+            while i < len(lst) and lst[i]["end_s"] <= mid:
+                i += 1
+            idx[name] = i
+            seg = lst[i] if i < len(lst) and lst[i]["start_s"] <= mid else None
+            now[name] = seg
+        on = [n for n, g in now.items() if g is not None and _seg_cause(g) is None]
+        if on:
+            last_on = on[0]
+            continue
+        seg = now.get(last_on or "") if last_on else None
+        cause = (_seg_cause(seg) if seg is not None else None) or "stopped"
+        lo = max(a, start_s)
+        if gaps and abs(gaps[-1]["end_s"] - lo) < 1e-6 and gaps[-1]["cause"] == cause:
+            gaps[-1]["end_s"] = b
+        else:
+            gaps.append({"start_s": lo, "end_s": b, "cause": cause})
     return gaps
 
 

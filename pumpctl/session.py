@@ -20,13 +20,13 @@ from typing import Any
 from pumpctl import library, roster
 from pumpctl.clock import SystemClock, TimerHandle
 from pumpctl.controller import Controller, restore
+from pumpctl.devices.physics import PumpPhysics
 from pumpctl.drivers.base import PumpDriver
 from pumpctl.drivers.sim import SimDriver
 from pumpctl.errors import InputError, PumpCommandError
 from pumpctl.eventlog import EventLog, is_demo, probe, verify_chain
 from pumpctl.lease import Lease
 from pumpctl.setting import DrugSetting, PumpModel, load_pump
-from pumpctl.sim.physics import PumpPhysics
 from pumpctl.sim.scenario import DEFAULT_HANG_LEAD_S, Dist
 from pumpctl.sim.staff import Nurse, Pharmacy, World
 

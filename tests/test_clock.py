@@ -51,3 +51,70 @@ def test_systemclock_speed_and_run_pending():
     while c.now() < deadline:
         c.run_pending()
     assert hits == [1]
+
+
+def test_systemclock_pause_freezes_now_and_resume_continues_from_there():
+    import time
+
+    c = SystemClock(speed=1000.0)
+    c.pause()
+    assert c.paused
+    frozen = c.now()
+    time.sleep(0.05)  # 50 simulated seconds would pass if the clock ran
+    assert c.now() == frozen
+    c.pause()  # a second pause changes nothing
+    assert c.now() == frozen
+    t0 = time.monotonic()
+    c.resume()
+    time.sleep(0.02)
+    ran_s = c.now() - frozen
+    real_s = time.monotonic() - t0
+    assert 0 < ran_s <= real_s * 1000.0 + 1e-6  # only the time since resume counts
+    assert not c.paused
+
+
+def test_systemclock_timers_do_not_fire_while_paused():
+    import threading
+    import time
+
+    c = SystemClock(speed=1000.0)
+    hits: list[float] = []
+    c.pause()
+    c.call_later(1.0, lambda: hits.append(c.now()))  # 1 ms of wall time at this speed
+    worker = threading.Thread(target=c.run, daemon=True)
+    worker.start()
+    time.sleep(0.1)
+    assert hits == []
+    c.resume()
+    worker.join(timeout=5)
+    assert not worker.is_alive() and len(hits) == 1 and hits[0] >= 1.0
+
+
+def test_systemclock_now_never_goes_back_while_other_threads_pause_and_resume():
+    import threading
+
+    c = SystemClock(speed=100.0)
+    seen: list[float] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            seen.append(c.now())
+
+    def toggle() -> None:
+        for _ in range(2000):
+            c.pause()
+            c.resume()
+
+    reader = threading.Thread(target=read)
+    togglers = [threading.Thread(target=toggle) for _ in range(3)]
+    reader.start()
+    for t in togglers:
+        t.start()
+    for t in togglers:
+        t.join()
+    done.set()
+    reader.join()
+    assert len(seen) > 100
+    assert all(b >= a for a, b in zip(seen, seen[1:], strict=False))
+    assert not c.paused

@@ -107,13 +107,13 @@ async def test_bag_change_without_interruption(bench: Bench) -> None:
         text = screen(app)
         assert "INFUSING" in text and "12.5 mL/h" in text
         assert "100 mg in 100 mL NS · q8h (3 bags/day)" in text
-        assert "480 min (8 h 00 min)" in text
+        assert "8:00 h:mm" in text
         assert "PROTECT FROM LIGHT" in text
         # Bag 1 ends at 8:25; pharmacy is asked at T-60 and delivers at T-35.
         await advance(app, pilot, b, 8 * 3600 - 30 * 60)
         text = screen(app)
         assert "✓ at bedside" in text and "bag 2 · 100 mg/100 mL" in text
-        assert "30 min (0 h 30 min)" in text
+        assert "0:30 h:mm" in text
         await pilot.press("b")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("y")
@@ -457,3 +457,81 @@ def test_cli_registers_console(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> 
     assert err == ["pumpctl console: --port needs --db PATH: a real pump's run keeps its event log"]
     assert cli.main(["console", "--sim", "--speed", "0"]) == 2
     assert "--speed 0.0 is not allowed" in capsys.readouterr().err
+
+
+@pytest.fixture
+def realtime_bench(setting: DrugSetting, lvp: PumpModel) -> Any:
+    """The simulated pump on a SystemClock at 600x, as ``pumpctl console --sim`` runs it."""
+    from pumpctl.clock import SystemClock
+
+    clock = SystemClock(speed=600.0)
+    driver = SimDriver(lvp, clock)
+    log = MemoryEventLog()
+    log.install_setting(setting, "biomed")
+    ctl = Controller(clock, driver, log, setting, reservoir_change=lvp.reservoir_change)
+    return Bench(clock, ctl, driver)  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_dialogs_and_space_stop_simulated_time(realtime_bench: Any) -> None:
+    b = realtime_bench
+    app = ConsoleApp(b, operator="rn1", tick_s=0.05, bell=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert not b.clock.paused
+        await pilot.press("p")
+        assert isinstance(app.screen, OrderScreen)
+        assert b.clock.paused  # at once, not one tick later
+        frozen = b.clock.now()
+        await pilot.pause(0.3)  # 180 simulated seconds if the clock ran
+        assert b.clock.now() == frozen
+        await pilot.press("escape")
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, OrderScreen)
+        assert not b.clock.paused and b.clock.now() > frozen
+        await pilot.press("space")
+        await pilot.pause()
+        assert b.clock.paused and "PAUSED" in screen(app)
+        assert "space  resume time" in screen(app)
+        frozen = b.clock.now()
+        await pilot.pause(0.3)
+        assert b.clock.now() == frozen
+        await pilot.press("space")
+        await pilot.pause(0.1)
+        assert not b.clock.paused and b.clock.now() > frozen
+        assert "PAUSED" not in app.query_one("#header").shown
+    assert not b.controller.log.events()[1:]  # nothing was programmed or refused
+
+
+@pytest.mark.asyncio
+async def test_space_on_a_clock_that_cannot_pause_says_so(bench: Bench) -> None:
+    app = make_app(bench)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("space")
+        await pilot.pause()
+        assert "only a simulated pump's clock can stop" in screen(app)
+        assert "pause time" not in screen(app)
+
+
+@pytest.mark.asyncio
+async def test_too_small_terminal_gets_a_notice(bench: Bench) -> None:
+    app = make_app(bench)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        text = screen(app)
+        assert "Terminal 80x24 is too small" in text and "at least 100x30" in text
+        await pilot.resize_terminal(*SIZE)
+        await pilot.pause()
+        assert app.too_small_text == ""
+        assert "too small" not in screen(app)
+
+
+@pytest.mark.asyncio
+async def test_event_lines_are_readable(bench: Bench) -> None:
+    b = bench
+    app = make_app(b)
+    async with app.run_test(size=SIZE) as pilot:
+        await program_and_start(app, pilot, b)
+        lines = app.query_one("#log").lines_shown
+        assert any("idle → priming (prime): bag 1, light-protected" in x for x in lines)
+        assert not any("=True" in x or "=False" in x or "{" in x for x in lines)

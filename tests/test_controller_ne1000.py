@@ -9,12 +9,12 @@ from decimal import Decimal
 import pytest
 
 from pumpctl.clock import SystemClock
+from pumpctl.devices.ne1000 import EmulatorServer, Ne1000Emulator
 from pumpctl.eventlog import EventLog
 from pumpctl.machine import State
 from pumpctl.order import Order
 from pumpctl.session import open_session
 from pumpctl.setting import load_setting
-from pumpctl.sim.ne1000 import EmulatorServer, Ne1000Emulator
 
 
 @pytest.fixture

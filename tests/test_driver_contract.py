@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import pytest
 
 from pumpctl.clock import SimClock, SystemClock
+from pumpctl.devices.ne1000 import EmulatorServer, Ne1000Emulator
 from pumpctl.drivers.base import PumpAlarm, PumpDriver, PumpIdentity, RunState
 from pumpctl.drivers.newera import NewEraDriver
 from pumpctl.drivers.sim import SimDriver
 from pumpctl.errors import PumpCommandError
 from pumpctl.setting import PumpModel
-from pumpctl.sim.ne1000 import EmulatorServer, Ne1000Emulator
 
 FAST_ML_PER_H = 999.9  # fast enough to see the volume move within a fraction of a second
 

@@ -16,17 +16,17 @@ import serial
 
 from pumpctl import cli
 from pumpctl.clock import SimClock, SystemClock
-from pumpctl.drivers.base import PumpAlarm, RunState
-from pumpctl.drivers.newera import NewEraDriver
-from pumpctl.drivers.newera_codec import (
+from pumpctl.devices.ne1000 import EmulatorServer, Ne1000Emulator
+from pumpctl.devices.newera_codec import (
     FrameError,
     Reply,
     ReplyDecoder,
     encode_command,
     frame_safe,
 )
+from pumpctl.drivers.base import PumpAlarm, RunState
+from pumpctl.drivers.newera import NewEraDriver
 from pumpctl.errors import CommunicationError
-from pumpctl.sim.ne1000 import EmulatorServer, Ne1000Emulator
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pumpctl.drivers.base import PumpAlarm, RunState
-from pumpctl.drivers.newera_codec import (
+from pumpctl.devices.newera_codec import (
     ETX,
     STX,
     FrameError,
@@ -26,6 +25,7 @@ from pumpctl.drivers.newera_codec import (
     reply_number,
     split_number_units,
 )
+from pumpctl.drivers.base import PumpAlarm, RunState
 from pumpctl.errors import PumpCommandError
 
 # ------------------------------------------------------------------ byte-exact frames

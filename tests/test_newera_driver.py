@@ -13,9 +13,9 @@ import pytest
 import serial
 
 from pumpctl.clock import SimClock
+from pumpctl.devices.newera_codec import encode_reply, frame_safe
 from pumpctl.drivers.base import PumpAlarm, RateLimits, RunState
 from pumpctl.drivers.newera import NewEraDriver
-from pumpctl.drivers.newera_codec import encode_reply, frame_safe
 from pumpctl.errors import CommunicationError, InputError, PumpCommandError
 
 LIMITS = RateLimits(0.1, 999.9, 0.1, 9999.0)

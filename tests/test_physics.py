@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pumpctl.devices.physics import PumpPhysics
 from pumpctl.drivers.base import PumpAlarm, RunState
 from pumpctl.errors import PumpCommandError
-from pumpctl.sim.physics import PumpPhysics
 
 
 def running(model, rate=12.5, vtbi=100.0, bag_ml=101.34, conc=200 / 101.34) -> PumpPhysics:

@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pumpctl.devices.physics import PumpPhysics
 from pumpctl.errors import InputError
 from pumpctl.eventlog import _EVENT_FIELDS, Event, _new_event
 from pumpctl.machine import PumpMachine, State
 from pumpctl.report import build_result
 from pumpctl.setting import load_pump, load_setting, profiles_dir
-from pumpctl.sim.physics import PumpPhysics
 from pumpctl.sim.runner import run_scenario
 from pumpctl.sim.scenario import load_scenario
 from pumpctl.watchdog import LeadPlanner, Stage

@@ -15,30 +15,60 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "build",
         help="pharmacy build of an anakinra order",
-        description="Turn a mg/day order into the bag and pump program the protocol says. "
-        "Exit 0 built, 2 bad input, 3 refused (hard limit or no bag fits), "
-        "4 soft limit without an override reason.",
+        description="Turn a mg/day (or mg/kg/day) order into the bag and pump program the "
+        "protocol says, with the real dose that bag infuses. Exit 0 built, 2 bad input, "
+        "3 refused (hard limit or no bag fits), 4 soft limit without an override reason or "
+        "a deviation over the setting's limit without a pharmacist's confirmation.",
     )
     dose = p.add_mutually_exclusive_group(required=True)
-    dose.add_argument("--dose-mg-per-day", metavar="D", help="ordered daily dose (mg/day)")
+    dose.add_argument("--dose-mg-per-day", metavar="D", help="ordered dose in mg/day")
     dose.add_argument(
         "--dose-mg-per-kg-per-day",
         metavar="D",
-        help="ordered dose per kg (mg/kg/day; settings that take it, e.g. the pediatric one)",
+        help="ordered dose in mg/kg/day (settings that take it, e.g. the pediatric one)",
     )
-    p.add_argument("--weight-kg", required=True, metavar="W", help="patient weight (kg)")
-    p.add_argument("--bag-ml", type=int, metavar="50|100|250")
-    p.add_argument("--interval-h", type=int, metavar="8|6", help="force q8h or q6h")
-    p.add_argument("--setting", default="anakinra_continuous", metavar="NAME_OR_PATH")
-    p.add_argument("--override-reason", metavar="TEXT", help="reason to exceed a soft limit")
+    p.add_argument(
+        "--weight-kg",
+        required=True,
+        metavar="W",
+        help="patient weight in kg, for the per-kg limits (required)",
+    )
+    p.add_argument(
+        "--bag-ml",
+        type=int,
+        metavar="50|100|250",
+        help="bag size in mL (default: the setting's, 100 mL; if the concentration "
+        "falls outside 1-5 mg/mL the nearest bag size that fits is used)",
+    )
+    p.add_argument(
+        "--interval-h",
+        type=int,
+        metavar="8|6",
+        help="hours per bag: force q8h or q6h (default: the nearer dose; on a tie the one "
+        "that keeps the ordered bag, then the one with less fluid a day)",
+    )
+    p.add_argument(
+        "--setting",
+        default="anakinra_continuous",
+        metavar="NAME_OR_PATH",
+        help="drug setting: a shipped name or a TOML file (default anakinra_continuous)",
+    )
+    p.add_argument(
+        "--override-reason",
+        metavar="TEXT",
+        help="why a soft limit is exceeded (without it such an order exits 4)",
+    )
     p.add_argument(
         "--confirm-deviation",
         metavar="REASON",
         help="pharmacist accepts a build further from the order than the setting's "
-        "max_deviation_pct (default 10 %%); logged with --operator, the prescriber is told",
+        "max_deviation_pct (default 10 %%); without it such an order exits 4 and lists the "
+        "nearest achievable doses; logged with --operator, the prescriber is told",
     )
-    p.add_argument("--operator", metavar="ID")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--operator", metavar="ID", help="who gives the override or confirmation (logged)"
+    )
+    p.add_argument("--json", action="store_true", help="print the build as JSON")
     p.set_defaults(func=run)
 
 

@@ -8,10 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from pumpctl.clock import SystemClock
 from pumpctl.errors import InputError
-from pumpctl.sim.campaign import plot_histograms, run_campaign, summarise
-from pumpctl.sim.scenario import load_scenario
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -19,10 +16,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "campaign",
         help="Monte Carlo campaign of a scenario (exit 0 all pass, 1 some fail, 2 bad input)",
+        description="Run a scenario many times, drawing every distribution anew for each "
+        "run. Exit 0 when every run meets the expectations, 1 when some do not, 2 for bad "
+        "input.",
     )
-    p.add_argument("scenario", metavar="SCENARIO")
-    p.add_argument("--runs", type=int, required=True, metavar="N")
-    p.add_argument("--workers", type=int, default=1, metavar="K")
+    p.add_argument(
+        "scenario",
+        metavar="SCENARIO",
+        help="scenario TOML file, or the name of a shipped example (e.g. campaign_staffing)",
+    )
+    p.add_argument("--runs", type=int, required=True, metavar="N", help="number of runs (>= 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="K",
+        help="worker processes (default 1; at most one per core helps)",
+    )
     p.add_argument("--seed", type=int, metavar="S", help="campaign seed (default: the scenario's)")
     p.add_argument("--out", metavar="DIR", help="write campaign.json, runs.csv, histograms.png")
     p.add_argument("--json", action="store_true", help="print the summary JSON")
@@ -33,6 +43,8 @@ class _Progress:
     """A one-line progress bar on stderr."""
 
     def __init__(self) -> None:
+        from pumpctl.clock import SystemClock
+
         self.clock = SystemClock()  # runs per second of wall time, for the display only
         self.last = -1
 
@@ -55,6 +67,9 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     """Run the campaign, print the summary, write the files."""
+    from pumpctl.sim.campaign import plot_histograms, run_campaign, summarise
+    from pumpctl.sim.scenario import load_scenario
+
     if args.runs < 1:
         raise InputError(f"--runs {args.runs} is not allowed; allowed: 1 or more")
     if args.workers < 1:

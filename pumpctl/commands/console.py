@@ -33,23 +33,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--sim", action="store_true", help="simulated pump and pharmacy")
     where.add_argument("--port", metavar="URL", help="NE-1000 serial port or socket:// URL")
-    p.add_argument("--db", metavar="PATH", help="event log (required with --port)")
+    p.add_argument(
+        "--db",
+        metavar="PATH",
+        help="event log (SQLite) of the run; required with --port "
+        "(default with --sim: a new temporary demo log)",
+    )
     p.add_argument(
         "--speed",
         type=float,
         metavar="X",
         help="simulated time runs X times faster (default 1, or the speed the --db run uses)",
     )
-    p.add_argument("--pump", metavar="PROFILE", help="pump model profile (name or path)")
+    p.add_argument(
+        "--pump",
+        metavar="PROFILE",
+        help="pump model profile, shipped name or path (default: generic_lvp with --sim, "
+        "newera_ne1000 with --port; a resumed run keeps its pump)",
+    )
     p.add_argument("--operator", metavar="ID", help="operator id (otherwise asked at start)")
     p.add_argument(
         "--auto-nurse",
         action="store_true",
         help="start with the simulated nurse on (toggle with n; --sim only)",
     )
-    p.add_argument("--address", type=int, default=0, metavar="A")
-    p.add_argument("--baud", type=int, metavar="B")
-    p.add_argument("--safe-timeout", type=int, metavar="S")
+    p.add_argument(
+        "--address", type=int, default=0, metavar="A", help="pump address 0-99 (default 0)"
+    )
+    p.add_argument(
+        "--baud",
+        type=int,
+        metavar="B",
+        help="baud rate: 300, 1200, 2400, 9600 or 19200 (default: the pump profile's, 19200)",
+    )
+    p.add_argument(
+        "--safe-timeout",
+        type=int,
+        metavar="S",
+        help="NE-1000 safe mode time-out in s, 1-255, or 0 for basic mode "
+        "(default: the pump profile's, 10 s)",
+    )
 
 
 def demo_db() -> Path:
@@ -115,9 +138,11 @@ def run(args: argparse.Namespace) -> int:
     finally:
         sess.close()
     where = "--sim" if args.sim else f"--port {args.port}"
+    from pumpctl.eventtext import hms
+
     print(
-        f"console closed at {snap['t_s'] / 3600:.3f} h: state {snap['state']}, interrupted "
-        f"{snap['interrupted_s']:.0f} s; the pump keeps its program.\n"
+        f"console closed at {hms(snap['t_s'])} (simulated h:mm:ss): state {snap['state']}, "
+        f"interrupted {hms(snap['interrupted_s'])}; the pump keeps its program.\n"
         f"log: {db}\nreopen: pumpctl console {where} --db {db} --speed {speed:g}"
     )
     return 0

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from pumpctl.machine import mermaid
-
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``diagram`` sub-command."""
-    p = sub.add_parser("diagram", help="print the pump state machine as mermaid")
-    p.set_defaults(func=lambda _args: print(mermaid()) or 0)
+    p = sub.add_parser(
+        "diagram",
+        help="print the pump state machine as mermaid",
+        description="Print the pump state machine (states, triggers, guards) as a mermaid "
+        "stateDiagram; paste it into any mermaid viewer.",
+    )
+    p.set_defaults(func=run)
+
+
+def run(_args: argparse.Namespace) -> int:
+    """Print the diagram."""
+    from pumpctl.machine import mermaid
+
+    print(mermaid())
+    return 0

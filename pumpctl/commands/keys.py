@@ -8,22 +8,29 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``keys`` sub-command group."""
-    p = sub.add_parser("keys", help="make signing keys; trust public keys in a database")
+    p = sub.add_parser(
+        "keys",
+        help="make signing keys; trust public keys in a database",
+        description="Generate Ed25519 key pairs for signing drug settings, and trust public "
+        "keys (as author or approver) in a run's database, as a biomed administrator.",
+    )
     ksub = p.add_subparsers(dest="keys_command", required=True, parser_class=type(p))
     g = ksub.add_parser("generate", help="a new Ed25519 key pair: OUT (private, 0600), OUT.pub")
-    g.add_argument("out", metavar="OUT")
+    g.add_argument("out", metavar="OUT", help="path of the private key (OUT.pub gets the public)")
     g.set_defaults(func=generate)
     t = ksub.add_parser(
         "trust",
         help="trust a public key to sign settings in a role (biomed administrator)",
     )
     t.add_argument("public_key", metavar="PUBKEY", help="'ed25519:BASE64' or a .pub file")
-    t.add_argument("--role", required=True, choices=("author", "approver"))
-    t.add_argument("--db", required=True, metavar="PATH")
+    t.add_argument(
+        "--role", required=True, choices=("author", "approver"), help="what this key may sign"
+    )
+    t.add_argument("--db", required=True, metavar="PATH", help="the run's event log (SQLite)")
     t.add_argument("--operator", required=True, metavar="ID", help="biomed operator")
     t.set_defaults(func=trust)
     ls = ksub.add_parser("list", help="the public keys a database trusts")
-    ls.add_argument("--db", required=True, metavar="PATH")
+    ls.add_argument("--db", required=True, metavar="PATH", help="the run's event log (SQLite)")
     ls.set_defaults(func=list_keys)
 
 

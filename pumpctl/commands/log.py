@@ -7,7 +7,6 @@ import json
 import sys
 
 from pumpctl.errors import InputError, PumpctlError
-from pumpctl.eventlog import EventLog, is_demo, known_event_names, verify_chain
 
 
 class ChainError(PumpctlError):
@@ -21,10 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "log",
         help="list an event log, or verify it (--verify)",
-        description="Opens the database read-only and changes nothing; a file that is not a "
-        "pumpctl log is refused.",
+        description="List a run's event log in order: sequence number, simulated hours, "
+        "wall time (UTC), pump, state, event, operator and detail. The database is opened "
+        "read-only and never changed; a file that is not a pumpctl log is refused. Exit 2 "
+        "for a missing log or an unknown --event name, 1 when --verify finds a bad row.",
     )
-    p.add_argument("--db", required=True, metavar="PATH")
+    p.add_argument(
+        "--db", required=True, metavar="PATH", help="the event log (SQLite) of a run or simulation"
+    )
     p.add_argument("--json", action="store_true", help="one JSON array")
     p.add_argument("--event", metavar="NAME", help="only events of this name")
     p.add_argument(
@@ -37,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     """Print the events in order, or the chain check."""
+    from pumpctl.eventlog import EventLog, is_demo, known_event_names, verify_chain
+
     with EventLog(args.db, readonly=True) as log:
         if args.verify:
             ok, bad, why = verify_chain(log)

@@ -217,8 +217,8 @@ def run_pump(args: argparse.Namespace) -> int:
 def run_emulate(args: argparse.Namespace) -> int:
     """Serve the emulator until SIGINT or SIGTERM; the first stdout line is the URL."""
     from pumpctl.clock import SystemClock
+    from pumpctl.devices.ne1000 import EmulatorServer, Ne1000Emulator
     from pumpctl.setting import load_pump
-    from pumpctl.sim.ne1000 import EmulatorServer, Ne1000Emulator
 
     _check_common(args)
     try:

@@ -12,10 +12,22 @@ from pumpctl.setting import DrugSetting, load_any, load_setting, short_version
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``setting`` sub-command group."""
-    p = sub.add_parser("setting", help="check, sign or install pump settings and pump profiles")
+    p = sub.add_parser(
+        "setting",
+        help="check, sign or install pump settings and pump profiles",
+        description="Check drug settings and pump profiles (TOML; checked together, every bag "
+        "must fit each pump's reservoir), sign a drug setting as its author or approver, "
+        "install a signed setting in a run's event log, or show what is installed.",
+    )
     ssub = p.add_subparsers(dest="setting_command", required=True, parser_class=type(p))
-    c = ssub.add_parser("check", help="validate files and print each one's version")
-    c.add_argument("files", nargs="+", metavar="FILE")
+    c = ssub.add_parser(
+        "check",
+        help="validate files and print each one's version",
+        description="Validate each file; print 'OK file kind name version' or one error line.",
+    )
+    c.add_argument(
+        "files", nargs="+", metavar="FILE", help="drug setting or pump profile TOML files"
+    )
     c.set_defaults(func=check)
     s = ssub.add_parser(
         "sign",
@@ -24,11 +36,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "private key. A setting installs only with an author's and an approver's signature "
         "by two different keys the database trusts.",
     )
-    s.add_argument("file", metavar="FILE")
+    s.add_argument("file", metavar="FILE", help="the drug setting TOML file to sign")
     s.add_argument(
         "--key", required=True, metavar="KEY", help="private key (pumpctl keys generate)"
     )
-    s.add_argument("--role", required=True, choices=("author", "approver"))
+    s.add_argument(
+        "--role",
+        required=True,
+        choices=("author", "approver"),
+        help="sign as the author or as the approver (both are needed to install)",
+    )
     s.set_defaults(func=sign)
     i = ssub.add_parser(
         "install",
@@ -39,8 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "During a run the new version waits until a nurse accepts it at the pump. Needs a "
         "biomed operator's secret (prompt, or PUMPCTL_OPERATOR_SECRET).",
     )
-    i.add_argument("file", metavar="FILE")
-    i.add_argument("--db", required=True, metavar="PATH")
+    i.add_argument("file", metavar="FILE", help="the signed drug setting TOML file")
+    i.add_argument(
+        "--db", required=True, metavar="PATH", help="the event log (SQLite; created if missing)"
+    )
     i.add_argument(
         "--operator", metavar="ID", help="biomed operator (default with --demo: biomed-demo)"
     )
@@ -52,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     i.set_defaults(func=install)
     sh = ssub.add_parser("show", help="the active (and any pending) setting of a database")
-    sh.add_argument("--db", required=True, metavar="PATH")
+    sh.add_argument("--db", required=True, metavar="PATH", help="the run's event log (SQLite)")
     sh.set_defaults(func=show)
 
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
+
+from pumpctl.errors import InputError
+
+log = logging.getLogger("pumpctl.simulate")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -16,11 +21,33 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "watchdog and log. Exit 0 when every expectation holds, 1 when one fails, 2 for "
         "bad input.",
     )
-    p.add_argument("scenario", metavar="SCENARIO")
+    p.add_argument(
+        "scenario",
+        metavar="SCENARIO",
+        help="scenario TOML file, or the name of a shipped example (e.g. anakinra_72h)",
+    )
     p.add_argument("--out", metavar="DIR", help="write report.json, report.md, events.db, plots")
     p.add_argument("--json", action="store_true", help="print the result JSON")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--seed", type=int, metavar="S", help="override the scenario's seed")
+    p.add_argument(
+        "--hl7-out",
+        metavar="FILE",
+        help="write the run's outbound HL7 stream (PCD-01/04/10) on the simulation clock",
+    )
+    p.add_argument(
+        "--hl7-status-period-s",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="PCD-01 status period in the --hl7-out stream (default 300)",
+    )
+    p.add_argument(
+        "--hl7-start",
+        metavar="ISO",
+        help="UTC date-time of simulation time 0 in the --hl7-out stream "
+        "(default: the simulation clock's epoch, 1970-01-01T00:00:00Z)",
+    )
     p.set_defaults(func=run)
 
 
@@ -30,8 +57,21 @@ def run(args: argparse.Namespace) -> int:
     from pumpctl.sim.runner import run_scenario
     from pumpctl.sim.scenario import load_scenario
 
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise InputError(f"--seed {args.seed} is not allowed; allowed: 0 to 2**63-1")
     sc = load_scenario(args.scenario)
-    sim = run_scenario(sc, args.seed)
+    recorder = None
+    if args.hl7_out:
+        from pumpctl.hl7.stream import StreamRecorder
+
+        period = args.hl7_status_period_s
+        if not period > 0 or period == float("inf"):
+            raise InputError(f"--hl7-status-period-s {period:g} is not allowed; allowed: > 0")
+        recorder = StreamRecorder(status_period_s=period, epoch_s=_start_epoch(args.hl7_start))
+    sim = run_scenario(sc, args.seed, observers=[recorder] if recorder else [])
+    if recorder is not None:
+        n = recorder.write(args.hl7_out)
+        print(f"{n} HL7 messages written to {args.hl7_out}")
     events = sim.log.events()
     if args.out:
         result = write_report(
@@ -47,6 +87,23 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(markdown(result))
-        if args.out:
-            print(f"report written to {args.out}/")
+    if args.out:
+        log.info("report written to %s/", args.out)
     return 0 if result["verdict"] == "pass" else 1
+
+
+def _start_epoch(text: str | None) -> float | None:
+    """``--hl7-start`` as Unix seconds (naive times are UTC)."""
+    if text is None:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(
+            f"--hl7-start {text!r} is not a date-time; allowed: ISO 8601, e.g. 2026-01-01T08:00Z"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()

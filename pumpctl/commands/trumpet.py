@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pumpctl.errors import InputError
-from pumpctl.trumpet import (
-    WATER_DENSITY_G_PER_ML,
-    TrumpetResult,
-    plot_trumpet,
-    read_gravimetric_csv,
-    trumpet,
-)
+
+if TYPE_CHECKING:
+    from pumpctl.trumpet import TrumpetResult
+
+log = logging.getLogger("pumpctl.trumpet")
+
+#: Same as ``pumpctl.trumpet.WATER_DENSITY_G_PER_ML`` (not imported here: it needs numpy).
+DEFAULT_DENSITY_G_PER_ML = 0.998
 
 
 def register(sub: Any) -> None:
@@ -34,8 +36,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--density-g-per-ml",
         type=float,
-        default=WATER_DENSITY_G_PER_ML,
-        help=f"liquid density for mass_g columns (default {WATER_DENSITY_G_PER_ML})",
+        default=DEFAULT_DENSITY_G_PER_ML,
+        metavar="G_PER_ML",
+        help=f"liquid density in g/mL, to turn mass_g into mL (default {DEFAULT_DENSITY_G_PER_ML})",
     )
     p.add_argument(
         "--analysis-start-min",
@@ -67,6 +70,8 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Analyse the record, print a table or JSON, optionally write the PNG and JSON."""
+    from pumpctl.trumpet import plot_trumpet, read_gravimetric_csv, trumpet
+
     t_min, volume_ml = read_gravimetric_csv(args.csv, args.density_g_per_ml)
     result = trumpet(
         t_min,
@@ -95,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(format_table(result, args.csv.name))
-        for path in written:
-            print(f"wrote {path}")
+    for path in written:
+        log.info("wrote %s", path)
     return 0
 
 

@@ -550,7 +550,13 @@ Screen { layout: vertical; }
 #log { height: 1fr; border: round $secondary; scrollbar-size-vertical: 1; }
 #message { height: 1; }
 #keys { height: 2; }
+#too-small { dock: top; height: auto; display: none; background: red; color: white;
+             text-style: bold; padding: 0 1; }
+#too-small.-shown { display: block; }
 """
+
+#: The smallest terminal (columns, rows) the screen and its dialogs fit in uncut.
+MIN_SIZE = (100, 30)
 
 
 class ConsoleApp(App[None]):
@@ -573,6 +579,7 @@ class ConsoleApp(App[None]):
         Binding("n", "auto_nurse", "auto nurse"),
         Binding("o", "occlusion", "sim occlusion"),
         Binding("q", "quit_console", "quit"),
+        Binding("space", "pause", "pause"),
     ]
 
     def __init__(
@@ -619,6 +626,7 @@ class ConsoleApp(App[None]):
             self.nurse = AutoNurse(self.ctl, self.sim, self.speed, "auto-nurse", jitter_s)
             if auto_nurse:
                 self.nurse.enable()
+        self.user_paused = False  # space pressed (the clock also pauses under a dialog)
         self._ticks = 0
         self._status_seen: PumpStatus | None = None
         self._status_t_s = 0.0
@@ -627,6 +635,7 @@ class ConsoleApp(App[None]):
     # -- layout -------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         """Header, alarm banner, channel and bag panels, event log, message, keys."""
+        yield Static(id="too-small")
         yield HeaderBar(id="header")
         yield AlarmBanner(id="banner")
         with Horizontal(id="main"):
@@ -678,8 +687,73 @@ class ConsoleApp(App[None]):
             self.say(f"operator {value}")
             self.refresh_view()
 
+    # -- terminal size --------------------------------------------------------------
+    def on_resize(self, event: Any) -> None:
+        """Say so, in a red line on top, when the terminal is too small for the layout."""
+        self.show_size(event.size.width, event.size.height)
+
+    def show_size(self, width: int, height: int) -> None:
+        """Show or hide the too-small notice for a ``width`` x ``height`` terminal."""
+        try:
+            notice = self.query_one("#too-small", Static)
+        except NoMatches:
+            return
+        min_w, min_h = MIN_SIZE
+        small = width < min_w or height < min_h
+        notice.set_class(small, "-shown")
+        self.too_small_text = (
+            f"Terminal {width}x{height} is too small: the console needs at least "
+            f"{min_w}x{min_h}; text is cut off until you enlarge the window."
+            if small
+            else ""
+        )
+        notice.update(self.too_small_text)
+
+    too_small_text = ""
+
+    # -- pause ----------------------------------------------------------------------
+    @property
+    def can_pause(self) -> bool:
+        """Only a simulated pump's clock can be paused: a real pump runs on regardless."""
+        return self.sim is not None and callable(getattr(self.clock, "pause", None))
+
+    @property
+    def clock_paused(self) -> bool:
+        """True while simulated time stands still (space, or a dialog is open)."""
+        return bool(getattr(self.clock, "paused", False))
+
+    def sync_pause(self) -> None:
+        """Pause the simulated clock while a dialog is open or space was pressed."""
+        if not self.can_pause:
+            return
+        stack = self.screen_stack  # empty while the app shuts down
+        want = self.user_paused or (bool(stack) and isinstance(stack[-1], ModalScreen))
+        if want != self.clock_paused:
+            (self.clock.pause if want else self.clock.resume)()  # type: ignore[attr-defined]
+
+    def push_screen(self, *args: Any, **kwargs: Any) -> Any:
+        """Open a screen; a dialog stops simulated time at once (not one tick later)."""
+        if self.can_pause and args and isinstance(args[0], ModalScreen):
+            self.clock.pause()  # type: ignore[attr-defined]
+        return super().push_screen(*args, **kwargs)
+
+    def action_pause(self) -> None:
+        """space: stop or restart simulated time (simulated pump only)."""
+        if not self.can_pause:
+            self.say("pause: only a simulated pump's clock can stop; a real pump runs on", ok=False)
+            return
+        self.user_paused = not self.user_paused
+        self.sync_pause()
+        self.say(
+            "PAUSED: simulated time stands still (space resumes)"
+            if self.user_paused
+            else "resumed: simulated time runs again"
+        )
+        self.refresh_view()
+
     # -- clock and redraw -----------------------------------------------------------
     def _tick(self) -> None:
+        self.sync_pause()
         run_pending = getattr(self.clock, "run_pending", None)
         if callable(run_pending):
             run_pending()  # fire due timers (watchdog, pump events, pharmacy) without blocking
@@ -795,6 +869,7 @@ class ConsoleApp(App[None]):
             light_protection=ctl.setting.light_protection,
             alarms=alarms,
             keys=self._keys(),
+            paused=self.clock_paused,
         )
 
     @staticmethod
@@ -853,6 +928,8 @@ class ConsoleApp(App[None]):
         if self.nurse is not None:
             keys.append(("n", "auto nurse " + ("ON" if self.nurse.on else "off"), True))
             keys.append(("o", "occlude", True))
+        if self.can_pause:
+            keys.append(("space", "resume time" if self.user_paused else "pause time", True))
         keys.append(("q", "quit", True))
         return keys
 
@@ -1256,11 +1333,3 @@ class ConsoleApp(App[None]):
 
 
 __all__ = ["AutoNurse", "ConsoleApp", "ConsoleSession"]
-
-
-if __name__ == "__main__":  # python -m pumpctl.console.app --sim --speed 600
-    import sys
-
-    from pumpctl.commands.console import main
-
-    sys.exit(main())

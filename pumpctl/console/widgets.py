@@ -7,7 +7,6 @@ screen without scraping pixels.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +14,7 @@ from rich.text import Text
 from textual.widgets import RichLog, Static
 
 from pumpctl.eventlog import Event
+from pumpctl.eventtext import describe, g, hm, hms, min_sec
 
 #: Style of each IEC 60601-1-8 priority in the banner (high also flashes).
 PRIORITY_STYLE = {"high": "bold white on red", "medium": "bold black on yellow", "low": "cyan"}
@@ -28,18 +28,6 @@ STATE_STYLE = {
 
 
 # --------------------------------------------------------------------------- format
-def hms(t_s: float) -> str:
-    """Run time as H:MM:SS (hours may pass 24)."""
-    t = max(int(t_s), 0)
-    return f"{t // 3600:02d}:{t % 3600 // 60:02d}:{t % 60:02d}"
-
-
-def min_sec(t_s: float) -> str:
-    """A short duration as M:SS."""
-    t = max(int(round(t_s)), 0)
-    return f"{t // 60}:{t % 60:02d}"
-
-
 def fmt(value: float | None, digits: int = 1, unit: str = "") -> str:
     """A number with fixed decimals and a unit, or an em dash when unknown."""
     if value is None:
@@ -47,24 +35,11 @@ def fmt(value: float | None, digits: int = 1, unit: str = "") -> str:
     return f"{value:.{digits}f}{(' ' + unit) if unit else ''}"
 
 
-def hm(seconds: float) -> str:
-    """A duration as h:mm."""
-    m = max(int(seconds // 60), 0)
-    return f"{m // 60}:{m % 60:02d}"
-
-
-def g(value: float | None) -> str:
-    """A number without trailing zeros (100, 12.5, 0.1786)."""
-    if value is None:
-        return "—"
-    return f"{value:.4f}".rstrip("0").rstrip(".")
-
-
 def duration_min(minutes: int | None) -> str:
-    """Whole minutes as '367 min (6 h 07 min)'."""
+    """Whole minutes as H:MM ('6:07 h:mm'), or an em dash when unknown."""
     if minutes is None:
         return "—"
-    return f"{minutes} min ({minutes // 60} h {minutes % 60:02d} min)"
+    return f"{hm(minutes * 60)} h:mm"
 
 
 # --------------------------------------------------------------------------- view
@@ -119,6 +94,7 @@ class ChannelView:
     light_protection: bool
     alarms: list[AlarmView] = field(default_factory=list)
     keys: list[tuple[str, str, bool]] = field(default_factory=list)
+    paused: bool = False  # simulated time stands still (space, or a dialog is open)
 
 
 # --------------------------------------------------------------------------- widgets
@@ -148,6 +124,9 @@ class HeaderBar(Shown):
         t.append(f"│ {v.pump_label} ")
         t.append(f"│ RN {v.operator} ", style="bold")
         t.append(f"│ t {hms(v.t_s)} ")
+        if v.paused:
+            t.append(" ⏸ PAUSED ", style="bold black on yellow")
+            t.append(" ")
         if v.auto_nurse:
             t.append("│ AUTO NURSE", style="bold magenta")
         self.show(t)
@@ -251,12 +230,12 @@ class ChannelPanel(Shown):
         row("Vol. infused", fmt(v.volume_infused_ml, 1, "mL"), "this bag", "bold")
         row("Bag ends in", duration_min(v.min_to_bag_end), "at the real rate", "bold")
         if v.gap_open:
-            value = Text(f"{v.interrupted_s:.0f} s  NOW: {v.gap_open}", style="bold red")
-        else:
             value = Text(
-                f"{v.interrupted_s:.0f} s", style="bold red" if v.interrupted_s > 0 else "green"
+                f"{hms(v.interrupted_s)}  NOW: {v.gap_open.replace('_', ' ')}", style="bold red"
             )
-        row("Interrupted", value, "target 0 s")
+        else:
+            value = Text(hms(v.interrupted_s), style="bold red" if v.interrupted_s > 0 else "green")
+        row("Interrupted", value, "h:mm:ss, target 0:00:00")
         t.rstrip()
         self.show(t)
 
@@ -312,7 +291,7 @@ class BagPanel(Shown):
                     t.append("      PAST HANG-BY: pharmacist replaces (e)\n", style="bold red")
                 elif nb.get("hang_by_s") is not None:
                     left = nb["hang_by_s"] - v.t_s
-                    t.append(f"      hang by {hms(nb['hang_by_s'])} ({hm(left)} left)\n")
+                    t.append(f"      hang by {hms(nb['hang_by_s'])} ({hm(left)} h:mm left)\n")
             else:
                 t.append("\n")
         if v.light_protection:
@@ -346,121 +325,6 @@ class MessageLine(Shown):
 
 
 # --------------------------------------------------------------------------- event log
-_DIM = {"pump_command", "projection", "watchdog", "setting_install"}
-
-
-def describe(ev: Event) -> tuple[str, str]:
-    """A one-line summary of an event and its style."""
-    d = ev.detail
-    e = ev.event
-    style = "dim" if e in _DIM else ""
-    if e == "program":
-        b = d.get("build", {})
-        o = d.get("order", {})
-        text = (
-            f"programmed {g(o.get('dose_mg_per_day'))} mg/day at {g(o.get('weight_kg'))} kg:"
-            f" {g(b.get('mg_per_bag'))} mg in {b.get('bag_ml')} mL q{b.get('interval_h')}h,"
-            f" {g(b.get('rate_ml_per_h'))} mL/h, limit {b.get('limit')}"
-        )
-        style = "bold"
-    elif e == "titration":
-        b = d.get("build", {})
-        how = {"rate_now": "rate change now", "stat": "STAT bag", "next_bag": "next bag"}
-        text = (
-            f"titrated to {g(d.get('order', {}).get('dose_mg_per_day'))} mg/day"
-            f" ({g(b.get('mg_per_bag'))} mg/bag): {how.get(str(d.get('mode')), d.get('mode'))}"
-        )
-        style = "bold"
-    elif e == "override":
-        text = f"SOFT-LIMIT OVERRIDE by {ev.operator}: {d.get('reason')} ({d.get('limit')})"
-        style = "bold magenta"
-    elif e == "refused":
-        text = f"REFUSED {d.get('request')}: {d.get('reason')}"
-        style = "bold red"
-    elif e == "state":
-        extra = {k: v for k, v in d.items() if k not in ("from", "to", "trigger")}
-        tail = " " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else ""
-        text = f"{d.get('from')} → {d.get('to')} ({d.get('trigger')}){tail}"
-        style = "bold red" if d.get("to") == "alarm" else "bold cyan"
-    elif e == "alarm":
-        text = f"ALARM {d.get('priority')}: {d.get('text')}" + (
-            f" ({d['detail']})" if d.get("detail") else ""
-        )
-        style = PRIORITY_STYLE.get(str(d.get("priority")), "")
-        style = {"high": "bold red", "medium": "bold yellow", "low": "cyan"}.get(
-            str(d.get("priority")), style
-        )
-    elif e == "alarm_acknowledged":
-        text = f"alarm {d.get('kind')} acknowledged"
-    elif e == "alarm_silenced":
-        text = (
-            f"alarm {d.get('kind')} silenced {g(d.get('granted_min'))} min"
-            f" (asked {g(d.get('requested_min'))})"
-        )
-    elif e == "alarm_reannunciated":
-        text = f"alarm {d.get('kind')} sounding again (silence over)"
-        style = "yellow"
-    elif e == "alarm_cleared":
-        text = f"alarm {d.get('kind')} cleared"
-        style = "green"
-    elif e == "pharmacy_request":
-        r = d.get("recipe", {})
-        stat = " STAT" if d.get("stat") else ""
-        text = (
-            f"pharmacy asked for bag {d.get('bag')}{stat} "
-            f"({g(r.get('mg'))} mg / {r.get('bag_ml')} mL)"
-        )
-    elif e == "bag_compounded":
-        text = f"bag {d.get('bag')} compounded"
-    elif e == "bag_at_bedside":
-        text = f"bag {d.get('bag')} at the bedside"
-    elif e == "rate_change":
-        text = f"bag {d.get('bag')} rate {g(d.get('rate_ml_per_h'))} mL/h ({d.get('why')})"
-        style = "bold"
-    elif e == "bag_released":
-        text = (
-            f"bag {d.get('bag')} released past its hang-by time by {ev.operator}: {d.get('reason')}"
-        )
-        style = "yellow"
-    elif e == "gap_end":
-        text = f"interruption over: {d.get('cause')}, {hm(float(d.get('length_s', 0)))} (h:mm)"
-        style = "yellow"
-    elif e == "bag_discarded":
-        text = f"bag {d.get('bag')} discarded: {d.get('reason')}"
-        style = "yellow"
-    elif e == "bag_hung":
-        lp = "light-protected" if d.get("light_protected") else "NOT light-protected"
-        text = (
-            f"bag {d.get('bag')} hung: {g(d.get('mg'))} mg / {d.get('bag_ml')} mL,"
-            f" {g(d.get('rate_ml_per_h'))} mL/h, {lp}"
-        )
-        style = "bold green"
-    elif e == "pump_command":
-        cmds = ", ".join(c if v is None else f"{c} {g(v)}" for c, v in d.get("commands", []))
-        text = f"pump: {cmds}"
-    elif e == "projection":
-        text = f"bag {d.get('bag')} projected to end at {hms(float(d.get('end_s', 0)))}"
-    elif e == "watchdog":
-        text = (
-            f"watchdog T-{g(d.get('lead_min'))} min: {d.get('stage')}"
-            f" (next bag {d.get('next_bag')})"
-        )
-    elif e == "gap_start":
-        text = f"INTERRUPTION started: {d.get('cause')}"
-        style = "bold red"
-    elif e == "resume":
-        text = (
-            f"resumed from the log: {d.get('state')}, {d.get('bags_hung')} bag(s) hung,"
-            f" pump {d.get('pump')}, {d.get('events_read')} events read"
-        )
-        style = "bold"
-    elif e == "setting_install":
-        text = f"setting {d.get('name')} {str(d.get('version'))[:19]} installed"
-    else:
-        text = f"{e} {json.dumps(d, sort_keys=True, separators=(',', ':'))}"
-    return text, style
-
-
 class EventLogView(RichLog):
     """The scrolling event log (newest at the bottom)."""
 

@@ -1,4 +1,4 @@
-"""The driver protocol every pump implements, and the status types it returns.
+"""The driver protocol every pump implements (status types from ``pumpctl.pumpstatus``).
 
 Template methods (as in python-can): the public methods check arguments against the
 pump model's limits and then call the ``_do_*`` hooks a concrete driver implements.
@@ -8,87 +8,27 @@ read the pump back (``status``) before deciding.
 
 from __future__ import annotations
 
-import enum
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 
 from pumpctl.errors import PumpCommandError
+from pumpctl.pumpstatus import (
+    FLOW_STOPPING_ALARMS,
+    PumpAlarm,
+    PumpIdentity,
+    PumpStatus,
+    RunState,
+)
 from pumpctl.setting import RateLimits
 
-
-class PumpAlarm(enum.StrEnum):
-    """Alarms a pump itself can report (technical and flow-stopping)."""
-
-    OCCLUSION = "occlusion"
-    AIR_IN_LINE = "air_in_line"
-    POWER_LOSS = "power_loss"  # running on battery, mains lost
-    BATTERY_LOW = "battery_low"
-    BATTERY_DEPLETED = "battery_depleted"
-    RESET = "reset"  # pump was reset / power-cycled (NE-1000 A?R)
-    STALL = "stall"  # motor stall (NE-1000 A?S)
-    SAFE_TIMEOUT = "safe_timeout"  # safe-mode heartbeat missed (NE-1000 A?T)
-    PROGRAM_ERROR = "program_error"  # NE-1000 A?E
-    OUT_OF_RANGE = "out_of_range"  # NE-1000 A?O
-    VTBI_COMPLETE = "vtbi_complete"
-    PUMP_FAILURE = "pump_failure"
-
-
-#: Alarms during which the pump delivers nothing.
-FLOW_STOPPING_ALARMS = frozenset(
-    {
-        PumpAlarm.OCCLUSION,
-        PumpAlarm.AIR_IN_LINE,
-        PumpAlarm.BATTERY_DEPLETED,
-        PumpAlarm.RESET,
-        PumpAlarm.STALL,
-        PumpAlarm.SAFE_TIMEOUT,
-        PumpAlarm.PUMP_FAILURE,
-    }
-)
-
-
-class RunState(enum.StrEnum):
-    """What the pump mechanism is doing."""
-
-    STOPPED = "stopped"
-    RUNNING = "running"  # infusing at the programmed rate
-    KVO = "kvo"  # VTBI done, keep-vein-open trickle
-    PAUSED = "paused"
-    ALARM = "alarm"  # stopped by an alarm
-
-
-@dataclass(frozen=True, slots=True)
-class PumpIdentity:
-    """Who answered: model, firmware and bus address."""
-
-    model: str
-    firmware: str
-    address: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class PumpStatus:
-    """One read-back of the pump. Volumes are since the last ``clear_volume``."""
-
-    run_state: RunState
-    rate_ml_per_h: float
-    vtbi_ml: float | None
-    volume_infused_ml: float
-    alarms: frozenset[PumpAlarm] = field(default_factory=frozenset)
-    on_battery: bool = False
-    battery_min_left: float | None = None
-
-    @property
-    def running(self) -> bool:
-        """True while the mechanism delivers the programmed rate."""
-        return self.run_state is RunState.RUNNING
-
-    @property
-    def vtbi_left_ml(self) -> float | None:
-        """Volume still to be infused before VTBI complete."""
-        if self.vtbi_ml is None:
-            return None
-        return max(self.vtbi_ml - self.volume_infused_ml, 0.0)
+__all__ = [
+    "FLOW_STOPPING_ALARMS",
+    "PumpAlarm",
+    "PumpDriver",
+    "PumpIdentity",
+    "PumpStatus",
+    "RateLimits",
+    "RunState",
+]
 
 
 class PumpDriver(ABC):

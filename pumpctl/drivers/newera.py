@@ -42,16 +42,7 @@ from typing import Any, Protocol
 import serial
 
 from pumpctl.clock import Clock, TimerHandle
-from pumpctl.drivers.base import (
-    FLOW_STOPPING_ALARMS,
-    PumpAlarm,
-    PumpDriver,
-    PumpIdentity,
-    PumpStatus,
-    RateLimits,
-    RunState,
-)
-from pumpctl.drivers.newera_codec import (
+from pumpctl.devices.newera_codec import (
     ACTIVE_PROMPTS,
     ALARMS,
     ERRORS,
@@ -68,6 +59,15 @@ from pumpctl.drivers.newera_codec import (
     parse_dispensed,
     parse_number,
     split_number_units,
+)
+from pumpctl.drivers.base import (
+    FLOW_STOPPING_ALARMS,
+    PumpAlarm,
+    PumpDriver,
+    PumpIdentity,
+    PumpStatus,
+    RateLimits,
+    RunState,
 )
 from pumpctl.errors import CommunicationError, InputError, PumpCommandError
 from pumpctl.setting import PumpModel

@@ -1,4 +1,4 @@
-"""The simulated pump: the driver protocol on top of ``pumpctl.sim.physics``.
+"""The simulated pump: the driver protocol on top of ``pumpctl.devices.physics``.
 
 It schedules the physics' own events (VTBI complete, dry reservoir, occlusion alarm,
 battery) on the clock and tells its listener, so the controller reacts at the exact
@@ -12,10 +12,10 @@ import math
 from collections.abc import Callable
 
 from pumpctl.clock import Clock, TimerHandle
+from pumpctl.devices.physics import PumpPhysics
 from pumpctl.drivers.base import PumpAlarm, PumpDriver, PumpIdentity, PumpStatus
 from pumpctl.errors import CommunicationError
 from pumpctl.setting import PumpModel
-from pumpctl.sim.physics import PumpPhysics
 
 Listener = Callable[[list[PumpAlarm]], None]
 

@@ -8,13 +8,14 @@ not from the alarm a minute later.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from pumpctl.clock import SimClock
 from pumpctl.controller import Controller
+from pumpctl.drivers.relay import RelayPair
 from pumpctl.drivers.sim import SimDriver
 from pumpctl.errors import InputError
 from pumpctl.eventlog import MemoryEventLog
@@ -38,7 +39,7 @@ class SimRun:
     setting: DrugSetting
     pump: PumpModel
     controller: Controller
-    driver: SimDriver
+    driver: SimDriver | RelayPair
     log: MemoryEventLog
     start_s: float | None
     end_s: float
@@ -70,7 +71,7 @@ def run_scenario(
     seed: int | None = None,
     *,
     trace: bool = True,
-    observers: list[Callable[[Controller, SimClock], None]] | None = None,
+    observers: Sequence[Callable[[Controller, SimClock], object]] | None = None,
 ) -> SimRun:
     """Simulate one scenario; ``seed`` overrides the file's (campaign runs).
 
@@ -88,7 +89,11 @@ def run_scenario(
     clock = SimClock()
     log = MemoryEventLog()
     log.install_setting(setting, operator="biomed", t_s=0.0)
-    driver = SimDriver(model, clock, keep_segments=True)
+    pumps = {"A": SimDriver(model, clock, keep_segments=True)}
+    driver: SimDriver | RelayPair = pumps["A"]
+    if sc.relay:  # two pumps of the same model take turns across reservoir changes
+        pumps["B"] = SimDriver(model, clock, keep_segments=True)
+        driver = RelayPair(pumps["A"], pumps["B"])
     kinds = {f.kind for f in sc.faults}
     poll_s = 10.0 if kinds & {"comm_loss", "power_loss"} else None
     ctl = Controller(clock, driver, log, setting, model=model, poll_s=poll_s)
@@ -129,7 +134,8 @@ def run_scenario(
             if ev.event == "state" and ev.detail.get("trigger") == "start":
                 t0 = clock.now()
                 n = int(TRUMPET_S / SAMPLE_S) + 1
-                driver.physics.add_probes([t0 + k * SAMPLE_S for k in range(n)])
+                for p in pumps.values():
+                    p.physics.add_probes([t0 + k * SAMPLE_S for k in range(n)])
 
         ctl.listeners.append(on_event)
     for obs in observers or ():
@@ -144,15 +150,16 @@ def run_scenario(
     if err is not None:
         raise InputError(f"{sc.path}: the scenario's order cannot be programmed: {err}")
     clock.run(end_s)
-    driver.physics.advance(end_s)
-    driver.physics.flush_probes()
-    samples = driver.physics.probe_values
+    for p in pumps.values():
+        p.physics.advance(end_s)
+        p.physics.flush_probes()
+    samples = _probe_totals([p.physics.probe_values for p in pumps.values()])
     ctl.close()
     start = next(
         (e.t_s for e in log.events() if e.event == "state" and e.detail.get("trigger") == "start"),
         None,
     )
-    record_physics(log, driver, samples, end_s, ctl)
+    record_physics(log, pumps, samples, end_s, ctl)
     log.append(
         end_s,
         ctl.pump_name,
@@ -167,16 +174,29 @@ def run_scenario(
     return run
 
 
+def _probe_totals(per_pump: list[list[tuple[float, float]]]) -> list[tuple[float, float]]:
+    """The delivered volume of all pumps at each sample time (pumps probed alike)."""
+    out: list[tuple[float, float]] = []
+    for row in zip(*per_pump, strict=True):
+        total = 0.0
+        for _t, v in row:
+            total += v
+        out.append((row[0][0], total))
+    return out
+
+
 def record_physics(
     log: MemoryEventLog,
-    driver: SimDriver,
+    pumps: dict[str, SimDriver],
     samples: list[tuple[float, float]],
     end_s: float,
     ctl: Controller,
 ) -> None:
     """Log what reached the patient (physics segments) and the IEC flow trace."""
     state = ctl.state.value
-    for seg in driver.physics.segments:
+    segments = [(name, seg) for name, p in pumps.items() for seg in p.physics.segments]
+    segments.sort(key=lambda x: (x[1].start_s, x[0]))
+    for name, seg in segments:
         log.append(
             seg.end_s,
             ctl.pump_name,
@@ -192,6 +212,7 @@ def record_physics(
                 "occluded": seg.occluded,
                 "cause": seg.cause,
                 "bag": seg.bag,
+                "pump": name,
             },
         )
     if len(samples) >= 2:
@@ -200,7 +221,7 @@ def record_physics(
             end_s,
             ctl.pump_name,
             state,
-            "flow_trace",
+            EventKind.FLOW_TRACE,
             {
                 "t_s": [t for t, _v in samples],
                 "volume_ml": [v for _t, v in samples],

@@ -16,7 +16,7 @@ from typing import Any
 
 from pumpctl.errors import InputError
 from pumpctl.events import GapCause
-from pumpctl.setting import Anything, Num, Spec, Str, Table
+from pumpctl.setting import Anything, Bool, Num, Spec, Str, Table
 
 FAULT_KINDS = (
     "occlusion",
@@ -134,6 +134,7 @@ SCENARIO_SCHEMA = Table(
                 "seed": Num(0, 2**63 - 1, integer=True),
                 "setting": Str(),
                 "pump": Str(),
+                "relay": Bool(required=False),
             }
         ),
         "patient": Table({"weight_kg": Num(0, 1000, lo_open=True)}),
@@ -252,6 +253,7 @@ class Scenario:
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     confirm_deviation: str | None = None
     charge_response_min: Dist | None = None
+    relay: bool = False
 
     @property
     def has_distributions(self) -> bool:
@@ -284,11 +286,47 @@ def _list_of(value: Any, where: str, spec: Table) -> list[dict[str, Any]]:
     return value
 
 
+def examples_dir() -> Path | None:
+    """The example scenarios shipped with pumpctl (package copy or source tree), if any."""
+    pkg = Path(__file__).resolve().parents[1]
+    for cand in (pkg / "examples", pkg.parent / "examples"):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def shipped_examples() -> list[str]:
+    """Names of the shipped example scenarios, runnable as ``pumpctl simulate NAME``."""
+    where = examples_dir()
+    return [] if where is None else sorted(q.stem for q in where.glob("*.toml"))
+
+
+def resolve_scenario(name_or_path: str | Path) -> Path:
+    """A scenario file: a path that exists, or the name of a shipped example (``.toml``
+    optional); otherwise one line naming the shipped examples."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    text = str(name_or_path)
+    where = examples_dir()
+    if where is not None and "/" not in text and "\\" not in text:
+        cand = where / f"{text.removesuffix('.toml')}.toml"
+        if cand.is_file():
+            return cand
+    raise InputError(
+        f"{p}: no such file, and not the name of a shipped example; shipped: "
+        + (", ".join(shipped_examples()) or "none")
+    )
+
+
 def load_scenario(path: str | Path) -> Scenario:
-    """Load and validate a scenario; every error names the file, key, value and what is allowed."""
+    """Load and validate a scenario; every error names the file, key, value and what is allowed.
+
+    ``path`` may also be the bare name of a shipped example, e.g. ``anakinra_72h``.
+    """
     from pumpctl.alarms import KINDS
 
-    p = Path(path)
+    p = resolve_scenario(path)
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -380,4 +418,5 @@ def load_scenario(path: str | Path) -> Scenario:
         charge_response_min=None
         if "charge_nurse" not in raw
         else to_dist(raw["charge_nurse"]["response_min"]),
+        relay=bool(sc.get("relay", False)),
     )

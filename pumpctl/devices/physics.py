@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from pumpctl.drivers.base import FLOW_STOPPING_ALARMS, PumpAlarm, PumpStatus, RunState
 from pumpctl.errors import PumpCommandError
+from pumpctl.pumpstatus import FLOW_STOPPING_ALARMS, PumpAlarm, PumpStatus, RunState
 from pumpctl.setting import PumpModel
 
 _EPS_ML = 1e-9

@@ -1,6 +1,6 @@
 """Pure codec for the New Era NE-500/NE-1000 RS-232 protocol (no I/O, no clock).
 
-Wire formats (DESIGN.md section 4)::
+Wire formats (New Era NE-1000 manual; see docs/serial.md)::
 
     basic request   [addr] CMD [args] CR             b"RAT12.5MH\\r", b"1RUN\\r"
     safe request    STX len data CRC_hi CRC_lo ETX   len = len(data) + 4
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Literal
 
-from pumpctl.drivers.base import PumpAlarm, RunState
 from pumpctl.errors import PumpCommandError
+from pumpctl.pumpstatus import PumpAlarm, RunState
 
 STX = 0x02
 ETX = 0x03

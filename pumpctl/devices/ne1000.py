@@ -6,7 +6,7 @@ go in with :meth:`Ne1000Emulator.receive`, due bytes come out of
 for the CLI, any clock in tests). ``EmulatorServer`` puts it on a pseudo-terminal or
 a TCP port on 127.0.0.1 so that any client written for the real pump talks to it.
 
-Behaviour follows the NE-1000 manual (DESIGN.md section 4): basic and safe mode, a
+Behaviour follows the NE-1000 manual (see docs/serial.md): basic and safe mode, a
 safe packet is accepted in either mode, ``STP`` pauses and a second ``STP`` stops,
 a rate changed while running is not saved and is lost at a reset, the power-on reset
 alarm ``A?R`` answers the first command (which is then not executed), the 0.5 s
@@ -29,8 +29,7 @@ import tty
 from dataclasses import dataclass, field
 
 from pumpctl.clock import Clock, SystemClock
-from pumpctl.drivers.base import PumpAlarm, RunState
-from pumpctl.drivers.newera_codec import (
+from pumpctl.devices.newera_codec import (
     ETX,
     RATE_UNITS_ML_PER_H,
     VOLUME_UNITS_ML,
@@ -42,9 +41,10 @@ from pumpctl.drivers.newera_codec import (
     parse_number,
     reply_number,
 )
+from pumpctl.devices.physics import PumpPhysics
 from pumpctl.errors import PumpCommandError
+from pumpctl.pumpstatus import PumpAlarm, RunState
 from pumpctl.setting import PumpModel, load_pump
-from pumpctl.sim.physics import PumpPhysics
 
 #: NE-1000 plunger speed range (manual section 12.5); the rate range follows the syringe.
 MAX_SPEED_CM_PER_MIN = 5.1005

@@ -1,0 +1,1 @@
+"""One pump channel, split by concept; ``pumpctl.controller.Controller`` wires the parts."""
