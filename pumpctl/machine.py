@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from transitions import EventData, Machine, MachineError
 
@@ -54,7 +54,7 @@ def _condition(name: str) -> Callable[[EventData], bool]:
     """A transitions condition that asks the event's model's facts (once per request)."""
 
     def check(event: EventData) -> bool:
-        return event.model.guard(name)
+        return cast(PumpMachine, event.model).guard(name)
 
     check.__name__ = name
     return check

@@ -354,7 +354,7 @@ class DrugSetting:
     raw: dict[str, Any]
 
     @cached_property
-    def memo(self) -> dict[str, Any]:
+    def memo(self) -> dict[Any, Any]:
         """Per-object cache for figures derived from the content (e.g. achievable doses)."""
         return {}
 
@@ -746,8 +746,7 @@ def _cached(kind: str, path: Path, make: Callable[[dict[str, Any]], Any]) -> Any
     if hit is not None and stamp is not None and hit[0] == stamp:
         return hit[2]
     data = _read_bytes(path)
-    same = hit is not None and hit[1] == data
-    obj = hit[2] if same else make(_read_toml(path, data))
+    obj = hit[2] if hit is not None and hit[1] == data else make(_read_toml(path, data))
     if stamp is not None:
         if len(_LOADED) >= _LOADED_MAX:
             _LOADED.clear()

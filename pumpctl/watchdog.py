@@ -91,9 +91,9 @@ class _LogFit:
         elif sqrt_of_frac is None:  # another Python: the plain (slower) path
             sd = statistics.stdev(logs)
         else:
-            sx = sum(Fraction(k, d) for d, k in self._sx.items())
-            sxx = sum(Fraction(k, d * d) for d, k in self._sxx.items())
-            mss = (n * sxx - sx * sx) / n / (n - 1)
+            sx = sum((Fraction(k, d) for d, k in self._sx.items()), Fraction(0))
+            sxx = sum((Fraction(k, d * d) for d, k in self._sxx.items()), Fraction(0))
+            mss = Fraction(n * sxx - sx * sx) / (n * (n - 1))
             sd = sqrt_of_frac(mss.numerator, mss.denominator)
         return math.exp(mu + statistics.NormalDist().inv_cdf(min(q, 99.99) / 100.0) * sd)
 
