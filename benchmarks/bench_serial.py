@@ -1,36 +1,36 @@
 """Command round trips of the NE-1000 driver against the emulator over a real pseudo-terminal.
 
 For each command: the bytes on the wire (request + reply), the time those bytes take on
-a real 8N1 line at 19200 baud (10 bits per byte), and the measured round trip, mean and
-95th percentile, twice: on the bare pty (no line time at all, so the round trip *is* the
+a real 8N1 line at 19200 baud (10 bits per byte), and the measured round trip, median
+(p50) and 95th percentile, twice: on the bare pty (no line time at all, so the round trip *is* the
 software overhead: driver, pty, emulator) and with the emulator pacing its replies as a
 19200-baud line would (overhead = round trip - line time).
 
-    .venv/bin/python benchmarks/bench_serial.py [--rounds 300] [--baud 19200]
+    .venv/bin/python benchmarks/bench_serial.py [--rounds 300] [--baud 19200] [--pumps 2]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pumpctl.clock import SystemClock  # noqa: E402
-from pumpctl.drivers.newera import NewEraDriver  # noqa: E402
 from pumpctl.devices.ne1000 import EmulatorServer, Ne1000Emulator  # noqa: E402
+from pumpctl.drivers.newera import NewEraBus  # noqa: E402
 
 
-def _p95(xs: list[float]) -> float:
+def _pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
-    return s[min(len(s) - 1, int(round(0.95 * (len(s) - 1))))]
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
-def measure(drv: NewEraDriver, fn: Callable[[], object], rounds: int) -> tuple[list[float], float]:
+def measure(drv: Any, fn: Callable[[], object], rounds: int) -> tuple[list[float], float]:
     """Round-trip times (s) of ``fn`` and the mean bytes it put on the wire (both ways)."""
     fn()  # warm up
     b0 = drv.stats["bytes_sent"] + drv.stats["bytes_received"]
@@ -44,13 +44,19 @@ def measure(drv: NewEraDriver, fn: Callable[[], object], rounds: int) -> tuple[l
 
 
 def run_config(
-    safe_timeout_s: int, pace_baud: int | None, rounds: int
+    safe_timeout_s: int, pace_baud: int | None, rounds: int, pumps: int = 1
 ) -> dict[str, tuple[list[float], float]]:
-    """Time each command for one mode and one pacing."""
-    emu = Ne1000Emulator(clock=SystemClock(), pace_baud=pace_baud)
+    """Time each command for one mode and one pacing (on the last of ``pumps`` pumps)."""
+    clock = SystemClock()
+    emus = [Ne1000Emulator(clock=clock, pace_baud=pace_baud, address=a) for a in range(pumps)]
     out: dict[str, tuple[list[float], float]] = {}
-    with EmulatorServer(emu) as server:
-        drv = NewEraDriver(server.url, safe_timeout_s=safe_timeout_s, timeout_s=1.0)
+    with EmulatorServer(emus) as server:
+        bus = NewEraBus(server.url, timeout_s=1.0)
+        others = [bus.driver(a, safe_timeout_s=safe_timeout_s) for a in range(pumps - 1)]
+        for other in others:
+            other.set_rate(50.0)
+            other.start()  # the other pumps on the line are running
+        drv = bus.driver(pumps - 1, safe_timeout_s=safe_timeout_s)
         drv.identify()
         drv.set_rate(12.5)
         rate = [12.5, 12.6]
@@ -70,7 +76,8 @@ def run_config(
         for name, fn in commands.items():
             out[name] = measure(drv, fn, rounds)
         errors = drv.frame_errors
-        drv.close()
+        for d in (*others, drv):
+            d.close()
     if errors:
         print(f"warning: {errors} frame errors during the run", file=sys.stderr)
     return out
@@ -80,33 +87,37 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=300)
     ap.add_argument("--baud", type=int, default=19200)
+    ap.add_argument(
+        "--pumps", type=int, default=1, help="pumps on the line; commands go to the last one"
+    )
     args = ap.parse_args()
     bit_s = 10.0 / args.baud
     head = (
-        f"{'mode':5} {'command':20} {'bytes':>5} {'line ms':>8} | {'pty mean':>8} "
-        f"{'p95':>6} | {'paced mean':>10} {'p95':>6} {'overhead':>8}"
+        f"{'mode':5} {'command':20} {'bytes':>5} {'line ms':>8} | {'pty p50':>7} {'p95':>6} | "
+        f"{'paced p50':>9} {'p95':>6} | {'overhead p50':>12} {'p95':>6}"
     )
     print(
-        f"NE-1000 driver <-> emulator over a pty, {args.rounds} rounds per command; "
+        f"NE-1000 driver <-> emulator over a pty ({args.pumps} pump(s) on the line), "
+        f"{args.rounds} rounds per command; "
         f"line time at {args.baud} baud, 8N1 (10 bits/byte); times in ms"
     )
     print(head)
     print("-" * len(head))
     for mode, saf in (("basic", 0), ("safe", 10)):
-        bare = run_config(saf, None, args.rounds)
-        paced = run_config(saf, args.baud, args.rounds)
+        bare = run_config(saf, None, args.rounds, args.pumps)
+        paced = run_config(saf, args.baud, args.rounds, args.pumps)
         for name, (times, nbytes) in bare.items():
             ptimes, _ = paced[name]
             line_ms = nbytes * bit_s * 1e3
-            pm = statistics.fmean(ptimes) * 1e3
+            p50, p95 = _pct(ptimes, 0.5) * 1e3, _pct(ptimes, 0.95) * 1e3
             print(
                 f"{mode:5} {name:20} {nbytes:5.1f} {line_ms:8.2f} | "
-                f"{statistics.fmean(times) * 1e3:8.3f} {_p95(times) * 1e3:6.3f} | "
-                f"{pm:10.2f} {_p95(ptimes) * 1e3:6.2f} {pm - line_ms:8.3f}"
+                f"{_pct(times, 0.5) * 1e3:7.3f} {_pct(times, 0.95) * 1e3:6.3f} | "
+                f"{p50:9.2f} {p95:6.2f} | {p50 - line_ms:12.3f} {p95 - line_ms:6.3f}"
             )
     print(
-        "pty mean = software overhead alone (a pty adds no line time); "
-        "overhead = paced mean - line time"
+        "pty = software overhead alone (a pty adds no line time); "
+        "overhead = paced round trip - line time"
     )
     return 0
 

@@ -126,6 +126,11 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
             },
         )
         self.watchdog.schedule(bag.n, end, self.s.fired.get(bag.n, []))
+        if self.poll_s and self._relay is not None:  # a polled relay: look at the bag's end
+            old = self._timers.pop("end_poll", None)
+            if old is not None:
+                old.cancel()
+            self._timers["end_poll"] = self.clock.call_at(end + 0.05, self._poll_once)
 
     def stop_record(self) -> None:
         """Log that the controller stops supervising now (the pump keeps running)."""

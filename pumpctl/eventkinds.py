@@ -60,5 +60,6 @@ class GapCause(enum.StrEnum):
     PUMP_FAILURE = "pump_failure"
     PUMP_RESET = "pump_reset"
     PUMP_STOPPED = "pump_stopped"
+    RELAY_HANDOVER = "relay_handover"  # a real relay found its running pump stopped late
     STOPPED = "stopped"
     NEVER_STARTED = "never_started"

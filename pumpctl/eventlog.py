@@ -533,7 +533,7 @@ class EventLog:
             prev = (last[1] or GENESIS) if last else GENESIS
             for fields, ev in self._backlog:
                 seq += 1
-                seal = row_seal(self.key, seq, *fields, prev)
+                seal = row_seal(self.key, seq, *fields, prev)  # type: ignore[call-arg]
                 rows.append((seq, *fields, prev, seal))
                 done.append(replace(ev, seq=seq))
                 prev = seal

@@ -13,9 +13,12 @@ from typing import Any, Protocol
 class EventLike(Protocol):
     """What a line needs from an event: its name, its detail and who did it."""
 
-    event: str
-    detail: dict[str, Any]
-    operator: str
+    @property
+    def event(self) -> str: ...
+    @property
+    def detail(self) -> dict[str, Any]: ...
+    @property
+    def operator(self) -> str: ...
 
 
 # --------------------------------------------------------------------------- durations

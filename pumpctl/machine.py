@@ -76,7 +76,7 @@ def _build_machine() -> Machine:
     )
     for trigger, source, dest, guard in TRANSITIONS:
         conditions = [_condition(guard)] if guard is not None else []
-        m.add_transition(trigger, source, dest, conditions=conditions)
+        m.add_transition(trigger, source, dest, conditions=conditions)  # type: ignore[arg-type]
     return m
 
 

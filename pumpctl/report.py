@@ -221,7 +221,7 @@ def build_result(
             {
                 "n": b.n,
                 "hung_h": _h(b.hung_s or 0.0),
-                "end_h": _h(min(b_end, end)),
+                "end_h": _h(min(b_end if b_end is not None else end, end)),
                 "ended": ended,
                 "mg": b.recipe.mg,
                 "ml": round(b.recipe.content_ml, 4),
@@ -246,7 +246,9 @@ def build_result(
         for b in s.bags.values()
         if b.discarded_s is not None
     ]
-    wasted = sum(d["wasted_mg"] for d in discarded) + sum(b["wasted_mg"] for b in bags)
+    wasted = sum(float(d["wasted_mg"]) for d in discarded) + sum(
+        float(b["wasted_mg"] or 0.0) for b in bags
+    )
     last = s.hung_bags[-1] if s.hung_bags else None
     line_mg = prime_ml * last.recipe.conc_mg_per_ml if last else 0.0
     alarms = [

@@ -137,6 +137,7 @@ def open_session(
     seed: int = 0,
     operator: str | None = None,
     secret: str | None = None,
+    relay: bool = False,
 ) -> Session:
     """Open (or resume) a controller on ``db``: the simulated pump, or a real one on ``port``.
 
@@ -162,7 +163,9 @@ def open_session(
         if operator is not None or secret is not None:
             roster.authenticate(log, operator, secret or "", "operate" if programmed else "program")
         try:
-            sess = _open(log, db, port, pump, speed, address, baud, safe_timeout_s, programmed)
+            sess = _open(
+                log, db, port, pump, speed, address, baud, safe_timeout_s, programmed, relay
+            )
         except sqlite3.Error as exc:
             raise InputError(f"{db}: cannot write the event log ({exc})") from None
     except BaseException:
@@ -199,7 +202,13 @@ def _open(
     baud: int | None,
     safe_timeout_s: int | None,
     programmed: bool,
+    relay: bool = False,
 ) -> Session:
+    if relay and port is None:
+        raise InputError(
+            "--relay needs --port (two NE-1000 pumps at addresses A and A+1 on one line); "
+            "simulate a relay with 'pumpctl simulate' and relay = true in the scenario"
+        )
     stored_speed = log.meta_get("speed")
     if stored_speed is not None and float(stored_speed) != speed:
         raise InputError(
@@ -232,8 +241,19 @@ def _open(
             overrides["baud"] = baud
         if safe_timeout_s is not None:
             overrides["safe_timeout_s"] = safe_timeout_s
-        ne = NewEraDriver.from_model(model, port, **overrides)
-        driver = ne
+        if relay:
+            from pumpctl.drivers.newera import open_relay_pair
+            from pumpctl.drivers.relay import RelayPair
+
+            del overrides["address"]
+            first, second = open_relay_pair(
+                port, model, addresses=(address, address + 1), **overrides
+            )
+            ne = first
+            driver = RelayPair(first, second)
+        else:
+            ne = NewEraDriver.from_model(model, port, **overrides)
+            driver = ne
         timeout = ne.safe_timeout_s
         poll_s = max(min(timeout / 3.0, 2.0), 0.5) if timeout else 2.0
     ctl = Controller(clock, driver, log, setting, model=model, poll_s=poll_s)

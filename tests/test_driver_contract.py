@@ -13,7 +13,7 @@ import pytest
 from pumpctl.clock import SimClock, SystemClock
 from pumpctl.devices.ne1000 import EmulatorServer, Ne1000Emulator
 from pumpctl.drivers.base import PumpAlarm, PumpDriver, PumpIdentity, RunState
-from pumpctl.drivers.newera import NewEraDriver
+from pumpctl.drivers.newera import NewEraDriver, open_relay_pair
 from pumpctl.drivers.sim import SimDriver
 from pumpctl.errors import PumpCommandError
 from pumpctl.setting import PumpModel
@@ -30,9 +30,15 @@ class Rig:
     pump_running: Callable[[], bool]  # the pump's own state, not through the driver
     starts: Callable[[], int]  # how many times the mechanism was started
     quantum_s: float  # pump time that shows a volume change at FAST_ML_PER_H
+    address: int = 0
 
 
-@pytest.fixture(params=["sim", "newera-basic", "newera-safe"])
+NEIGHBOUR_ML_PER_H = 42.0
+
+
+@pytest.fixture(
+    params=["sim", "newera-basic", "newera-safe", "newera-net-basic", "newera-net-safe"]
+)
 def rig(request: pytest.FixtureRequest, ne1000_model: PumpModel) -> Iterator[Rig]:
     if request.param == "sim":
         clock = SimClock()
@@ -55,9 +61,33 @@ def rig(request: pytest.FixtureRequest, ne1000_model: PumpModel) -> Iterator[Rig
             60.0,
         )
         return
+    safe = 30 if request.param.endswith("-safe") else 0
+    if request.param.startswith("newera-net"):
+        # Address 1 of two pumps on one line; pump 0 runs all along and must not notice.
+        clock = SystemClock()
+        emus = [Ne1000Emulator(ne1000_model, clock, address=a) for a in (0, 1)]
+        with EmulatorServer(emus) as server:
+            d0, d1 = open_relay_pair(server.url, ne1000_model, safe_timeout_s=safe, timeout_s=0.2)
+            d0.set_rate(NEIGHBOUR_ML_PER_H)
+            d0.start()
+            emu = emus[1]
+            yield Rig(
+                d1,
+                time.sleep,
+                lambda: emu.run_state() is RunState.RUNNING,
+                lambda: emu.stats.count("RUN"),
+                0.25,
+                address=1,
+            )
+            d1.close()
+            assert emus[0].run_state() is RunState.RUNNING
+            assert emus[0].rate_ml_per_h() == NEIGHBOUR_ML_PER_H
+            assert emus[0].stats.count("RUN") == 1
+            assert d0.status().running
+            d0.close()
+        return
     emu = Ne1000Emulator(ne1000_model, SystemClock())
     with EmulatorServer(emu) as server:
-        safe = 30 if request.param == "newera-safe" else 0
         drv = NewEraDriver.from_model(ne1000_model, server.url, safe_timeout_s=safe, timeout_s=0.2)
         yield Rig(
             drv,
@@ -71,7 +101,7 @@ def rig(request: pytest.FixtureRequest, ne1000_model: PumpModel) -> Iterator[Rig
 
 def test_identify(rig: Rig) -> None:
     ident = rig.driver.identify()
-    assert isinstance(ident, PumpIdentity) and ident.model and ident.address == 0
+    assert isinstance(ident, PumpIdentity) and ident.model and ident.address == rig.address
 
 
 def test_program_rate_and_vtbi_without_starting(rig: Rig) -> None:

@@ -508,3 +508,98 @@ def test_heartbeat_on_the_clock(make: Make) -> None:
     drv.stop_heartbeat()
     clock.advance(30.0)
     assert links == [False]
+
+
+# ------------------------------------------------------------------ impossible replies
+
+
+@pytest.mark.parametrize(
+    ("query", "reply", "needle"),
+    [
+        ("RAT", "99999.9MH", "rate '99999.9' is outside 0-9999"),
+        ("RAT", "1500MH", "1500 mL/h is outside the pump model range 0-999.9 mL/h"),
+        ("RAT", "abcMH", "rate 'abc' is not a number the pump writes"),
+        ("VOL", "-1.000ML", "volume '-1.000' is not a number the pump writes"),
+        ("VOL", "lotsML", "volume 'lots' is not a number the pump writes"),
+        ("VOL", "12 mL?", "volume '12 mL?' has no volume units"),
+        ("DIS", "I-0.5W0.000ML", "infused volume '-0.5' is not a number the pump writes"),
+    ],
+)
+def test_impossible_values_are_never_believed(
+    make: Make, query: str, reply: str, needle: str
+) -> None:
+    drv, _port = ready(make, *[(Q(query), R(reply))] * 3)
+    call = {"RAT": drv.read_rate_ml_per_h, "VOL": drv.read_vol_ml, "DIS": drv.status}[query]
+    with pytest.raises(CommunicationError) as err:
+        call()
+    msg = str(err.value)
+    assert needle in msg and "not believed" in msg and "\n" not in msg
+    assert msg.startswith(f"pump at 0 on scripted:// answered {query} with an impossible value")
+    assert drv.stats["impossible_values"] == 3
+
+
+def test_one_impossible_value_then_a_good_one_is_line_noise(make: Make) -> None:
+    drv, _port = ready(make, (Q("RAT"), R("99999.9MH")), (Q("RAT"), R("12.50MH")))
+    assert drv.read_rate_ml_per_h() == 12.5
+    assert drv.stats["impossible_values"] == 1
+
+
+def test_a_late_reply_of_another_kind_is_skipped_not_an_error(make: Make) -> None:
+    drv, _port = ready(make, (Q("RAT"), R("5.000ML") + R("12.50MH")))
+    assert drv.read_rate_ml_per_h() == 12.5 and drv.stats["stale_replies"] == 1
+
+
+def test_unknown_status_letter_is_an_error_naming_it(make: Make) -> None:
+    drv, _port = ready(make, *[(Q("0"), b"\x0200Q\x03")] * 3)
+    with pytest.raises(CommunicationError, match=r"unknown status 'Q' in reply '00Q'"):
+        drv.heartbeat()
+
+
+def test_impossible_value_during_setup_stops_the_setup(make: Make) -> None:
+    hs = handshake(rat="99999.9MH")
+    drv, _port = make([*hs[:-1], *[(Q("RAT"), R("99999.9MH"))] * 3])
+    with pytest.raises(CommunicationError, match="impossible value"):
+        drv.identify()
+
+
+# ------------------------------------------------------------------ lost replies: say what is known
+
+
+def test_lost_run_and_failed_read_back_says_the_pump_may_be_running(make: Make) -> None:
+    drv, _port = ready(
+        make,
+        (Q("0"), R()),
+        (Q("DIS"), R("I0.000W0.000ML")),
+        (Q("RUN"), None),
+        *[(Q("0"), None)] * 3,  # the read-back is lost too
+    )
+    with pytest.raises(CommunicationError) as err:
+        drv.start()
+    msg = str(err.value)
+    assert msg.startswith("no reply to RUN from pump at 0 on scripted://")
+    assert msg.endswith("its state is unknown: the pump may be running") and "\n" not in msg
+
+
+def test_lost_run_read_back_stopped_says_so(make: Make) -> None:
+    drv, port = ready(
+        make,
+        (Q("0"), R()),
+        (Q("DIS"), R("I0.000W0.000ML")),
+        *[(Q("RUN"), None), (Q("0"), R())] * 3,  # each RUN lost, each read-back: stopped
+    )
+    with pytest.raises(CommunicationError, match=r"read back: the pump is stopped; RUN did not"):
+        drv.start()
+    assert port.sent(Q("RUN")) == 3
+
+
+def test_lost_stop_and_failed_read_back_says_the_pump_may_still_run(make: Make) -> None:
+    drv, _port = ready(make, (Q("0"), R("", "I")), (Q("STP"), None), *[(Q("0"), None)] * 3)
+    with pytest.raises(CommunicationError, match="the pump may still be running$"):
+        drv.stop()
+
+
+def test_start_that_fails_before_run_says_run_was_not_sent(make: Make) -> None:
+    drv, port = ready(make, *[(Q("0"), None)] * 3)
+    with pytest.raises(CommunicationError, match=r"no reply from pump at 0 .*; RUN was not sent$"):
+        drv.start()
+    assert port.sent(Q("RUN")) == 0

@@ -241,3 +241,6 @@ class ChannelBase:
 
     def _take_over(self) -> bool:
         raise NotImplementedError
+
+    def why_not_program(self) -> str | None:
+        raise NotImplementedError

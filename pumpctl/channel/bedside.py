@@ -227,6 +227,10 @@ class Bedside(ChannelBase):
             if old is None or st is None
             else max(old.recipe.content_ml - st.volume_infused_ml, 0.0)
         )
+        end = self.s.projected_end_s
+        if end is not None and self.clock.now() - end > 0.5:
+            # Found stopped by polling: the running pump ran out at its projected end.
+            self._gap_open(GapCause.RELAY_HANDOVER, end)
         self._emit(E.PUMP_COMMAND, {"commands": [["take_over", None]], "to": relay.idle_name})
         try:
             relay.take_over()

@@ -91,6 +91,9 @@ class PumpLink(ChannelBase):
         if flow_stop and self.state is State.IDLE:
             self._raise(kind)
             return
+        st = self.last_status
+        if pa is PumpAlarm.VTBI_COMPLETE and st is not None and st.running:
+            return  # a stale notice: the pump reads back running (e.g. the relay's new pump)
         if pa is PumpAlarm.VTBI_COMPLETE and self.s.relay_armed is not None and self._take_over():
             return  # the idle pump of the relay took over at the moment this one stopped
         if flow_stop:

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from pumpctl.drivers.base import PumpStatus, RateLimits
-from pumpctl.errors import InputError, PumpCommandError
+from pumpctl.errors import CommunicationError, InputError, PumpCommandError
 
 ACTIONS = ("identify", "status", "rate", "vtbi", "run", "stop", "dispensed")
 #: Per-attempt reply time-out and retries of the bench command: 2 x 0.5 s = 1.0 s in all.
@@ -24,6 +24,8 @@ PUMP_TIMEOUT_S = 0.5
 PUMP_RETRIES = 1
 MODELS = ("NE1000", "NE500", "NE501", "NE1010")
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+#: Most pumps ``emulate --pumps`` puts on one line.
+MAX_EMULATED_PUMPS = 10
 
 
 def register(sub: Any) -> None:
@@ -82,7 +84,28 @@ def register(sub: Any) -> None:
         metavar="pty|tcp:PORT",
         help="pty (default) or tcp:PORT on 127.0.0.1",
     )
-    e.add_argument("--address", type=int, default=0, metavar="A", help="pump address 0-99")
+    e.add_argument(
+        "--address",
+        type=int,
+        default=0,
+        metavar="A",
+        help="pump address 0-99 (with --pumps N: the first of N consecutive addresses)",
+    )
+    e.add_argument(
+        "--pumps",
+        type=int,
+        default=1,
+        metavar="N",
+        help="pumps on the line, 1-10 (NE-1000 network mode: addresses A..A+N-1, each "
+        "answering only its own address; default 1)",
+    )
+    e.add_argument(
+        "--pace-baud",
+        type=int,
+        default=None,
+        metavar="B",
+        help="hold each reply for the line time at B baud (300-19200); default: no pacing",
+    )
     e.add_argument(
         "--model",
         default="NE1000",
@@ -200,7 +223,12 @@ def run_pump(args: argparse.Namespace) -> int:
                 )
         elif act == "run":
             drv.start()
-            st = drv.status()
+            try:
+                st = drv.status()
+            except CommunicationError as exc:
+                raise CommunicationError(
+                    f"RUN was confirmed (the pump is running) but reading its status failed: {exc}"
+                ) from None
             if st.run_state is not RunState.RUNNING:
                 raise PumpCommandError(f"the pump did not start: it reports {st.run_state.value}")
             print(f"{st.run_state.value} at {st.rate_ml_per_h:g} mL/h")
@@ -218,6 +246,7 @@ def run_emulate(args: argparse.Namespace) -> int:
     """Serve the emulator until SIGINT or SIGTERM; the first stdout line is the URL."""
     from pumpctl.clock import SystemClock
     from pumpctl.devices.ne1000 import EmulatorServer, Ne1000Emulator
+    from pumpctl.drivers.newera import BAUD_RATES
     from pumpctl.setting import load_pump
 
     _check_common(args)
@@ -225,13 +254,27 @@ def run_emulate(args: argparse.Namespace) -> int:
         EmulatorServer.parse_link(args.link)
     except ValueError as exc:
         raise InputError(f"--link: {exc}") from None
-    emu = Ne1000Emulator(
-        load_pump("newera_ne1000"),
-        SystemClock(),
-        address=args.address,
-        model_number=args.model[2:],
-    )
-    server = EmulatorServer(emu, args.link)
+    if not 1 <= args.pumps <= MAX_EMULATED_PUMPS:
+        raise InputError(f"--pumps {args.pumps} is not allowed; allowed: 1-{MAX_EMULATED_PUMPS}")
+    addresses = list(range(args.address, args.address + args.pumps))
+    if addresses[-1] > 99:
+        raise InputError(
+            f"--address {args.address} with --pumps {args.pumps} needs addresses up to "
+            f"{addresses[-1]}; allowed: 0-99"
+        )
+    if args.pace_baud is not None and args.pace_baud not in BAUD_RATES:
+        raise InputError(
+            f"--pace-baud {args.pace_baud} is not allowed; allowed: "
+            f"{', '.join(map(str, BAUD_RATES))}"
+        )
+    model, clock = load_pump("newera_ne1000"), SystemClock()
+    emus = [
+        Ne1000Emulator(
+            model, clock, address=a, model_number=args.model[2:], pace_baud=args.pace_baud
+        )
+        for a in addresses
+    ]
+    server = EmulatorServer(emus, args.link, log=_log_line)
     # Wait for SIGINT/SIGTERM without polling: the signal handler writes the signal number
     # to a pipe (whichever thread the kernel picks), and the main thread blocks reading it.
     # Installing handlers also undoes a shell's "ignore SIGINT" for background jobs.
@@ -245,8 +288,13 @@ def run_emulate(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise InputError(f"cannot open {args.link}: {exc.strerror or exc}") from None
         print(url, flush=True)
+        where = (
+            f"at address {args.address}"
+            if args.pumps == 1
+            else f"x{args.pumps} on one line at addresses {', '.join(map(str, addresses))}"
+        )
         print(
-            f"emulating New Era {args.model} at address {args.address}; stop with Ctrl-C",
+            f"emulating New Era {args.model} {where}; stop with Ctrl-C",
             file=sys.stderr,
             flush=True,
         )
@@ -264,3 +312,8 @@ def run_emulate(args: argparse.Namespace) -> int:
 
 def _ignore(_signum: int, _frame: object) -> None:
     return None
+
+
+def _log_line(message: str) -> None:
+    """The emulator's notices (a refused second client) on standard error."""
+    print(f"pumpctl emulate: {message}", file=sys.stderr, flush=True)

@@ -116,6 +116,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "(default: the pump profile's, 10 s)",
     )
     p.add_argument(
+        "--relay",
+        action="store_true",
+        help="two NE-1000 pumps on one line, at --address and the next address, take turns "
+        "across syringe changes with no gap (needs --port)",
+    )
+    p.add_argument(
         "--until-h",
         type=float,
         metavar="H",
@@ -191,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
         baud=args.baud,
         safe_timeout_s=args.safe_timeout,
         staff=not args.no_staff,
+        relay=args.relay,
     )
     ctl = sess.controller
     if sess.demo and args.json:

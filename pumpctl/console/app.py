@@ -55,9 +55,12 @@ HISTORY_EVENTS = 300  # events loaded into the log view at start
 class ConsoleSession(Protocol):
     """What the console needs: a clock, a controller and its pump driver."""
 
-    clock: Clock
-    controller: Controller
-    driver: PumpDriver
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def controller(self) -> Controller: ...
+    @property
+    def driver(self) -> PumpDriver: ...
 
 
 # --------------------------------------------------------------------------- simulated staff
@@ -652,7 +655,7 @@ class ConsoleApp(App[None]):
         log = self.query_one(EventLogView)
         log.border_title = "Event log (every action and refusal)"
         self._history = self.ctl.log.events()[-HISTORY_EVENTS:]
-        self.ctl.listeners.append(self._on_event)
+        self._unsubscribe = self.ctl.subscribe(self._on_event)
         self.call_after_refresh(self._load_history)  # once the log view has its width
         self.say(f"operator {self.operator}: keys below; the controller logs every action")
         self.refresh_view()
@@ -678,8 +681,9 @@ class ConsoleApp(App[None]):
 
     def on_unmount(self) -> None:
         """Stop listening (the controller and the pump carry on)."""
-        if self._on_event in self.ctl.listeners:
-            self.ctl.listeners.remove(self._on_event)
+        unsubscribe = getattr(self, "_unsubscribe", None)
+        if unsubscribe is not None:
+            unsubscribe()
 
     def _set_operator(self, value: str | None) -> None:
         if value:
@@ -774,7 +778,7 @@ class ConsoleApp(App[None]):
     def _on_event(self, ev: Event) -> None:
         if self.ctl.last_status is not self._status_seen:
             self._status_seen, self._status_t_s = self.ctl.last_status, ev.t_s
-        if self.is_mounted:
+        if self.is_mounted:  # type: ignore[truthy-function]
             log = self.query_one(EventLogView)
             if log.ready:
                 log.add(ev)
@@ -892,7 +896,7 @@ class ConsoleApp(App[None]):
         active = ctl.alarms.active()
         idle_new = st is State.IDLE and not ctl.bags
         start_label = "resume" if st is State.ALARM else "start"
-        start_ok = ctl.machine.check("resume" if st is State.ALARM else "start") is None
+        start_ok = ctl.why_not("resume" if st is State.ALARM else "start") is None
         keys = [
             ("p", "program", idle_new),
             (
@@ -913,7 +917,7 @@ class ConsoleApp(App[None]):
                 "bag arrived",
                 nb is not None and nb.requested_s is not None and nb.delivered_s is None,
             ),
-            ("b", "bag change", ctl.machine.check("begin_bag_change") is None),
+            ("b", "bag change", ctl.why_not("begin_bag_change") is None),
             ("h", "hang", self._hang_state_ok()),
             ("t", "titrate", ctl.build is not None),
             ("a", "ack", any(a.acknowledged_s is None for a in active)),
@@ -923,7 +927,7 @@ class ConsoleApp(App[None]):
                 "re-order",
                 nb is not None and nb.requested_s is not None and nb.hung_s is None,
             ),
-            ("x", "stop", ctl.machine.check("stop") is None),
+            ("x", "stop", ctl.why_not("stop") is None),
         ]
         if self.nurse is not None:
             keys.append(("n", "auto nurse " + ("ON" if self.nurse.on else "off"), True))
@@ -951,11 +955,11 @@ class ConsoleApp(App[None]):
         """Console keys act only on the channel screen, never under an open dialog."""
         return not (action in self._console_actions and isinstance(self.screen, ModalScreen))
 
-    _console_actions = frozenset(b.action for b in BINDINGS)
+    _console_actions = frozenset(b.action for b in BINDINGS)  # type: ignore[union-attr]
 
     def say(self, text: str, ok: bool = True) -> None:
         """Show the result of the last action."""
-        if self.is_mounted:
+        if self.is_mounted:  # type: ignore[truthy-function]
             self.query_one(MessageLine).say(text, ok)
 
     def call(self, fn: Callable[..., str | None], *args: Any) -> str | None:
@@ -978,7 +982,7 @@ class ConsoleApp(App[None]):
         self,
         title: str,
         body: str | Text,
-        then: Callable[[], None],
+        then: Callable[[], object],
         *,
         checks: list[tuple[str, str]] | None = None,
         label: str = "Confirm (y)",
@@ -1084,7 +1088,7 @@ class ConsoleApp(App[None]):
         """s: start the infusion (idle) or resume after an alarm."""
         ctl, op = self.ctl, self.operator
         if ctl.state is State.ALARM:
-            if ctl.machine.check("resume") is not None:
+            if ctl.why_not("resume") is not None:
                 self.done("", self.call(ctl.resume, op))
                 return
             bag = ctl.current_bag
@@ -1095,7 +1099,7 @@ class ConsoleApp(App[None]):
                 lambda: self.done("infusion resumed", self.call(ctl.resume, op)),
             )
             return
-        if ctl.machine.check("start") is not None:
+        if ctl.why_not("start") is not None:
             self.done("", self.call(ctl.start, op))
             return
         nb = ctl.next_bag
@@ -1134,7 +1138,7 @@ class ConsoleApp(App[None]):
     def action_bag_change(self) -> None:
         """b: begin a bag change (flow goes on from the drip chamber), then hang."""
         ctl, op = self.ctl, self.operator
-        if ctl.machine.check("begin_bag_change") is not None:
+        if ctl.why_not("begin_bag_change") is not None:
             self.done("", self.call(ctl.begin_bag_change, op))
             return
         old, nb = ctl.current_bag, ctl.next_bag
@@ -1273,7 +1277,7 @@ class ConsoleApp(App[None]):
     def action_stop(self) -> None:
         """x: stop the infusion (an interruption of a continuous order, with a reason)."""
         ctl = self.ctl
-        if ctl.machine.check("stop") is not None:
+        if ctl.why_not("stop") is not None:
             self.done("", self.call(ctl.stop, self.operator, ""))
             return
 

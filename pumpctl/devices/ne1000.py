@@ -6,7 +6,7 @@ go in with :meth:`Ne1000Emulator.receive`, due bytes come out of
 for the CLI, any clock in tests). ``EmulatorServer`` puts it on a pseudo-terminal or
 a TCP port on 127.0.0.1 so that any client written for the real pump talks to it.
 
-Behaviour follows the NE-1000 manual (see docs/serial.md): basic and safe mode, a
+Behaviour follows the New Era NE-1000 user manual (RS-232 protocol): basic and safe mode, a
 safe packet is accepted in either mode, ``STP`` pauses and a second ``STP`` stops,
 a rate changed while running is not saved and is lost at a reset, the power-on reset
 alarm ``A?R`` answers the first command (which is then not executed), the 0.5 s
@@ -20,12 +20,16 @@ unplug) are plain attributes and methods for tests.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import select
 import socket
 import threading
+import time
 import tty
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pumpctl.clock import Clock, SystemClock
@@ -83,10 +87,15 @@ class EmulatorStats:
     replies_sent: int = 0
     replies_dropped: int = 0
     alarms_sent: list[str] = field(default_factory=list)
+    applied: list[tuple[float, str, str]] = field(default_factory=list)
 
     def count(self, command: str) -> int:
         """How many times a command (e.g. ``"RUN"``) was executed."""
         return sum(1 for _t, c in self.executed if c == command)
+
+    def count_set(self, command: str) -> int:
+        """How many times a command with arguments (a setting, e.g. ``RAT 12.5``) was applied."""
+        return sum(1 for _t, c, _a in self.applied if c == command)
 
 
 class Ne1000Emulator:
@@ -272,6 +281,14 @@ class Ne1000Emulator:
 
     def _queue(self, frame: bytes, t: float, request_len: int) -> None:
         delay = self.reply_delay_s
+        if self.pace_baud and len(frame) > 1:
+            # As on a real line the reply arrives byte after byte: all but the last byte
+            # are out one byte time before the last one.
+            byte_s = 10.0 / self.pace_baud
+            delay += (request_len + len(frame)) * byte_s
+            self._outbox.append(_Outgoing(t + delay - byte_s, frame[:-1], self._next_seq()))
+            self._outbox.append(_Outgoing(t + delay, frame[-1:], self._next_seq()))
+            return
         if self.pace_baud:
             delay += (request_len + len(frame)) * 10.0 / self.pace_baud
         self._outbox.append(_Outgoing(t + delay, frame, self._next_seq()))
@@ -342,6 +359,8 @@ class Ne1000Emulator:
             return
         if not data.startswith("?"):
             self.stats.executed.append((t, req.command or "STATUS"))
+            if req.args:
+                self.stats.applied.append((t, req.command, req.args))
         if req.command == "SAF" and not data.startswith("?"):
             self._last_valid_s = t
             self._timer_armed = self.safe
@@ -651,16 +670,45 @@ class Ne1000Emulator:
 # Serving over a pseudo-terminal or TCP
 # ---------------------------------------------------------------------------
 class EmulatorServer:
-    """Serve an emulator on a pty (``link="pty"``) or on 127.0.0.1 (``link="tcp:PORT"``).
+    """Serve emulated pumps on a pty (``link="pty"``) or on 127.0.0.1 (``link="tcp:PORT"``).
 
-    A background thread moves bytes between the link and the emulator; ``start()``
-    returns the device path or ``socket://127.0.0.1:PORT`` URL a client opens.
+    One emulator, or several with different addresses on one line (the NE-1000's network
+    mode: every pump hears every command and answers only its own address). A background
+    thread moves bytes between the link and the emulators and writes each reply when it
+    is due: it sleeps until shortly before (a margin learned from how late this machine
+    wakes sleepers) and spins the rest, so paced replies leave on time, not late. The TCP
+    link takes one client at a time: a second one is closed at once and logged, and the
+    first carries on. ``start()`` returns the device path or ``socket://`` URL to open.
     """
 
-    def __init__(self, emulator: Ne1000Emulator, link: str = "pty") -> None:
-        self.emulator = emulator
+    #: Bounds of the wake-up margin (s) before a reply is due, and its starting value.
+    MARGIN_MIN_S = 0.0001
+    MARGIN_MAX_S = 0.002
+    MARGIN_START_S = 0.0005
+
+    def __init__(
+        self,
+        emulator: Ne1000Emulator | Sequence[Ne1000Emulator],
+        link: str = "pty",
+        *,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        emus = [emulator] if isinstance(emulator, Ne1000Emulator) else list(emulator)
+        if not emus:
+            raise ValueError("an emulator server needs at least one pump")
+        addresses = [e.address for e in emus]
+        if len(set(addresses)) != len(addresses):
+            raise ValueError(f"pumps on one line need different addresses, got {addresses}")
+        self.emulators = emus
+        self.emulator = emus[0]
         self.link = link
         self.url = ""
+        self.log: Callable[[str], None] = log or logging.getLogger("pumpctl.emulator").warning
+        self.refused_clients = 0
+        self.client_peer: str | None = None
+        self.margin_s = self.MARGIN_START_S
+        self._late: deque[float] = deque(maxlen=64)
+        self._last_tick_s = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._master: int | None = None
@@ -689,7 +737,7 @@ class EmulatorServer:
             lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             lst.bind(("127.0.0.1", port))
-            lst.listen(1)
+            lst.listen(4)
             self._listener = lst
             self.url = f"socket://127.0.0.1:{lst.getsockname()[1]}"
         self._thread = threading.Thread(target=self._serve, name="ne1000-emulator", daemon=True)
@@ -719,65 +767,148 @@ class EmulatorServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # ------------------------------------------------------------ the line
+    def _receive(self, data: bytes) -> None:
+        for emu in self.emulators:  # every pump on the line hears every byte
+            emu.receive(data)
+
+    def _tick(self) -> None:
+        for emu in self.emulators:
+            emu.tick()
+
+    def _due_in_s(self) -> float | None:
+        """Real seconds until the next queued reply is due (None: nothing queued)."""
+        best: float | None = None
+        for emu in self.emulators:
+            due = emu.next_due_s()
+            if due is not None:
+                left = (due - emu.clock.now()) / _speed(emu.clock)
+                best = left if best is None else min(best, left)
+        return best
+
+    def _take_output(self) -> bytes:
+        if len(self.emulators) == 1:
+            return self.emulator.take_output()
+
+        def due(emu: Ne1000Emulator) -> float:
+            t = emu.next_due_s()
+            return math.inf if t is None else t
+
+        return b"".join(e.take_output() for e in sorted(self.emulators, key=due))
+
     def _wait_s(self) -> float:
-        due = self.emulator.next_due_s()
-        if due is None:
+        """How long to block for input: until shortly before the next reply is due."""
+        left = self._due_in_s()
+        if left is None:
             return 0.02
-        return min(max(due - self.emulator.clock.now(), 0.0) / _speed(self.emulator.clock), 0.02)
+        return min(max(left - self.margin_s, 0.0), 0.02)
+
+    def _learn(self, late_s: float) -> None:
+        """Track how late a timed wait wakes; the margin covers most wake-ups."""
+        self._late.append(max(late_s, 0.0))
+        if len(self._late) >= 8:
+            ranked = sorted(self._late)
+            p90 = ranked[int(0.9 * (len(ranked) - 1))]
+            self.margin_s = min(max(p90 + 5e-5, self.MARGIN_MIN_S), self.MARGIN_MAX_S)
+
+    def _spin_until_due(self) -> None:
+        """Busy-wait (yielding the GIL) the last stretch before a reply is due."""
+        left = self._due_in_s()
+        if left is None or left <= 0:
+            return
+        end = time.monotonic() + left
+        while time.monotonic() < end:
+            time.sleep(0)
 
     def _serve(self) -> None:
-        emu = self.emulator
         while not self._stop.is_set():
             try:
-                if self._master is not None:
-                    self._serve_fd(self._master)
-                else:
-                    self._serve_tcp()
+                self._step()
             except OSError:
                 if self._stop.is_set():
                     return
                 self._drop_client()
-                emu.tick()
+                self._tick()
 
-    def _serve_fd(self, fd: int) -> None:
-        ready, _, _ = select.select([fd], [], [], self._wait_s())
-        if ready:
-            data = os.read(fd, 4096)
-            if data:
-                self.emulator.receive(data)
-        self.emulator.tick()
-        out = self.emulator.take_output()
-        if out:
-            os.write(fd, out)
+    def _step(self) -> None:
+        """One turn: wait for input or the next reply, send what is due, then keep time.
 
-    def _serve_tcp(self) -> None:
+        Right after a reply is sent the thread goes straight back to waiting, so a client
+        in the same process gets the interpreter at once; time-driven events (``tick``)
+        run on the next quiet turn, and at least every 20 ms.
+        """
+        wait = self._wait_s()
+        due_soon = wait < 0.02
+        if due_soon and wait <= 0.0:
+            self._spin_until_due()
+            sent = self._send(self._take_output())
+        else:
+            t_wake = time.monotonic() + wait
+            got_input = self._poll_input(wait)
+            if due_soon and not got_input:
+                self._learn(time.monotonic() - t_wake)
+            sent = self._send(self._take_output())
+        now = time.monotonic()
+        if not sent or now - self._last_tick_s > 0.02:
+            self._last_tick_s = now
+            self._tick()
+
+    def _poll_input(self, wait_s: float) -> bool:
+        """Wait up to ``wait_s`` for bytes (or a TCP client) and feed them in."""
+        if self._master is not None:
+            ready, _, _ = select.select([self._master], [], [], wait_s)
+            if ready:
+                data = os.read(self._master, 4096)
+                if data:
+                    self._receive(data)
+            return bool(ready)
         assert self._listener is not None
         socks: list[socket.socket] = [self._listener]
         if self._client is not None:
             socks.append(self._client)
-        ready, _, _ = select.select(socks, [], [], self._wait_s())
+        ready, _, _ = select.select(socks, [], [], wait_s)  # type: ignore[arg-type]
         for s in ready:
             if s is self._listener:
-                conn, _addr = self._listener.accept()
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._drop_client()
-                self._client = conn
+                self._accept()
             else:
-                data = s.recv(4096)
+                data = s.recv(4096)  # type: ignore[attr-defined]
                 if not data:
                     self._drop_client()
                 else:
-                    self.emulator.receive(data)
-        self.emulator.tick()
-        out = self.emulator.take_output()
-        if out and self._client is not None:
+                    self._receive(data)
+        return bool(ready)
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        conn, addr = self._listener.accept()
+        peer = f"{addr[0]}:{addr[1]}"
+        if self._client is not None:  # one client at a time, as on a serial line
+            self.refused_clients += 1
+            with contextlib.suppress(OSError):
+                conn.close()
+            self.log(
+                f"refused a second client from {peer}: {self.url} is in use by "
+                f"{self.client_peer} (one client at a time)"
+            )
+            return
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._client, self.client_peer = conn, peer
+
+    def _send(self, out: bytes) -> bool:
+        if not out:
+            return False
+        if self._master is not None:
+            os.write(self._master, out)
+        elif self._client is not None:
             self._client.sendall(out)
+        return True
 
     def _drop_client(self) -> None:
         if self._client is not None:
             with contextlib.suppress(OSError):
                 self._client.close()
             self._client = None
+            self.client_peer = None
 
 
 def _speed(clock: Clock) -> float:

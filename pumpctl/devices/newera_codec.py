@@ -1,6 +1,6 @@
 """Pure codec for the New Era NE-500/NE-1000 RS-232 protocol (no I/O, no clock).
 
-Wire formats (New Era NE-1000 manual; see docs/serial.md)::
+Wire formats (New Era NE-1000 user manual, RS-232 protocol; see docs/serial.md)::
 
     basic request   [addr] CMD [args] CR             b"RAT12.5MH\\r", b"1RUN\\r"
     safe request    STX len data CRC_hi CRC_lo ETX   len = len(data) + 4
@@ -294,21 +294,32 @@ class FrameError:
     detail: str = ""
 
 
+_REPLY_RE = re.compile(rb"(\d{1,2})(?:A\?([A-Z])|([IWSPTUX]))([\x20-\x7e]*)\Z")
+_NOT_PRINTABLE_RE = re.compile(rb"[^\x20-\x7e]")
+_ADDRESS_RE = re.compile(rb"\d{1,2}")
+
+
 def parse_reply_text(text: bytes, *, safe: bool = False, raw: bytes = b"") -> Reply:
     """Parse ``addr status [data]``; raise ``ValueError`` if it is not a reply."""
-    try:
-        s = text.decode("ascii")
-    except UnicodeDecodeError:
-        raise ValueError("non-ASCII bytes in reply") from None
-    if any(not (0x20 <= ord(c) < 0x7F) for c in s):
-        raise ValueError("control bytes in reply")
-    m = re.match(r"(\d{1,2})(?:A\?([A-Z])|([IWSPTUX]))(.*)\Z", s, re.S)
+    m = _REPLY_RE.match(text)
     if m is None:
-        raise ValueError(f"not a reply: {s!r}")
-    alarm = m.group(2)
+        if not text.isascii():
+            raise ValueError("non-ASCII bytes in reply")
+        if _NOT_PRINTABLE_RE.search(text):
+            raise ValueError("control bytes in reply")
+        head = _ADDRESS_RE.match(text)
+        if head is not None and len(text) > head.end():
+            status = chr(text[head.end()])
+            raise ValueError(
+                f"unknown status {status!r} in reply {text.decode('ascii')!r}; allowed: "
+                "I W X S P T U or an alarm A?x"
+            )
+        raise ValueError(f"not a reply: {text.decode('ascii')!r}")
+    alarm = m.group(2).decode("ascii") if m.group(2) is not None else None
     if alarm is not None and alarm not in ALARMS:
         raise ValueError(f"unknown alarm A?{alarm}")
-    return Reply(int(m.group(1)), m.group(3), alarm, m.group(4), safe, raw)
+    prompt = m.group(3).decode("ascii") if m.group(3) is not None else None
+    return Reply(int(m.group(1)), prompt, alarm, m.group(4).decode("ascii"), safe, raw)
 
 
 class _Decoder:
@@ -331,7 +342,7 @@ class _Decoder:
         """An incomplete frame is waiting for more bytes."""
         return bool(self.buf)
 
-    def _err(self, out: list, kind: str, raw: bytes, detail: str = "") -> None:
+    def _err(self, out: list, kind: str, raw: bytes | bytearray, detail: str = "") -> None:
         self.errors[kind] += 1
         out.append(FrameError(kind, bytes(raw), detail))
 
@@ -486,19 +497,26 @@ class Request:
         return self.broadcast or (self.address or 0) == address
 
 
+#: Bytes the pump ignores in a command: spaces, control bytes and anything not ASCII.
+_IGNORED_BYTES = bytes(b for b in range(256) if not 0x20 < b < 0x7F)
+_COMMAND_RE = re.compile("(" + "|".join(re.escape(c) for c in COMMANDS) + ")")
+_TEXT_ADDRESS_RE = re.compile(r"\d{1,2}")
+
+
 def parse_request_text(text: bytes, *, safe: bool = False, raw: bytes = b"") -> Request:
     """Parse command data the way the pump does: strip spaces/control bytes, upper-case."""
-    s = "".join(chr(b) for b in text if 0x20 < b < 0x7F).upper()
+    s = text.translate(None, _IGNORED_BYTES).decode("ascii").upper()
     broadcast = s.startswith("*")
     if broadcast:
         s = s[1:]
-    m = re.match(r"\d{1,2}", s)
+    m = _TEXT_ADDRESS_RE.match(s)
     address = int(m.group(0)) if m and not broadcast else None
     if m and not broadcast:
         s = s[m.end() :]
-    for name in COMMANDS:
-        if s.startswith(name):
-            return Request(address, broadcast, name, s[len(name) :], safe, True, raw)
+    c = _COMMAND_RE.match(s)
+    if c is not None:
+        name = c.group(1)
+        return Request(address, broadcast, name, s[len(name) :], safe, True, raw)
     if s == "":
         return Request(address, broadcast, "", "", safe, True, raw)
     return Request(address, broadcast, s, "", safe, False, raw)

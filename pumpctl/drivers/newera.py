@@ -74,7 +74,7 @@ from pumpctl.setting import PumpModel
 
 Listener = Callable[[list[PumpAlarm]], None]
 LinkListener = Callable[[bool, str], None]
-Accept = Callable[[Reply], bool]
+Accept = Callable[[Reply], bool | str]
 
 BAUD_RATES = (300, 1200, 2400, 9600, 19200)
 #: Alarms the driver itself infers or the NE-1000 reports (cleared by a successful RUN).
@@ -108,35 +108,113 @@ class _NoReply(Exception):
         self.errors = errors
 
 
-# -- what a reply to each query must look like (anything else is stale or garbled) ----------
+# -- what a reply to each query must look like ------------------------------------------------
+# An acceptor answers True (the reply answers the query), False (it is another kind of
+# reply: late or crossed, skipped) or a message: the reply has the shape of the answer
+# but a value this pump cannot have (an error: never believed).
+_DIS_SHAPE = re.compile(r"I(.*)W(.*)(ML|UL)\Z")
+_RATE_SHAPE = re.compile(r"(.*?)(MH|MM|UH|UM)\Z")
+_VOL_SHAPE = re.compile(r"(.*?)(ML|UL)\Z")
+_NUMBER_SHAPE = re.compile(r"[-+\d.eE]+\Z")
+#: Largest number a pump writes (4 digits; "1200.0" style allowed).
+_MAX_PUMP_NUMBER = 9999.0
+
+
+def _shape(data: str) -> str:
+    """What kind of reply ``data`` looks like: status, dis, rate, volume, ver, dir, number."""
+    if data == "":
+        return "status"
+    if _DIS_SHAPE.match(data):
+        return "dis"
+    if _RATE_SHAPE.match(data):
+        return "rate"
+    if _VOL_SHAPE.match(data):
+        return "volume"
+    if data.startswith("NE"):
+        return "ver"
+    if data in ("INF", "WDR", "STK"):
+        return "dir"
+    if _NUMBER_SHAPE.match(data):
+        return "number"
+    return "other"
+
+
+def _pump_number(text: str, what: str, lo: float = 0.0, hi: float = _MAX_PUMP_NUMBER) -> float:
+    """A number as a pump writes it, within [lo, hi]; ValueError with a clear reason."""
+    try:
+        value = parse_number(text)
+    except ValueError:
+        raise ValueError(f"{what} {text!r} is not a number the pump writes") from None
+    if len(text.replace(".", "")) > 5 or not lo <= value <= hi:
+        raise ValueError(f"{what} {text!r} is outside {lo:g}-{hi:g}")
+    return value
+
+
+def _acceptors(limits: RateLimits, model_name: str) -> dict[str, Accept]:
+    """Acceptors for each query, with the value ranges of this pump model."""
+
+    def judged(kind: str, check: Callable[[str], None]) -> Accept:
+        def ok(r: Reply) -> bool | str:
+            if r.error is not None:
+                return True
+            shape = _shape(r.data)
+            if shape != kind and shape != "other":
+                return False  # another command's reply
+            try:
+                check(r.data)
+            except ValueError as exc:
+                return str(exc)
+            return True
+
+        return ok
+
+    def rate(data: str) -> None:
+        m = _RATE_SHAPE.match(data)
+        if m is None:
+            raise ValueError(f"rate {data!r} has no rate units (MH, MM, UH, UM)")
+        value = _pump_number(m.group(1), "rate")
+        ml_per_h = value * RATE_UNITS_ML_PER_H[m.group(2)]
+        if ml_per_h > limits.max_ml_per_h + 1e-9:
+            raise ValueError(
+                f"rate {data!r} = {ml_per_h:g} mL/h is outside the {model_name} range "
+                f"0-{limits.max_ml_per_h:g} mL/h"
+            )
+
+    def volume(data: str) -> None:
+        m = _VOL_SHAPE.match(data)
+        if m is None:
+            raise ValueError(f"volume {data!r} has no volume units (ML, UL)")
+        _pump_number(m.group(1), "volume")
+
+    def dispensed(data: str) -> None:
+        m = _DIS_SHAPE.match(data)
+        if m is None:
+            raise ValueError(f"dispensed volume {data!r} is not I<infused>W<withdrawn><units>")
+        _pump_number(m.group(1), "infused volume")
+        _pump_number(m.group(2), "withdrawn volume")
+
+    def diameter(data: str) -> None:
+        _pump_number(data, "syringe diameter", 0.1, 50.0)
+
+    def safe_timeout(data: str) -> None:
+        value = _pump_number(data, "safe-mode time-out", 0.0, 255.0)
+        if value != int(value):
+            raise ValueError(f"safe-mode time-out {data!r} is not a whole number of seconds")
+
+    return {
+        "": _status_only,
+        "VER": _ver_reply,
+        "DIS": judged("dis", dispensed),
+        "RAT": judged("rate", rate),
+        "VOL": judged("volume", volume),
+        "DIA": judged("number", diameter),
+        "SAF": judged("number", safe_timeout),
+        "DIR": _dir_reply,
+    }
+
+
 def _status_only(r: Reply) -> bool:
     return r.data == "" or r.error is not None
-
-
-def _number_reply(units: dict[str, float] | None) -> Accept:
-    def ok(r: Reply) -> bool:
-        if r.error is not None:
-            return True
-        try:
-            if units is None:
-                parse_number(r.data)
-            else:
-                split_number_units(r.data, units)
-        except ValueError:
-            return False
-        return True
-
-    return ok
-
-
-def _dis_reply(r: Reply) -> bool:
-    if r.error is not None:
-        return True
-    try:
-        parse_dispensed(r.data)
-    except ValueError:
-        return False
-    return True
 
 
 def _ver_reply(r: Reply) -> bool:
@@ -151,16 +229,181 @@ def _any_reply(r: Reply) -> bool:
     return True
 
 
-_ACCEPT: dict[str, Accept] = {
-    "": _status_only,
-    "VER": _ver_reply,
-    "DIS": _dis_reply,
-    "RAT": _number_reply(RATE_UNITS_ML_PER_H),
-    "VOL": _number_reply(VOLUME_UNITS_ML),
-    "DIA": _number_reply(None),
-    "SAF": _number_reply(None),
-    "DIR": _dir_reply,
-}
+def _lock_conflict(exc: BaseException) -> bool:
+    """pyserial's error when ``exclusive=True`` finds the port locked by another process."""
+    return "exclusively lock" in str(exc) or getattr(exc, "errno", None) in (11, 35)
+
+
+class NewEraBus:
+    """One serial line shared by NE-1000 pumps in network mode (addresses 0-99).
+
+    Owns the port (opened once, exclusively where the OS supports it), one reply decoder
+    and one lock: drivers on the bus take turns, one exchange at a time. A reply read by
+    one driver that belongs to another pump on the bus (a late reply, a safe-mode
+    auto-alarm) is handed to that pump's driver, so no alarm is lost. The port is closed
+    when the last driver on the bus is closed (if the bus opened it).
+    """
+
+    def __init__(
+        self,
+        port: str | SerialLike,
+        *,
+        baud: int = 19200,
+        timeout_s: float = 0.5,
+        exclusive: bool = True,
+    ) -> None:
+        if baud not in BAUD_RATES:
+            raise InputError(
+                f"baud {baud!r} is not allowed; allowed: {', '.join(map(str, BAUD_RATES))}"
+            )
+        self.baud = baud
+        self.timeout_s = timeout_s
+        self.exclusive = exclusive
+        self.url = port if isinstance(port, str) else getattr(port, "port", None) or "<port>"
+        self.decoder = ReplyDecoder()
+        self.lock = threading.RLock()
+        self.drivers: dict[int, NewEraDriver] = {}
+        self._pending: list[Reply | FrameError] = []
+        self._owns_port = isinstance(port, str)
+        self._ser: Any = None if isinstance(port, str) else port
+        if self._ser is None:
+            self._open()
+        else:
+            self._configure(self._ser)
+
+    def driver(self, address: int, **kw: Any) -> NewEraDriver:
+        """A driver for the pump at ``address`` on this line (``NewEraDriver`` options)."""
+        kw.setdefault("baud", self.baud)
+        kw.setdefault("timeout_s", self.timeout_s)
+        return NewEraDriver(self, address=address, **kw)
+
+    # -- membership
+    def attach(self, drv: NewEraDriver) -> None:
+        """Register a driver; one driver per address."""
+        with self.lock:
+            if drv.address in self.drivers:
+                raise InputError(
+                    f"pump address {drv.address} is already in use on {self.url}; "
+                    "each pump on a line needs its own address"
+                )
+            self.drivers[drv.address] = drv
+
+    def detach(self, drv: NewEraDriver) -> None:
+        """Unregister a closed driver; the last one out closes the port."""
+        with self.lock:
+            if self.drivers.get(drv.address) is drv:
+                del self.drivers[drv.address]
+            if not self.drivers:
+                self.close()
+
+    def route(self, item: Reply) -> bool:
+        """Hand a reply from another pump on the bus to its driver; False if nobody owns it."""
+        other = self.drivers.get(item.address)
+        if other is None:
+            return False
+        other._stray(item)
+        return True
+
+    def take_pending(self) -> list[Reply | FrameError]:
+        """Items decoded after the reply an exchange was waiting for."""
+        items, self._pending = self._pending, []
+        return items
+
+    def put_back(self, items: list[Reply | FrameError]) -> None:
+        """Keep items that followed an accepted reply for the next drain."""
+        self._pending.extend(items)
+
+    # -- the port
+    def _configure(self, ser: Any) -> None:
+        with contextlib.suppress(AttributeError, ValueError, serial.SerialException):
+            ser.timeout = min(self.timeout_s, 0.05)
+
+    def _open(self) -> None:
+        kw: dict[str, Any] = {
+            "baudrate": self.baud,
+            "bytesize": 8,
+            "parity": "N",
+            "stopbits": 1,
+            "timeout": min(self.timeout_s, 0.05),
+            "write_timeout": max(self.timeout_s, 1.0),
+        }
+        if self.exclusive:
+            kw["exclusive"] = True
+        try:
+            try:
+                self._ser = serial.serial_for_url(self.url, **kw)
+            except (TypeError, ValueError) as exc:
+                if "exclusive" not in str(exc):
+                    raise
+                kw.pop("exclusive")  # a port type without exclusive access
+                self._ser = serial.serial_for_url(self.url, **kw)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            self._ser = None
+            if self.exclusive and _lock_conflict(exc):
+                raise CommunicationError(
+                    f"{self.url} is in use by another program (it holds the port "
+                    "exclusively); close the other controller first"
+                ) from None
+            raise CommunicationError(f"cannot open {self.url}: {exc}") from None
+        for drv in self.drivers.values():
+            drv._ready = False
+
+    def port(self) -> Any:
+        """The open port, reopened if it vanished (then every pump is set up again)."""
+        if self._ser is None:
+            if not self._owns_port:
+                raise CommunicationError(f"{self.url} is closed")
+            self._open()
+        return self._ser
+
+    def broken(self) -> None:
+        """The port failed: close it (reopened on the next use); every pump is set up again."""
+        if self._owns_port and self._ser is not None:
+            with contextlib.suppress(Exception):
+                self._ser.close()
+            self._ser = None
+        self._pending.clear()
+        for drv in self.drivers.values():
+            drv._ready = False
+
+    def close(self) -> None:
+        """Close the port if the bus opened it."""
+        with self.lock:
+            if self._ser is not None and self._owns_port:
+                with contextlib.suppress(Exception):
+                    self._ser.close()
+            self._ser = None
+            self._owns_port = False
+
+
+def open_relay_pair(
+    port: str | SerialLike,
+    model: PumpModel | None = None,
+    *,
+    addresses: tuple[int, int] = (0, 1),
+    **kw: Any,
+) -> tuple[NewEraDriver, NewEraDriver]:
+    """Two NE-1000 drivers on one serial line (network mode), for a two-pump relay.
+
+    Serial settings come from the model's ``[serial]`` table (baud, safe-mode time-out,
+    syringe diameter); ``addresses`` overrides its address. ``kw`` goes to both drivers.
+    """
+    if model is None:
+        from pumpctl.setting import load_pump
+
+        model = load_pump("newera_ne1000")
+    a, b = addresses
+    if a == b:
+        raise InputError(f"relay pumps need two different addresses, got {a} and {b}")
+    baud = int(kw.pop("baud", model.serial.get("baud", 19200)))
+    bus = NewEraBus(port, baud=baud, timeout_s=float(kw.get("timeout_s", 0.5)))
+    try:
+        first = NewEraDriver.from_model(model, bus, address=a, baud=baud, **kw)
+        second = NewEraDriver.from_model(model, bus, address=b, baud=baud, **kw)
+    except BaseException:
+        bus.close()
+        raise
+    return first, second
 
 
 class NewEraDriver(PumpDriver):
@@ -168,7 +411,7 @@ class NewEraDriver(PumpDriver):
 
     def __init__(
         self,
-        port: str | SerialLike,
+        port: str | SerialLike | NewEraBus,
         *,
         address: int = 0,
         baud: int = 19200,
@@ -211,11 +454,20 @@ class NewEraDriver(PumpDriver):
         self.link_listener: LinkListener | None = None
         self.identity: PumpIdentity | None = None
         self.stats: Counter[str] = Counter()
-        self._url = port if isinstance(port, str) else getattr(port, "port", None) or "<port>"
-        self._owns_port = isinstance(port, str)
-        self._ser: Any = None if isinstance(port, str) else port
-        self._decoder = ReplyDecoder()
-        self._lock = threading.RLock()
+        if isinstance(port, NewEraBus):
+            if port.baud != baud:
+                raise InputError(
+                    f"baud {baud} differs from the shared line's {port.baud} on {port.url}"
+                )
+            self.bus = port
+        else:
+            self.bus = NewEraBus(port, baud=baud, timeout_s=timeout_s)
+        self.bus.attach(self)
+        name = model.name if model is not None else "pump model"
+        self._accept = _acceptors(self.limits, name)
+        self._url = self.bus.url
+        self._decoder = self.bus.decoder
+        self._lock = self.bus.lock
         self._depth = 0
         self._notify: list[PumpAlarm] = []
         self._ready = False
@@ -234,13 +486,12 @@ class NewEraDriver(PumpDriver):
         self._current: str = ""
         self._restoring = False
         self._hb_timer: TimerHandle | None = None
-        if self._ser is None:
-            self._open()
-        else:
-            self._configure(self._ser)
+        self._closed = False
 
     @classmethod
-    def from_model(cls, model: PumpModel, port: str | SerialLike, **kw: Any) -> NewEraDriver:
+    def from_model(
+        cls, model: PumpModel, port: str | SerialLike | NewEraBus, **kw: Any
+    ) -> NewEraDriver:
         """A driver with the serial settings of a pump profile (``[serial]``), overridable."""
         s = model.serial
         kw.setdefault("address", int(s.get("address", 0)))
@@ -250,41 +501,15 @@ class NewEraDriver(PumpDriver):
         return cls(port, model=model, **kw)
 
     # ================================================================ transport
-    def _configure(self, ser: Any) -> None:
-        with contextlib.suppress(AttributeError, ValueError, serial.SerialException):
-            ser.timeout = min(self.timeout_s, 0.05)
-
-    def _open(self) -> None:
-        try:
-            self._ser = serial.serial_for_url(
-                self._url,
-                baudrate=self.baud,
-                bytesize=8,
-                parity="N",
-                stopbits=1,
-                timeout=min(self.timeout_s, 0.05),
-                write_timeout=max(self.timeout_s, 1.0),
-            )
-        except (serial.SerialException, OSError, ValueError) as exc:
-            self._ser = None
-            raise CommunicationError(f"cannot open {self._url}: {exc}") from None
-
     def _port(self) -> Any:
-        if self._ser is None:
-            if not self._owns_port:
-                raise CommunicationError(f"{self._url} is closed")
-            self._open()
-            self._ready = False
-        return self._ser
+        if self._closed:
+            raise CommunicationError(f"{self._url} is closed")
+        return self.bus.port()
 
     def _broken(self, exc: BaseException) -> CommunicationError:
         """The port itself failed (cable or adapter gone): close it, reopen next time."""
         self.stats["port_errors"] += 1
-        if self._owns_port and self._ser is not None:
-            with contextlib.suppress(Exception):
-                self._ser.close()
-            self._ser = None
-        self._ready = False
+        self.bus.broken()
         err = CommunicationError(f"lost the link to the pump on {self._url}: {exc}")
         self._link_state(False, str(err))
         return err
@@ -308,7 +533,12 @@ class NewEraDriver(PumpDriver):
         ser = self._port()
         try:
             n = ser.in_waiting
-            return bytes(ser.read(max(1, n)))
+            data = bytes(ser.read(max(1, n)))
+            if data and not n:  # woke on the first byte: take the rest that came with it
+                more = ser.in_waiting
+                if more:
+                    data += bytes(ser.read(more))
+            return data
         except (serial.SerialException, OSError) as exc:
             raise self._broken(exc) from None
 
@@ -320,15 +550,22 @@ class NewEraDriver(PumpDriver):
             data = bytes(ser.read(n)) if n else b""
         except (serial.SerialException, OSError) as exc:
             raise self._broken(exc) from None
-        items: list[Reply | FrameError] = list(self._decoder.feed(data)) if data else []
+        items = self.bus.take_pending()
+        items += self._decoder.feed(data) if data else []
         items += self._decoder.flush()
         for item in items:
             if isinstance(item, Reply) and item.address == self.address:
-                self.stats["stale_replies"] += 1
-                if item.alarm is not None:
-                    self._note_alarm(item.alarm)  # a safe-mode auto-alarm
+                self._stray(item)
+            elif isinstance(item, Reply) and self.bus.route(item):
+                continue
             else:
                 self.stats["stale_frames"] += 1
+
+    def _stray(self, item: Reply) -> None:
+        """A reply from this pump that answers nothing we are waiting for."""
+        self.stats["stale_replies"] += 1
+        if item.alarm is not None:
+            self._note_alarm(item.alarm)  # a safe-mode auto-alarm
 
     def _frame(self, command: str, args: str = "", *, safe: bool | None = None) -> bytes:
         text = command_text(self.address, command, args)
@@ -350,22 +587,33 @@ class NewEraDriver(PumpDriver):
             data = self._read_some()
             got = got or bool(data)
             self.stats["bytes_received"] += len(data)
-            for item in self._decoder.feed(data):
+            items = self._decoder.feed(data)
+            for i, item in enumerate(items):
                 if isinstance(item, FrameError):
                     errors.append(item)
                     self.stats[f"frame_error_{item.kind}"] += 1
                     continue
                 if item.address != self.address:
+                    if self.bus.route(item):
+                        continue
                     errors.append(FrameError("address", item.raw, f"reply from {item.address}"))
                     self.stats["other_address"] += 1
                     continue
-                if item.alarm is None and not accept(item):
+                verdict = True if item.alarm is not None else accept(item)
+                if verdict is False:
                     self.stats["stale_replies"] += 1
+                    errors.append(FrameError("unexpected", item.raw, f"reply {item.data!r}"))
                     continue
+                if isinstance(verdict, str):  # the answer, with an impossible value
+                    self.stats["impossible_values"] += 1
+                    errors.append(FrameError("value", item.raw, verdict))
+                    self.bus.put_back(items[i + 1 :])
+                    raise _NoReply(time.monotonic() - t0, True, errors)
                 if self._safe and not item.safe:
                     self.stats["mode_mismatch"] += 1
                     self._ready = False  # the pump left safe mode: set it up again
                 self._link_state(True, "")
+                self.bus.put_back(items[i + 1 :])
                 return item
             if time.monotonic() >= deadline:
                 errors += self._decoder.flush()
@@ -376,7 +624,13 @@ class NewEraDriver(PumpDriver):
         waited = sum(f.waited_s for f in failures)
         shown = round(max(waited, self.timeout_s * len(failures)), 1)
         errors = [e for f in failures for e in f.errors]
-        if not any(f.got_bytes for f in failures):
+        impossible = [e for e in errors if e.kind == "value"]
+        if impossible:
+            msg = (
+                f"pump at {self.address} on {self._url} answered {what} with an impossible "
+                f"value: {impossible[-1].detail}; not believed"
+            )
+        elif not any(f.got_bytes for f in failures):
             msg = (
                 f"no reply from pump at {self.address} on {self._url} within {shown:.1f} s; "
                 "check cable, baud and address"
@@ -405,7 +659,7 @@ class NewEraDriver(PumpDriver):
     ) -> Reply:
         """A read-only command: retried on a lost or bad reply; alarms are noted and it is
         asked again (the alarm reply acknowledged the alarm; the query was not answered)."""
-        acc = accept or _ACCEPT.get(command, _any_reply)
+        acc = accept or self._accept.get(command, _any_reply)
         frame = self._frame(command, args, safe=safe)
         tries = attempts if attempts is not None else self.retries + 1
         failures: list[_NoReply] = []
@@ -467,10 +721,13 @@ class NewEraDriver(PumpDriver):
                 except _NoReply as miss:
                     self.stats["lost_replies"] += 1
                     self.stats["read_backs"] += 1
-                    if verify():
+                    if self._read_back(verify, command, what):
                         return None
                     if sends > self.retries:
-                        raise self._comm_error([miss], what) from None
+                        err = self._comm_error([miss], what)
+                        raise CommunicationError(
+                            f"{err}; read back: {self._outcome(command, what, known=True)}"
+                        ) from None
                     self.stats["resends"] += 1
                     continue
                 if reply.alarm is not None:  # not executed: the reply acknowledged an alarm
@@ -487,11 +744,13 @@ class NewEraDriver(PumpDriver):
                     continue
                 if reply.error in ("?COM", "?IGN"):
                     self.stats["read_backs"] += 1
-                    if verify():
+                    if self._read_back(verify, command, what):
                         return None
                     if sends > self.retries:
                         raise CommunicationError(
-                            f"pump at {self.address} rejected {what} {sends} times ({reply.data})"
+                            f"pump at {self.address} rejected {what} {sends} times "
+                            f"({reply.data}); read back: "
+                            f"{self._outcome(command, what, known=True)}"
                         )
                     continue
                 self._note_prompt(reply.prompt)
@@ -501,6 +760,30 @@ class NewEraDriver(PumpDriver):
                 return reply
         finally:
             self._current = prev
+
+    def _read_back(self, verify: Callable[[], bool], command: str, what: str) -> bool:
+        """Whether a command whose reply was lost took effect; if the pump cannot be read
+        back either, a ``CommunicationError`` that says what may have happened."""
+        try:
+            return verify()
+        except CommunicationError as exc:
+            raise CommunicationError(
+                f"no reply to {what} from pump at {self.address} on {self._url}, and reading "
+                f"it back failed ({exc}); {self._outcome(command, what, known=False)}"
+            ) from None
+
+    def _outcome(self, command: str, what: str, *, known: bool) -> str:
+        """What the pump is doing after a command that may not have taken effect."""
+        if not known:
+            if command == "RUN":
+                return "its state is unknown: the pump may be running"
+            if command == "STP":
+                return "its state is unknown: the pump may still be running"
+            return f"{what} may or may not have taken effect"
+        state = PROMPTS.get(self._prompt or "", RunState.STOPPED).value
+        if command in ("RUN", "STP"):
+            return f"the pump is {state}; {what} did not take effect"
+        return f"{what} did not take effect (the pump is {state})"
 
     def _note_alarm(self, code: str) -> None:
         alarm = ALARMS[code]
@@ -742,33 +1025,40 @@ class NewEraDriver(PumpDriver):
             self._alarms.discard(PumpAlarm.VTBI_COMPLETE)
 
     def _do_start(self) -> None:
-        with self._op():
-            prompt = self._status_prompt()
-            if prompt in ACTIVE_PROMPTS:
-                return  # already running: never a second RUN
-            if prompt == "S":  # a new run: the pump counts VOL from here
-                infused, prompt = self._dis_ml()
+        run_sent = False
+        try:
+            with self._op():
+                prompt = self._status_prompt()
                 if prompt in ACTIVE_PROMPTS:
-                    return
-                self._run_base_ml = infused
-                if self._vtbi_ml is not None:
-                    per_run = self._vtbi_ml - infused
-                    if per_run <= _VOLUME_TOLERANCE_ML:
-                        raise PumpCommandError(
-                            "cannot start: VTBI already infused; program a new VTBI"
-                        )
-                    if self._vol_sent_ml is None or abs(per_run - self._vol_sent_ml) > 1e-6:
-                        self._send_vol(per_run)
-            rate = self._rate_ml_per_h if self._rate_ml_per_h is not None else self._read_rate()
-            if rate <= 0:
-                raise PumpCommandError("cannot start: no rate programmed")
+                    return  # already running: never a second RUN
+                if prompt == "S":  # a new run: the pump counts VOL from here
+                    infused, prompt = self._dis_ml()
+                    if prompt in ACTIVE_PROMPTS:
+                        return
+                    self._run_base_ml = infused
+                    if self._vtbi_ml is not None:
+                        per_run = self._vtbi_ml - infused
+                        if per_run <= _VOLUME_TOLERANCE_ML:
+                            raise PumpCommandError(
+                                "cannot start: VTBI already infused; program a new VTBI"
+                            )
+                        if self._vol_sent_ml is None or abs(per_run - self._vol_sent_ml) > 1e-6:
+                            self._send_vol(per_run)
+                rate = self._rate_ml_per_h if self._rate_ml_per_h is not None else self._read_rate()
+                if rate <= 0:
+                    raise PumpCommandError("cannot start: no rate programmed")
 
-            def started() -> bool:
-                return self._status_prompt() in ACTIVE_PROMPTS
+                def started() -> bool:
+                    return self._status_prompt() in ACTIVE_PROMPTS
 
-            self._apply("RUN", "", started, what="RUN", retry_alarms=frozenset("RT"))
-            self._was_running = True
-            self._alarms -= _CLEARED_BY_RUN
+                run_sent = True
+                self._apply("RUN", "", started, what="RUN", retry_alarms=frozenset("RT"))
+                self._was_running = True
+                self._alarms -= _CLEARED_BY_RUN
+        except CommunicationError as exc:
+            if run_sent:
+                raise
+            raise CommunicationError(f"{exc}; RUN was not sent") from None
 
     def _do_stop(self) -> None:
         with self._op():
@@ -829,11 +1119,9 @@ class NewEraDriver(PumpDriver):
     def _do_close(self) -> None:
         self.stop_heartbeat()
         with self._lock:
-            if self._ser is not None and self._owns_port:
-                with contextlib.suppress(Exception):
-                    self._ser.close()
-            self._ser = None
-            self._owns_port = False
+            if not self._closed:
+                self._closed = True
+                self.bus.detach(self)
             self._ready = False
 
     # ================================================================ extras

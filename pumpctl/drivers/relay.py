@@ -34,6 +34,7 @@ class RelayPair(PumpDriver):
         self.active_name, self.idle_name = names
         self.loading = False  # a reservoir change is under way on the idle pump
         self.armed = False
+        self._handing_over = False
         self._listener: Listener | None = None
         for name, drv in self.pumps.items():
             if hasattr(drv, "listener"):
@@ -59,7 +60,7 @@ class RelayPair(PumpDriver):
     def _from(self, name: str) -> Listener:
         def hear(alarms: list[PumpAlarm]) -> None:
             # The idle pump finishing its old syringe, or being loaded, is not the channel's.
-            if name == self.active_name and self._listener is not None:
+            if name == self.active_name and not self._handing_over and self._listener:
                 self._listener(alarms)
 
         return hear
@@ -85,10 +86,14 @@ class RelayPair(PumpDriver):
         if not self.armed:
             raise PumpCommandError("no pump is armed to take over")
         old, new = self.active, self.idle
-        if old.status().running:
-            old.stop()  # never both at the full rate
-        new.start()
-        after_old, after_new = old.status(), new.status()
+        self._handing_over = True  # what the pumps report meanwhile is this hand-over
+        try:
+            if old.status().running:
+                old.stop()  # never both at the full rate
+            new.start()
+            after_old, after_new = old.status(), new.status()
+        finally:
+            self._handing_over = False
         if after_old.running or not after_new.running:
             raise PumpCommandError(
                 f"hand-over read-back: pump {self.active_name} "
@@ -104,7 +109,8 @@ class RelayPair(PumpDriver):
         """Reservoir handling goes to the pump being loaded; faults to the running one."""
         reservoir = action in ("connect_bag", "disconnect_bag", "prime_line")
         target = self.idle if reservoir and self.loading else self.active
-        return target.world(action, *args)  # type: ignore[attr-defined]
+        fn = getattr(target, "world", None)
+        return None if fn is None else fn(action, *args)  # a real pump: the bench's hands
 
     # -- one channel: the active pump ---------------------------------------
     def _do_identify(self) -> PumpIdentity:
@@ -126,7 +132,11 @@ class RelayPair(PumpDriver):
         self.active.clear_volume()
 
     def _do_status(self) -> PumpStatus:
-        return self.active.status()
+        st = self.active.status()
+        beat = getattr(self.idle, "heartbeat", None)
+        if beat is not None and getattr(self.idle, "safe_timeout_s", None):
+            beat()  # a safe-mode pump fail-stops without packets to its own address
+        return st
 
     def _do_close(self) -> None:
         for drv in self.pumps.values():

@@ -168,7 +168,7 @@ def obx(
         vtype,
         code,
         sub_id,
-        value,
+        value,  # type: ignore[arg-type]
         unit,
         None,
         flags,

@@ -126,7 +126,7 @@ def run_scenario(
             t.operator,
             t.confirm_deviation,
         )
-        clock.call_at(t.at_h * 3600.0, lambda o=o: ctl.titrate(o, "md1"))
+        clock.call_at(t.at_h * 3600.0, _titrate_at(ctl, o))
 
     if trace:  # IEC samples every 30 s for 2 h from the start, read off the physics' steps
 
@@ -183,6 +183,13 @@ def _probe_totals(per_pump: list[list[tuple[float, float]]]) -> list[tuple[float
             total += v
         out.append((row[0][0], total))
     return out
+
+
+def _titrate_at(ctl: Controller, order: Order) -> Callable[[], None]:
+    def go() -> None:
+        ctl.titrate(order, "md1")
+
+    return go
 
 
 def record_physics(

@@ -26,7 +26,7 @@ class World:
 
     def __init__(self, clock: Clock, driver: PumpDriver) -> None:
         self.clock = clock
-        self.driver = driver
+        self.driver: Any = driver  # a simulated pump (or relay): it has world()
         self.clear_at_s: dict[str, float] = {}  # alarm kind -> when its cause is gone
         self.nurse_absent: list[tuple[float, float]] = []
         self.pharmacy_late: list[list[float]] = []  # [at_s, delay_s, used(0/1)]
@@ -209,7 +209,7 @@ class Nurse:
         ctl, clock, nb = self.ctl, self.clock, self.ctl.next_bag
         if ctl.state is State.IDLE and not ctl.bags:
             if ctl.line_primed:
-                clock.call_later(0.0, lambda: ctl.start(self.op))
+                clock.call_later(0.0, self._start)
             elif nb is not None and nb.delivered_s is not None:
                 clock.call_later(0.0, self._prime)
         elif ctl.state is State.PRIMING:
@@ -296,6 +296,9 @@ class Nurse:
         if self.ctl.prime(self.op, light_protected=True) is None:
             self._hands("prime_line", self.ctl.prime_ml)
             self.clock.call_later(self.prime_min.sample(self.rng) * 60.0, self._primed)
+
+    def _start(self) -> None:
+        self.ctl.start(self.op)
 
     def _primed(self) -> None:
         if self.ctl.primed(self.op) is None:
@@ -390,7 +393,7 @@ class Nurse:
             self.change_planned = False
             return
         other = [
-            a.kind
+            str(a.kind)
             for a in self.ctl.alarms.active()
             if a.spec.flow_stopping and a.kind not in ("bag_empty", "air_in_line")
         ]
@@ -398,10 +401,10 @@ class Nurse:
         self.clock.call_at(max(t_ok, self.clock.now() + 30.0), self._hang_after_empty)
 
     def _ack_all(self) -> list[str]:
-        kinds = []
+        kinds: list[str] = []
         for a in self.ctl.alarms.active():
             if a.spec.flow_stopping:
-                kinds.append(a.kind)
+                kinds.append(str(a.kind))
                 if a.acknowledged_s is None:
                     self.ctl.acknowledge(a.id, self.op)
         return kinds
