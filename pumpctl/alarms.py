@@ -142,10 +142,11 @@ class Alarm:
 class AlarmBoard:
     """The alarms of one channel, newest last; changed only by applied events."""
 
-    __slots__ = ("all",)
+    __slots__ = ("_low", "all")
 
     def __init__(self) -> None:
         self.all: list[Alarm] = []
+        self._low = 0  # every alarm before this index is cleared
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, AlarmBoard) and self.all == other.all
@@ -159,8 +160,18 @@ class AlarmBoard:
         self.all.append(alarm)
 
     def find_active(self, kind: str) -> Alarm | None:
-        """The active alarm of this kind, if any."""
-        for a in reversed(self.all):
+        """The active alarm of this kind, if any.
+
+        A cleared alarm stays cleared, so the scan stops at the oldest alarm that may still
+        be active (a low-water mark moved on lazily): a 30-day run does not rescan them all.
+        """
+        alarms = self.all
+        low = self._low if self._low <= len(alarms) else 0
+        while low < len(alarms) and alarms[low].cleared_s is not None:
+            low += 1
+        self._low = low
+        for i in range(len(alarms) - 1, low - 1, -1):
+            a = alarms[i]
             if a.kind == kind and a.cleared_s is None:
                 return a
         return None

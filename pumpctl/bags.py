@@ -9,7 +9,7 @@ changes only by applying logged events (``pumpctl.events.apply``).
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -48,8 +48,8 @@ class Recipe:
         return self.rate_ml_per_h * self.conc_mg_per_ml
 
     def to_json(self) -> dict[str, Any]:
-        """Plain dict (the event detail form)."""
-        return asdict(self)
+        """Plain dict (the event detail form; the fields are plain numbers, no deep copy)."""
+        return {f: getattr(self, f) for f in _RECIPE_FIELDS}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Recipe:
@@ -143,8 +143,9 @@ class Bag:
 
     def to_json(self) -> dict[str, Any]:
         """Plain dict (the recipe's figures also at the top level, for screens)."""
-        d = asdict(self)
+        d = {f: getattr(self, f) for f in _BAG_FIELDS}
         r = self.recipe
+        d["recipe"] = r.to_json()
         d.update(
             status=self.status.value,
             mg=r.mg,
@@ -155,3 +156,7 @@ class Bag:
             vtbi_ml=r.vtbi_ml if self.vtbi_ml is None else self.vtbi_ml,
         )
         return d
+
+
+_RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))
+_BAG_FIELDS = tuple(f.name for f in fields(Bag))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
-@dataclass(order=True)
+@dataclass(order=True, slots=True)
 class TimerHandle:
     """A scheduled callback; ``cancel()`` makes it a no-op."""
 
@@ -52,21 +52,25 @@ class Clock(Protocol):
 
 
 class _HeapClock:
-    """Shared heap of (time, sequence, callback); the sequence makes ties deterministic."""
+    """Shared heap of (time, sequence, handle); the sequence makes ties deterministic.
+
+    Plain tuples keep the heap's comparisons in C (the sequence is unique, so a handle
+    itself is never compared).
+    """
 
     def __init__(self) -> None:
-        self._heap: list[TimerHandle] = []
+        self._heap: list[tuple[float, int, TimerHandle]] = []
         self._seq = 0
 
     def _push(self, when_s: float, callback: Callable[[], None]) -> TimerHandle:
-        self._seq += 1
-        handle = TimerHandle(when_s, self._seq, callback)
-        heapq.heappush(self._heap, handle)
+        self._seq = seq = self._seq + 1
+        handle = TimerHandle(when_s, seq, callback)
+        heapq.heappush(self._heap, (when_s, seq, handle))
         return handle
 
     def pending(self) -> int:
         """Number of live timers."""
-        return sum(1 for h in self._heap if not h.cancelled)
+        return sum(1 for _t, _s, h in self._heap if not h.cancelled)
 
 
 class SimClock(_HeapClock):
@@ -91,14 +95,15 @@ class SimClock(_HeapClock):
 
     def run(self, until_s: float | None = None) -> None:
         heap = self._heap
+        pop = heapq.heappop
+        limit = float("inf") if until_s is None else until_s
         while heap:
-            handle = heap[0]
-            if until_s is not None and handle.when_s > until_s:
+            if heap[0][0] > limit:
                 break
-            heapq.heappop(heap)
+            when_s, _seq, handle = pop(heap)
             if handle.cancelled:
                 continue
-            self._now_s = handle.when_s
+            self._now_s = when_s
             handle.callback()
         if until_s is not None and until_s > self._now_s:
             self._now_s = until_s
@@ -169,9 +174,9 @@ class SystemClock(_HeapClock):
         due_s = self.now()
         while True:
             with self._lock:
-                if not self._heap or self._heap[0].when_s > due_s:
+                if not self._heap or self._heap[0][0] > due_s:
                     return ran
-                handle = heapq.heappop(self._heap)
+                handle = heapq.heappop(self._heap)[2]
             if not handle.cancelled:
                 handle.callback()
                 ran += 1
@@ -193,15 +198,15 @@ class SystemClock(_HeapClock):
     def run(self, until_s: float | None = None) -> None:
         while not self.stopped:
             with self._lock:
-                while self._heap and self._heap[0].cancelled:
+                while self._heap and self._heap[0][2].cancelled:
                     heapq.heappop(self._heap)
-                next_s = self._heap[0].when_s if self._heap else None
+                next_s = self._heap[0][0] if self._heap else None
             now_s = self.now()
             if until_s is not None and now_s >= until_s:
                 return
             if next_s is not None and next_s <= now_s:
                 with self._lock:
-                    handle = heapq.heappop(self._heap)
+                    handle = heapq.heappop(self._heap)[2]
                 if not handle.cancelled:
                     handle.callback()
                 continue

@@ -120,6 +120,47 @@ class Event:
         return out
 
 
+_EVENT_FIELDS = (
+    "seq",
+    "t_s",
+    "wall_utc",
+    "pump",
+    "state",
+    "event",
+    "detail",
+    "operator",
+    "problem",
+)
+_SETTERS = tuple(getattr(Event, f).__set__ for f in _EVENT_FIELDS)
+
+
+def _new_event(
+    seq: int,
+    t_s: float,
+    wall_utc: str,
+    pump: str,
+    state: str,
+    event: str,
+    detail: dict[str, Any],
+    operator: str,
+) -> Event:
+    """``Event(...)`` for the simulation's hot path: the same frozen object, built through
+    the slot setters directly (a frozen dataclass's ``__init__`` costs several times more).
+    """
+    ev = object.__new__(Event)
+    s_seq, s_t, s_wall, s_pump, s_state, s_event, s_detail, s_op, s_problem = _SETTERS
+    s_seq(ev, seq)
+    s_t(ev, t_s)
+    s_wall(ev, wall_utc)
+    s_pump(ev, pump)
+    s_state(ev, state)
+    s_event(ev, event)
+    s_detail(ev, detail)
+    s_op(ev, operator)
+    s_problem(ev, "")
+    return ev
+
+
 def _utc(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")
 
@@ -224,16 +265,8 @@ class MemoryEventLog:
         operator: str = "system",
     ) -> Event:
         """Record an event (before the action it describes)."""
-        ev = Event(
-            len(self._events) + 1,
-            t_s,
-            "",  # wall time is filled in only when written to SQLite
-            pump,
-            state,
-            event,
-            detail or {},
-            operator,
-        )
+        # wall time is filled in only when written to SQLite
+        ev = _new_event(len(self._events) + 1, t_s, "", pump, state, event, detail or {}, operator)
         self._events.append(ev)
         return ev
 

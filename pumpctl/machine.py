@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
-from transitions import Machine, MachineError
+from transitions import EventData, Machine, MachineError
 
 
 class State(enum.Enum):
@@ -50,6 +50,40 @@ TRANSITIONS: list[tuple[str, list[State] | State, State, str | None]] = [
 ]
 
 
+def _condition(name: str) -> Callable[[EventData], bool]:
+    """A transitions condition that asks the event's model's facts (once per request)."""
+
+    def check(event: EventData) -> bool:
+        return cast(PumpMachine, event.model).guard(name)
+
+    check.__name__ = name
+    return check
+
+
+def _build_machine() -> Machine:
+    """The structure (states, transitions, guards), built once and shared by every channel.
+
+    No model is registered: a channel fires ``_MACHINE.events[trigger].trigger(channel)``,
+    so nothing holds on to a channel after its run (a campaign makes thousands).
+    """
+    m = Machine(
+        model=None,
+        states=State,
+        initial=State.IDLE,
+        auto_transitions=False,
+        ignore_invalid_triggers=False,
+        send_event=True,
+    )
+    for trigger, source, dest, guard in TRANSITIONS:
+        conditions = [_condition(guard)] if guard is not None else []
+        m.add_transition(trigger, source, dest, conditions=conditions)  # type: ignore[arg-type]
+    return m
+
+
+_MACHINE = _build_machine()
+_TRIGGERS = frozenset(t[0] for t in TRANSITIONS)
+
+
 class PumpMachine:
     """The machine for one channel; ``request(trigger)`` fires it or explains why not."""
 
@@ -58,29 +92,15 @@ class PumpMachine:
     def __init__(self, facts: Facts, initial: State = State.IDLE) -> None:
         self.facts = facts
         self.refusal: str | None = None
-        self._machine = Machine(
-            model=self,
-            states=State,
-            initial=initial,
-            auto_transitions=False,
-            ignore_invalid_triggers=False,
-        )
-        for trigger, source, dest, guard in TRANSITIONS:
-            conditions: list[Callable[[], bool]] = []
-            if guard is not None:
-                conditions.append(self._guard(guard))
-            self._machine.add_transition(trigger, source, dest, conditions=conditions)  # type: ignore[arg-type]
+        _MACHINE.set_state(initial, model=self)
 
-    def _guard(self, name: str) -> Callable[[], bool]:
-        def check() -> bool:
-            reason = getattr(self.facts, name)()
-            if reason is not None:
-                self.refusal = reason
-                return False
-            return True
-
-        check.__name__ = name
-        return check
+    def guard(self, name: str) -> bool:
+        """Ask the facts ``name``; a refusal is kept in ``refusal``."""
+        reason = getattr(self.facts, name)()
+        if reason is not None:
+            self.refusal = reason
+            return False
+        return True
 
     def allowed(self, trigger: str) -> list[State]:
         """States from which ``trigger`` is defined."""
@@ -104,13 +124,13 @@ class PumpMachine:
     def request(self, trigger: str) -> str | None:
         """Fire ``trigger``; return ``None`` on success or the reason it was refused."""
         self.refusal = None
-        if trigger not in {t[0] for t in TRANSITIONS}:
+        if trigger not in _TRIGGERS:
             return f"unknown request '{trigger}'"
         if self.state not in self.allowed(trigger):
             ok_in = ", ".join(s.value for s in self.allowed(trigger))
             return f"'{trigger}' is not allowed while {self.state.value}; allowed in: {ok_in}"
         try:
-            done = getattr(self, trigger)()
+            done = _MACHINE.events[trigger].trigger(self)
         except MachineError as exc:  # defensive: should be caught by the check above
             return str(exc.value)
         if not done:
@@ -119,7 +139,7 @@ class PumpMachine:
 
     def force(self, state: State) -> None:
         """Set the state on resume from the log (no guards: the log already passed them)."""
-        self._machine.set_state(state)
+        _MACHINE.set_state(state, model=self)
 
 
 def mermaid() -> str:

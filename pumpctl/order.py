@@ -5,8 +5,9 @@ Pure functions, decimal arithmetic, no I/O. The same inputs always give the same
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 from pumpctl.errors import InputError, OverrideRequiredError, PumpctlError, RefusedError
@@ -107,7 +108,10 @@ class Build:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict; decimals become numbers at a sensible precision."""
         out: dict[str, Any] = {}
-        for key, value in asdict(self).items():
+        # Fields read directly (no ``asdict`` deep copy): every value is a number, a string
+        # or a tuple of strings or of flat dicts, each copied below.
+        for key in _BUILD_FIELDS:
+            value = getattr(self, key)
             if isinstance(value, Decimal):
                 out[key] = _num(value)
             elif key == "alternatives":
@@ -150,6 +154,9 @@ class Build:
             )
         lines += [f"  note        {m}" for m in self.messages]
         return "\n".join(lines)
+
+
+_BUILD_FIELDS = tuple(f.name for f in fields(Build))
 
 
 def _num(value: Decimal) -> float | int:
@@ -236,15 +243,15 @@ class _Candidate:
     mg: Decimal
     bag_ml: int
 
-    @property
+    @cached_property
     def n(self) -> int:
         return 24 // self.interval_h
 
-    @property
+    @cached_property
     def nominal(self) -> Decimal:
         return self.n * self.mg
 
-    @property
+    @cached_property
     def fluid_ml_per_day(self) -> int:
         return self.n * self.bag_ml
 
@@ -279,7 +286,20 @@ def _real(c: _Candidate, setting: DrugSetting) -> dict[str, Decimal]:
 
 
 def achievable(setting: DrugSetting, ordered_ml: int, intervals: list[int]) -> list[_Candidate]:
-    """Every daily dose the build can make (one candidate per dose, by the tie rule)."""
+    """Every daily dose the build can make (one candidate per dose, by the tie rule).
+
+    Computed once per setting object and bag/interval choice (settings are read-only and
+    shared per file content), not once per run.
+    """
+    key = ("achievable", ordered_ml, tuple(intervals))
+    memo = setting.memo
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = tuple(_achievable(setting, ordered_ml, intervals))
+    return list(hit)
+
+
+def _achievable(setting: DrugSetting, ordered_ml: int, intervals: list[int]) -> list[_Candidate]:
     step = setting.dose_resolution_mg
     biggest = setting.conc_max_mg_per_ml * max(setting.bag_sizes_ml)
     best: dict[Decimal, _Candidate] = {}
@@ -317,7 +337,23 @@ def _alternative(c: _Candidate, dose: Decimal, setting: DrugSetting, w: Decimal)
 
 
 def build(order: Order, setting: DrugSetting) -> Build:
-    """The pharmacy build; raises Refused / OverrideRequired / InputError with one line."""
+    """The pharmacy build; raises Refused / OverrideRequired / InputError with one line.
+
+    A build is a pure function of the order and the (read-only) setting, so a successful
+    one is kept on the setting per exact order (``repr`` tells ``600`` from ``600.0``).
+    """
+    key = ("build", repr(order))
+    memo = setting.memo
+    hit = memo.get(key)
+    if hit is None:
+        hit = _build(order, setting)
+        if len(memo) > 512:
+            memo.clear()
+        memo[key] = hit
+    return hit
+
+
+def _build(order: Order, setting: DrugSetting) -> Build:
     validate_order(order, setting)
     dose = order.dose_mg_per_day
     weight = order.weight_kg

@@ -10,9 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -350,67 +353,76 @@ class DrugSetting:
     version: str
     raw: dict[str, Any]
 
+    @cached_property
+    def memo(self) -> dict[Any, Any]:
+        """Per-object cache for figures derived from the content (e.g. achievable doses)."""
+        return {}
+
     def _d(self, *keys: str) -> Decimal:
         node: Any = self.raw
         for k in keys:
             node = node[k]
         return Decimal(str(node))
 
-    @property
+    @cached_property
     def name(self) -> str:
         return str(self.raw["name"])
 
-    @property
+    @cached_property
     def drug(self) -> str:
         return str(self.raw["drug"]["name"])
 
-    @property
+    @cached_property
     def syringe_mg(self) -> Decimal:
         return self._d("drug", "syringe_mg")
 
-    @property
+    @cached_property
     def syringe_ml(self) -> Decimal:
         return self._d("drug", "syringe_ml")
 
-    @property
+    @cached_property
     def bag_sizes_ml(self) -> tuple[int, ...]:
         return tuple(sorted(self.raw["build"]["bag_sizes_ml"]))
 
-    @property
+    @cached_property
     def default_bag_ml(self) -> int:
         return int(self.raw["build"]["default_bag_ml"])
 
-    @property
+    @cached_property
     def intervals_h(self) -> tuple[int, ...]:
         return tuple(self.raw["build"]["intervals_h"])
 
-    @property
+    @cached_property
     def default_interval_h(self) -> int:
         return int(self.raw["build"]["default_interval_h"])
 
-    @property
+    @cached_property
     def conc_min_mg_per_ml(self) -> Decimal:
         return self._d("build", "concentration_min_mg_per_ml")
 
-    @property
+    @cached_property
     def conc_max_mg_per_ml(self) -> Decimal:
         return self._d("build", "concentration_max_mg_per_ml")
 
-    @property
+    @cached_property
     def rate_resolution_ml_per_h(self) -> Decimal:
         return self._d("build", "rate_resolution_ml_per_h")
 
-    @property
+    @cached_property
     def weight_min_kg(self) -> Decimal:
         return self._d("patient", "weight_min_kg")
 
-    @property
+    @cached_property
     def weight_max_kg(self) -> Decimal:
         return self._d("patient", "weight_max_kg")
 
     @property
     def limits(self) -> dict[str, Limit]:
-        """Configured limits by level."""
+        """Configured limits by level (a fresh dict of the immutable limits)."""
+        return dict(self._limits)
+
+    @cached_property
+    def _limits(self) -> dict[str, Limit]:
         out: dict[str, Limit] = {}
         for key, value in self.raw["limits"].items():
             for level in LIMIT_LEVELS:
@@ -418,23 +430,23 @@ class DrugSetting:
                     out[level] = Limit(level, Decimal(str(value)), key[len(level) + 1 :])
         return out
 
-    @property
+    @cached_property
     def restricted_formulary(self) -> bool:
         return bool(self.raw["drug"]["restricted_formulary"])
 
-    @property
+    @cached_property
     def measure(self) -> str:
         """ "whole_syringes" (the adult protocol) or "partial" (measured doses)."""
         return str(self.raw["drug"].get("measure", "whole_syringes"))
 
-    @property
+    @cached_property
     def dose_resolution_mg(self) -> Decimal:
         """Smallest dose step in a bag: one syringe, or the measured resolution."""
         if self.measure == "partial":
             return self._d("drug", "dose_resolution_mg")
         return self.syringe_mg
 
-    @property
+    @cached_property
     def dose_forms(self) -> str:
         """Order forms accepted: mg_per_day, mg_per_kg_per_day or both."""
         return str(self.raw.get("dosing", {}).get("dose_forms", "mg_per_day"))
@@ -444,27 +456,27 @@ class DrugSetting:
         table = self.raw["build"].get("overfill_ml", {})
         return Decimal(str(table.get(str(bag_ml), 0)))
 
-    @property
+    @cached_property
     def max_deviation_pct(self) -> Decimal:
         """Largest build deviation from the order accepted without confirmation."""
         return Decimal(str(self.raw["build"].get("max_deviation_pct", 10)))
 
-    @property
+    @cached_property
     def compounding_target_min(self) -> float:
         """Pharmacy aims to finish compounding this long before the hang."""
         return float(self.raw["handling"].get("compounding_target_min", 60))
 
-    @property
+    @cached_property
     def beyond_use_h(self) -> float:
         """Beyond-use time of a compounded bag (USP <797> Category 1, room temperature)."""
         return float(self.raw["handling"].get("beyond_use_h", 12))
 
-    @property
+    @cached_property
     def titration_mode(self) -> str:
         """ "now" (rate change or STAT bag) or "next_bag" (the old behaviour)."""
         return str(self.raw.get("titration", {}).get("mode", "now"))
 
-    @property
+    @cached_property
     def titration_margin_min(self) -> float:
         """A rate change must leave the bag this much longer than the pharmacy lead."""
         return float(self.raw.get("titration", {}).get("rate_change_margin_min", 30))
@@ -481,7 +493,7 @@ class DrugSetting:
             "min_observations": float(w.get("plan_min_observations", 5)),
         }
 
-    @property
+    @cached_property
     def light_protection(self) -> bool:
         return bool(self.raw["handling"]["light_protection"])
 
@@ -492,6 +504,12 @@ class DrugSetting:
 
     def max_bag_duration_h(self) -> Decimal:
         """The longest a bag of this setting can run (largest bag at its slowest rate)."""
+        hit = self.memo.get("max_bag_duration_h")
+        if hit is None:
+            hit = self.memo["max_bag_duration_h"] = self._max_bag_duration_h()
+        return hit
+
+    def _max_bag_duration_h(self) -> Decimal:
         res = self.rate_resolution_ml_per_h
         worst = Decimal(0)
         for bag in self.bag_sizes_ml:
@@ -557,16 +575,23 @@ def short_version(version: str) -> str:
 MAX_TOML_DEPTH = 64
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """Parse a TOML file; a missing, unreadable, non-UTF-8, malformed or absurdly nested
-    file is one ``InputError`` line naming the file."""
+def _read_bytes(path: Path) -> bytes:
+    """A file's bytes; missing, a directory, a loop or unreadable: one line."""
     from pumpctl.argtypes import input_file
 
-    path = input_file(path, "TOML file")  # missing, a directory, a loop: one line
+    path = input_file(path, "TOML file")
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def read_toml(path: str | Path, data: bytes | None = None) -> dict[str, Any]:
+    """Parse a TOML file; a missing, unreadable, non-UTF-8, malformed or absurdly nested
+    file is one ``InputError`` line naming the file."""
+    path = Path(path)
+    if data is None:
+        data = _read_bytes(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -735,10 +760,40 @@ def _check_drug(raw: dict[str, Any]) -> None:
             )
 
 
+#: Validated files by (kind, path): the file's stamp (mtime, ctime, size, inode), its exact
+#: content and the object. A campaign parses, validates and hashes each file once, not once
+#: per run; a changed stamp re-reads the file, and only changed content is parsed again.
+_LOADED: dict[tuple[str, str], tuple[tuple[int, int, int, int], bytes, Any]] = {}
+_LOADED_MAX = 64
+
+
+def _cached(kind: str, path: Path, make: Callable[[dict[str, Any]], Any]) -> Any:
+    """The validated object for the file's current content (parsed once per content)."""
+    key = (kind, str(path))
+    try:
+        st = os.stat(path)
+        stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+    except OSError:
+        stamp = None
+    hit = _LOADED.get(key)
+    if hit is not None and stamp is not None and hit[0] == stamp:
+        return hit[2]
+    data = _read_bytes(path)
+    obj = hit[2] if hit is not None and hit[1] == data else make(_read_toml(path, data))
+    if stamp is not None:
+        if len(_LOADED) >= _LOADED_MAX:
+            _LOADED.clear()
+        _LOADED[key] = (stamp, data, obj)
+    return obj
+
+
 def load_setting(name_or_path: str | Path) -> DrugSetting:
-    """Load and validate a drug setting; raise ``InputError`` naming file and key."""
+    """Load and validate a drug setting; raise ``InputError`` naming file and key.
+
+    The result is shared between calls for the same file content: treat it as read-only.
+    """
     path = resolve(str(name_or_path))
-    return setting_from_raw(_read_toml(path), str(path))
+    return _cached("setting", path, lambda raw: setting_from_raw(raw, str(path)))
 
 
 def setting_from_raw(raw: Any, path: str) -> DrugSetting:
@@ -752,9 +807,12 @@ def setting_from_raw(raw: Any, path: str) -> DrugSetting:
 
 
 def load_pump(name_or_path: str | Path) -> PumpModel:
-    """Load and validate a pump model profile."""
+    """Load and validate a pump model profile (shared per file content: read-only)."""
     path = resolve(str(name_or_path), pump=True)
-    raw = _read_toml(path)
+    return _cached("pump", path, lambda raw: _pump_from_raw(raw, path))
+
+
+def _pump_from_raw(raw: dict[str, Any], path: Path) -> PumpModel:
     try:
         PUMP_SCHEMA.check(raw, "")
         r = raw["rate"]

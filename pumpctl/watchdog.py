@@ -17,6 +17,7 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 from pumpctl.clock import Clock, TimerHandle
 from pumpctl.setting import DrugSetting
@@ -59,6 +60,44 @@ def lognormal_percentile(values: list[float], q: float) -> float:
     return math.exp(mu + statistics.NormalDist().inv_cdf(min(q, 99.99) / 100.0) * sd)
 
 
+class _LogFit:
+    """``lognormal_percentile`` kept up to date one observation at a time.
+
+    The sample standard deviation is exact (as ``statistics.stdev`` computes it: exact
+    rational sums, then a correctly rounded square root), from running exact sums instead
+    of a pass over every observation each time, so long runs stay linear.
+    """
+
+    def __init__(self) -> None:
+        self.logs: list[float] = []
+        # exact sums as integer numerators per power-of-two denominator (as statistics does)
+        self._sx: dict[int, int] = {}
+        self._sxx: dict[int, int] = {}
+
+    def add(self, value: float) -> None:
+        x = math.log(max(value, 1.0))
+        self.logs.append(x)
+        n, d = x.as_integer_ratio()
+        self._sx[d] = self._sx.get(d, 0) + n
+        self._sxx[d] = self._sxx.get(d, 0) + n * n
+
+    def percentile(self, q: float) -> float:
+        logs = self.logs
+        n = len(logs)
+        mu = statistics.fmean(logs)
+        sqrt_of_frac = getattr(statistics, "_float_sqrt_of_frac", None)
+        if n < 2:
+            sd = 0.0
+        elif sqrt_of_frac is None:  # another Python: the plain (slower) path
+            sd = statistics.stdev(logs)
+        else:
+            sx = sum((Fraction(k, d) for d, k in self._sx.items()), Fraction(0))
+            sxx = sum((Fraction(k, d * d) for d, k in self._sxx.items()), Fraction(0))
+            mss = Fraction(n * sxx - sx * sx) / (n * (n - 1))
+            sd = sqrt_of_frac(mss.numerator, mss.denominator)
+        return math.exp(mu + statistics.NormalDist().inv_cdf(min(q, 99.99) / 100.0) * sd)
+
+
 class LeadPlanner:
     """Leads from the setting and from observed staff times."""
 
@@ -84,14 +123,28 @@ class LeadPlanner:
             Stage.PREPARE: plan["nurse_seed_min"] * 60.0,
         }
         self.observed: dict[str, list[float]] = {Stage.PHARMACY_REQUEST: [], Stage.PREPARE: []}
+        self._leads: dict[tuple[str, int], Lead] = {}
+        self._fits = {stage: _LogFit() for stage in self.observed}
 
     def observe(self, stage: str, seconds: float) -> None:
         """One observed turnaround (pharmacy) or response (nurse)."""
         if seconds >= 0 and stage in self.observed:
             self.observed[stage].append(seconds)
+            self._fits[stage].add(seconds)
 
     def lead(self, stage: str) -> Lead:
-        """The lead for ``stage`` now, with the reason."""
+        """The lead for ``stage`` now, with the reason.
+
+        Observations are only ever appended, so the lead is kept per stage and number of
+        observations (the watchdog asks for every stage of every bag).
+        """
+        key = (stage, len(self.observed.get(stage, ())))
+        hit = self._leads.get(key)
+        if hit is None:
+            hit = self._leads[key] = self._lead(stage)
+        return hit
+
+    def _lead(self, stage: str) -> Lead:
         floor = self.floor_s[stage]
         if stage not in self.observed:
             return Lead(floor, f"setting {floor / 60:g} min")
@@ -103,7 +156,9 @@ class LeadPlanner:
                 f", max {max(obs) / 60:.1f} min)" if obs else ")"
             )
         else:
-            fitted = lognormal_percentile(obs, self.q)
+            fit = self._fits[stage]
+            exact = len(fit.logs) == len(obs)  # else someone appended past ``observe``
+            fitted = fit.percentile(self.q) if exact else lognormal_percentile(obs, self.q)
             base = max(fitted, max(obs))
             how = (
                 f"p{self.q:g} of a lognormal fitted to {len(obs)} observed = {fitted / 60:.1f} min"

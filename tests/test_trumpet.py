@@ -387,3 +387,15 @@ def test_cli_short_record_and_bad_rate(
     assert "left out" in capsys.readouterr().out
     assert cli.main(["trumpet", str(p), "--rate-ml-per-h", "-1"]) == 2
     assert "rate" in capsys.readouterr().err
+
+
+def test_cli_verdict_against_the_stated_accuracy(tmp_path, capsys):
+    from pumpctl.cli import main
+
+    sample = Path(__file__).resolve().parent.parent / "examples" / "gravimetric_sample.csv"
+    argv = ["trumpet", str(sample), "--rate-ml-per-h", "12.5", "--json"]
+    assert main(argv) == 0  # A is about +1 %: inside the default +/-5 %
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verdict"] == "pass" and doc["stated_pct"] == 5.0
+    assert main([*argv, "--stated-pct", "0.5"]) == 1  # a stricter pump fails
+    assert json.loads(capsys.readouterr().out)["verdict"] == "fail"

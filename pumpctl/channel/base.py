@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from pumpctl.alarms import AlarmBoard, AlarmKind
@@ -23,7 +24,8 @@ from pumpctl.watchdog import Lead, LeadPlanner, Watchdog
 
 Log = EventLog | MemoryEventLog
 Listener = Callable[[Event], None]
-E = EventKind
+# The members as plain attributes (``EventKind.X`` costs ~0.25 us in Python 3.11).
+E = SimpleNamespace(**{k.name: k for k in EventKind})
 
 #: How a pump-reported alarm maps onto a controller alarm kind.
 FROM_PUMP: dict[PumpAlarm, AlarmKind] = {

@@ -61,8 +61,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--stated-pct",
         type=number(0.01, 100, "%"),
-        default=None,
-        help="stated accuracy, drawn as a +/- band on the plot",
+        default=5.0,
+        help="the pump's stated flow accuracy, +/- %% (default 5, typical of a large-volume "
+        "pump): drawn as a band; the verdict is pass when the mean flow error A is within it",
     )
     p.add_argument(
         "--out",
@@ -86,29 +87,38 @@ def run(args: argparse.Namespace) -> int:
         analysis_start_min=args.analysis_start_min,
         analysis_end_min=args.analysis_end_min,
     )
+    doc = result.to_dict()
+    within = abs(result.overall_error_pct) <= args.stated_pct
+    doc.update(stated_pct=args.stated_pct, verdict="pass" if within else "fail")
     written: list[Path] = []
     if args.out is not None:
         out_dir: Path = args.out
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
             json_path = out_dir / "trumpet.json"
-            json_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+            json_path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
             png_path = plot_trumpet(
                 result,
                 out_dir / "trumpet.png",
                 stated_pct=args.stated_pct,
-                title=f"{args.csv.name}: flow accuracy at {result.rate_ml_per_h:g} mL/h",
+                title=f"{args.csv.name} at {result.rate_ml_per_h:g} mL/h: "
+                f"{'PASS' if within else 'FAIL'}, A {result.overall_error_pct:+.2f} % "
+                f"{'within' if within else 'outside'} the stated +/-{args.stated_pct:g} %",
             )
         except OSError as exc:
             raise InputError(f"cannot write to {out_dir}: {exc.strerror or exc}") from exc
         written = [png_path, json_path]
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(doc, indent=2))
     else:
         print(format_table(result, args.csv.name))
+        print(
+            f"verdict {doc['verdict'].upper()}: A {result.overall_error_pct:+.3f} % against the "
+            f"stated +/-{args.stated_pct:g} %"
+        )
     for path in written:
         log.info("wrote %s", path)
-    return 0
+    return 0 if within else 1
 
 
 def format_table(result: TrumpetResult, source: str = "") -> str:

@@ -73,6 +73,12 @@ class PumpPhysics:
     _chamber_mg: float = 0.0
     _chamber_label: str = ""
     primed_ml: float = 0.0
+    #: Sample times asked for (sorted) and the delivered volume found at each, for the IEC
+    #: trace: read off each integration step in closed form, so sampling neither needs a
+    #: clock callback nor splits a step (the physics is the same with or without a trace).
+    probe_times: list[float] = field(default_factory=list)
+    probe_values: list[tuple[float, float]] = field(default_factory=list)
+    _probe_i: int = 0
 
     def __post_init__(self) -> None:
         self.battery_min_left = float(self.model.battery_capacity_min)
@@ -171,6 +177,24 @@ class PumpPhysics:
             return math.inf
         return self._time_to_deliver(self._source_ml())
 
+    def _dry_not_before_s(self) -> float:
+        """A cheap lower bound of ``_dry_s`` (the Newton solve is needed only if it can win).
+
+        While running, the flow is at most ``q * (1 + a*sin(w*u))`` (the start-up factor is
+        at most 1), whose integral over any span exceeds ``q * span`` by at most ``2a/w``.
+        """
+        if self.mode is not RunState.RUNNING or self.occluded_since_s is not None:
+            return self.t_s  # closed form or never: no bound needed
+        m = self.model
+        q = self.rate_ml_per_h * (1 + m.bias_pct / 100.0) / 3600.0
+        a = m.ripple_pct / 100.0
+        src = self._source_ml()
+        if q <= 0 or src <= 0 or a > 1.0:
+            return self.t_s
+        slack_s = 2.0 * a * m.ripple_period_s / (2.0 * math.pi) if m.ripple_period_s > 0 else 0.0
+        span_s = src / q
+        return self.t_s + span_s - slack_s - 1.0 - 1e-6 * span_s
+
     def _occlusion_alarm_s(self) -> float:
         if self.occluded_since_s is None or self.mode not in (RunState.RUNNING, RunState.KVO):
             return math.inf
@@ -186,16 +210,43 @@ class PumpPhysics:
 
     def next_event_s(self) -> float:
         """When the pump will next change by itself (``inf`` if never)."""
-        return min(
-            self._vtbi_done_s(), self._dry_s(), self._occlusion_alarm_s(), self._battery_s()[0]
-        )
+        other = min(self._vtbi_done_s(), self._occlusion_alarm_s(), self._battery_s()[0])
+        if other < self._dry_not_before_s():
+            return other  # the reservoir cannot run dry first: skip the Newton solve
+        return min(other, self._dry_s())
 
     # -- time --------------------------------------------------------------
+    def add_probes(self, times_s: list[float]) -> None:
+        """Ask for the delivered volume (``actual_ml_total``) at each of these times."""
+        pending = self.probe_times[self._probe_i :]
+        self.probe_times = sorted([*pending, *times_s])
+        self._probe_i = 0
+
+    def flush_probes(self) -> None:
+        """Read every probe due by ``t_s`` (call after the last ``advance``)."""
+        times, t = self.probe_times, self.t_s
+        while self._probe_i < len(times) and times[self._probe_i] <= t:
+            self.probe_values.append((times[self._probe_i], self.actual_ml_total))
+            self._probe_i += 1
+
+    def _read_probes(self, t0: float, t1_s: float) -> None:
+        """Probes in (t0, t1]: the volume so far plus this step's closed form up to each."""
+        self.flush_probes()
+        times = self.probe_times
+        source = self._source_ml()
+        while self._probe_i < len(times) and times[self._probe_i] <= t1_s:
+            p = times[self._probe_i]
+            part = min(self._volume_ml(t0, p), source)
+            self.probe_values.append((p, self.actual_ml_total + part))
+            self._probe_i += 1
+
     def _integrate(self, t1_s: float) -> None:
         """Move the state from ``t_s`` to ``t1_s`` with nothing happening in between."""
         t0 = self.t_s
         if t1_s <= t0:
             return
+        if self._probe_i < len(self.probe_times) and self.probe_times[self._probe_i] <= t1_s:
+            self._read_probes(t0, t1_s)
         mode = self.mode
         nominal = self._nominal_rate()
         if mode in (RunState.RUNNING, RunState.KVO):
@@ -258,7 +309,7 @@ class PumpPhysics:
         tol = 1e-6
         if self._occlusion_alarm_s() <= t + tol:
             self._alarm_stop(PumpAlarm.OCCLUSION, raised)
-        elif self._dry_s() <= t + tol:
+        elif self._dry_not_before_s() <= t + tol and self._dry_s() <= t + tol:
             # Reservoir and drip chamber are both empty: air reaches the detector.
             alarm = PumpAlarm.AIR_IN_LINE if self.model.air_detect_ul > 0 else PumpAlarm.STALL
             self._alarm_stop(alarm, raised)

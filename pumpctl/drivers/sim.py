@@ -8,6 +8,7 @@ call raises ``CommunicationError`` while the pump itself carries on.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from pumpctl.clock import Clock, TimerHandle
@@ -33,12 +34,15 @@ class SimDriver(PumpDriver):
 
     # -- scheduling of the physics' own events ----------------------------
     def reschedule(self) -> None:
-        """(Re)arm one timer at the physics' next event."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """(Re)arm one timer at the physics' next event (kept if that time has not moved)."""
         t_next = self.physics.next_event_s()
-        if t_next != float("inf"):
+        timer = self._timer
+        if timer is not None:
+            if timer.when_s == t_next and t_next > self.clock.now():
+                return
+            timer.cancel()
+            self._timer = None
+        if t_next != math.inf:
             self._timer = self.clock.call_at(t_next, self._on_timer)
 
     def _on_timer(self) -> None:

@@ -128,21 +128,14 @@ def run_scenario(
         )
         clock.call_at(t.at_h * 3600.0, _titrate_at(ctl, o))
 
-    samples: list[tuple[float, float]] = []
-    if trace:
+    if trace:  # IEC samples every 30 s for 2 h from the start, read off the physics' steps
 
         def on_event(ev: Any) -> None:
             if ev.event == "state" and ev.detail.get("trigger") == "start":
                 t0 = clock.now()
-                for k in range(int(TRUMPET_S / SAMPLE_S) + 1):
-                    clock.call_at(t0 + k * SAMPLE_S, _sample)
-
-        def _sample() -> None:
-            total = 0.0
-            for p in pumps.values():
-                p.physics.advance(clock.now())
-                total += p.physics.actual_ml_total
-            samples.append((clock.now(), total))
+                n = int(TRUMPET_S / SAMPLE_S) + 1
+                for p in pumps.values():
+                    p.physics.add_probes([t0 + k * SAMPLE_S for k in range(n)])
 
         ctl.listeners.append(on_event)
     for obs in observers or ():
@@ -159,6 +152,8 @@ def run_scenario(
     clock.run(end_s)
     for p in pumps.values():
         p.physics.advance(end_s)
+        p.physics.flush_probes()
+    samples = _probe_totals([p.physics.probe_values for p in pumps.values()])
     ctl.close()
     start = next(
         (e.t_s for e in log.events() if e.event == "state" and e.detail.get("trigger") == "start"),
@@ -173,8 +168,21 @@ def run_scenario(
         run_meta(sc, seed, setting, model, end_s),
     )
     run = SimRun(sc, seed, setting, model, ctl, driver, log, start, end_s, {}, samples)
-    run.result = build_result(log.events())
+    # The live controller's state is the fold of exactly these events (the events logged
+    # beside it, install, segments, trace and run end, change no channel state).
+    run.result = build_result(log.events(), state=ctl.s)
     return run
+
+
+def _probe_totals(per_pump: list[list[tuple[float, float]]]) -> list[tuple[float, float]]:
+    """The delivered volume of all pumps at each sample time (pumps probed alike)."""
+    out: list[tuple[float, float]] = []
+    for row in zip(*per_pump, strict=True):
+        total = 0.0
+        for _t, v in row:
+            total += v
+        out.append((row[0][0], total))
+    return out
 
 
 def _titrate_at(ctl: Controller, order: Order) -> Callable[[], None]:
