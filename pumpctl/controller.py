@@ -67,7 +67,6 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
         self._silence_timers: dict[int, TimerHandle] = {}
         self._poll_timer: TimerHandle | None = None
         self._relay = driver if isinstance(driver, RelayPair) else None
-        self._pending_hang = None
         self._storage_timer: TimerHandle | None = None
         also = getattr(log, "on_storage_change", None)  # another listener (not a controller)
         owner = getattr(also, "__self__", None)
@@ -104,7 +103,12 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
         elif stage == Stage.NOT_AT_BEDSIDE:
             if not at_bedside:
                 self._raise(AlarmKind.NEXT_BAG_NOT_AT_BEDSIDE, f"bag {nb.n if nb else '?'}")
-        elif self.s.relay_armed is not None and stage in (Stage.PREPARE, Stage.ESCALATE):
+        elif (
+            self.s.relay_armed is not None
+            and nb is not None
+            and self.s.relay_armed == nb.n
+            and stage in (Stage.PREPARE, Stage.ESCALATE)
+        ):
             pass  # the next reservoir is loaded on the idle pump: the change is done
         elif stage == Stage.PREPARE:
             left_min = (end_s - self.clock.now()) / 60.0
@@ -199,6 +203,8 @@ def restore(ctl: Controller, operator: str = "system") -> dict[str, Any]:
     events = ctl.log.events()
     ctl.s = fold(events)
     ctl.machine.force(State(ctl.s.state))
+    if ctl._relay is not None:  # which pump runs, and whether the idle one is armed
+        ctl._relay.resume_roles(ctl.s.relay_active, ctl.s.relay_armed is not None)
     _replay_observations(ctl, events)
     st = ctl._refresh_status()
     found = {

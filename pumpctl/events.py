@@ -62,6 +62,8 @@ class ChannelState:
     line_primed: bool = False
     fault_from: str | None = None  # the state an alarm interrupted
     relay_armed: int | None = None  # bag loaded on the idle pump of a relay, waiting
+    relay_hang: dict[str, Any] | None = None  # how it was loaded: rate, vtbi, light, pump
+    relay_active: str | None = None  # which pump of a relay runs now (after a hand-over)
     bags: dict[int, Bag] = field(default_factory=dict)
     alarms: AlarmBoard = field(default_factory=AlarmBoard)
     gaps: list[Gap] = field(default_factory=list)
@@ -168,10 +170,14 @@ def _delivered(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
 
 def _relay_armed(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
     s.relay_armed = int(d["bag"])
+    s.relay_hang = dict(d)
 
 
 def _hung(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
     s.relay_armed = None
+    s.relay_hang = None
+    if d.get("relay_pump"):
+        s.relay_active = str(d["relay_pump"])
     b = _bag(s, d)
     cur = s.current_bag
     if cur is not None and cur is not b:
@@ -186,6 +192,9 @@ def _hung(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
 def _discarded(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
     b = _bag(s, d)
     b.discarded_s = t
+    if s.relay_armed == b.n:  # the bag loaded on the idle pump is gone: nothing is armed
+        s.relay_armed = None
+        s.relay_hang = None
     b.wasted_mg = float(d.get("wasted_mg", b.recipe.mg))
 
 

@@ -380,6 +380,10 @@ def _delivered_from_events(
                 "stops_flow"
             )
         elif e.event == E.GAP_START:
+            if flowing and "start_s" in e.detail:  # dated back: no flow since its start
+                back_h = max(e.t_s - float(e.detail["start_s"]), 0.0) / 3600.0
+                ml -= rate * back_h
+                mg -= rate * conc * back_h
             flowing = False
         elif e.event == E.GAP_END:
             flowing = True

@@ -69,3 +69,75 @@ def test_take_over_reads_both_pumps_back(ne1000_model):
     pair.arm(6.3, 48.8)
     with pytest.raises(PumpCommandError):
         pair.take_over()  # A has no syringe: it cannot start
+
+
+def _relay_rig(setting_name: str = "anakinra_continuous_syringe"):
+    from decimal import Decimal
+
+    from pumpctl.controller import Controller
+    from pumpctl.eventlog import MemoryEventLog
+    from pumpctl.order import Order
+    from pumpctl.setting import load_pump, load_setting
+
+    model = load_pump("newera_ne1000")
+    setting = load_setting(setting_name)
+    clock = SimClock()
+    a, b = SimDriver(model, clock), SimDriver(model, clock)
+    pair = RelayPair(a, b)
+    log = MemoryEventLog()
+    log.install_setting(setting, "biomed")
+    ctl = Controller(clock, pair, log, setting, model=model)
+    assert ctl.program(Order(Decimal(600), Decimal(70), bag_ml=50), "md1") is None
+    assert ctl.bag_compounded("ph") is None and ctl.bag_delivered("t") is None
+    nb = ctl.next_bag
+    pair.world("connect_bag", nb.content_ml, nb.real_conc_mg_per_ml, "bag 1")
+    assert ctl.prime("rn1", True) is None and ctl.primed("rn1") is None
+    assert ctl.start("rn1") is None
+    clock.advance(6 * 3600)  # bag 2 requested at T-lead
+    assert ctl.bag_compounded("ph") is None and ctl.bag_delivered("t") is None
+    assert ctl.begin_bag_change("rn1") is None
+    nb = ctl.next_bag
+    pair.world("connect_bag", nb.content_ml, nb.real_conc_mg_per_ml, f"bag {nb.n}")
+    assert ctl.hang_bag("rn1", True) is None
+    assert ctl.s.relay_armed == nb.n
+    return ctl, pair, clock, log
+
+
+def test_discarding_the_armed_bag_disarms_and_the_watchdog_calls_again():
+    ctl, pair, clock, _log = _relay_rig()
+    assert ctl.replace_next_bag("ph1", "dropped") is None
+    assert ctl.s.relay_armed is None and not pair.armed
+    clock.advance(2 * 3600)
+    # the bag-change stages sound again for the replacement (nothing is loaded any more)
+    kinds = {a.kind for a in ctl.alarms.all}
+    assert "prepare_bag_change" in kinds or "no_bag_ready" in kinds
+
+
+def test_a_titration_after_arming_reaches_the_next_bag_at_the_hand_over():
+    from decimal import Decimal
+
+    from pumpctl.order import Order
+
+    ctl, pair, clock, _log = _relay_rig()
+    armed = ctl.next_bag
+    assert ctl.titrate(Order(Decimal(750), Decimal(70), bag_ml=50), "md1") is None
+    clock.advance(4 * 3600)  # past bag 1's end: pump B took over
+    assert ctl.current_bag is armed and pair.active_name == "B"
+    want = ctl._bag_rate(armed)
+    assert armed.rate_ml_per_h == pytest.approx(want) and want > 6.3
+    assert pair.active.status().rate_ml_per_h == pytest.approx(want)
+
+
+def test_a_restart_while_armed_still_hands_over(ne1000_model):
+    from pumpctl.controller import Controller, restore
+
+    ctl, pair, clock, log = _relay_rig()
+    armed = ctl.next_bag.n
+    ctl.close()
+    pair.armed = False  # a new process: the driver knows nothing of the arming
+    ctl2 = Controller(clock, pair, log, ctl.setting, model=ne1000_model)
+    restore(ctl2)
+    assert pair.armed and ctl2.s.relay_armed == armed
+    clock.advance(4 * 3600)
+    assert ctl2.current_bag is not None and ctl2.current_bag.n == armed
+    assert ctl2.s.interrupted_s(clock.now()) == 0

@@ -110,7 +110,6 @@ class ChannelBase:
     _silence_timers: dict[int, TimerHandle]
     _poll_timer: TimerHandle | None
     _relay: RelayPair | None
-    _pending_hang: tuple[float, float, bool] | None
     _storage_timer: TimerHandle | None
     _storage_also: Any
 

@@ -157,6 +157,7 @@ class Bedside(ChannelBase):
         vtbi: float,
         old: Bag | None = None,
         old_left_ml: float | None = None,
+        relay_pump: str | None = None,
     ) -> None:
         detail: dict[str, Any] = {
             "bag": nb.n,
@@ -170,6 +171,8 @@ class Bedside(ChannelBase):
             else round((self.clock.now() - nb.compounded_s) / 60.0, 2),
             "hang_by_s": nb.hang_by_s,
         }
+        if relay_pump is not None:
+            detail["relay_pump"] = relay_pump
         if old is not None and old_left_ml is not None:
             conc = old.recipe.conc_mg_per_ml
             early_ml = max((old.vtbi_ml or 0.0) - (old.recipe.content_ml - old_left_ml), 0.0)
@@ -212,7 +215,6 @@ class Bedside(ChannelBase):
         self._go("finish_bag_change", operator, {"bag": nb.n, "relay_armed": relay.idle_name})
         for kind in _STAGE_ALARMS:
             self._clear(kind)
-        self._pending_hang = (rate, vtbi, self._light_pending)
         return None
 
     def _take_over(self) -> bool:
@@ -237,10 +239,18 @@ class Bedside(ChannelBase):
         except PumpError as exc:
             self._emit(E.PUMP_REFUSED, {"reason": str(exc)})
             return False
-        rate, vtbi, light = self._pending_hang or (self._bag_rate(nb), nb.recipe.vtbi_ml, True)
-        self._light_pending = light
+        hang = self.s.relay_hang or {}
+        loaded_rate = float(hang.get("rate_ml_per_h", self._bag_rate(nb)))
+        vtbi = float(hang.get("vtbi_ml", nb.recipe.vtbi_ml))
+        self._light_pending = bool(hang.get("light_protected", False))
+        rate = self._bag_rate(nb)  # a titration since loading: the dose in force now
+        if abs(rate - loaded_rate) > 1e-9:
+            err = self._pump("system", [("set_rate", rate)])
+            if err is not None:
+                rate = loaded_rate
+                self._emit(E.PUMP_REFUSED, {"reason": err})
         self._refresh_status()
-        self._hang_record(nb, "system", rate, vtbi, old, left)
+        self._hang_record(nb, "system", rate, vtbi, old, left, relay_pump=relay.active_name)
         return True
 
     def stop(self, operator: str, reason: str = "") -> str | None:

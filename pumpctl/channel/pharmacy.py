@@ -91,7 +91,7 @@ class PharmacyDesk(ChannelBase):
         nb = self.next_bag
         if nb is not None and nb.compounded_s is None:  # not made yet: make the new recipe
             self._discard(nb, "titration: rebuilt to the new dose before compounding", operator)
-            self._request_bag(stat=plan["mode"] == "stat", why="titration")
+            self._request_bag(stat=plan["mode"] == "stat" or nb.stat, why="titration")
         elif plan["mode"] == "stat":
             if nb is not None:
                 self._discard(nb, "titration: replaced by a STAT bag at the new dose", operator)
@@ -259,4 +259,7 @@ class PharmacyDesk(ChannelBase):
 
     def _discard(self, bag: Bag, reason: str, operator: str) -> None:
         wasted = bag.recipe.mg if bag.compounded_s is not None else 0.0
+        armed = self.s.relay_armed == bag.n
         self._emit(E.BAG_DISCARDED, {"bag": bag.n, "reason": reason, "wasted_mg": wasted}, operator)
+        if armed and self._relay is not None:
+            self._relay.disarm()

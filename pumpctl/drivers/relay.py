@@ -90,8 +90,14 @@ class RelayPair(PumpDriver):
         try:
             if old.status().running:
                 old.stop()  # never both at the full rate
+                if old.status().running:
+                    raise PumpCommandError(
+                        f"pump {self.active_name} still runs after stop: no hand-over"
+                    )
             new.start()
             after_old, after_new = old.status(), new.status()
+            if after_old.running and after_new.running:
+                new.stop()  # both running: take the new one down again
         finally:
             self._handing_over = False
         if after_old.running or not after_new.running:
@@ -103,6 +109,18 @@ class RelayPair(PumpDriver):
         self.active_name, self.idle_name = self.idle_name, self.active_name
         self.armed = False
         return done
+
+    def resume_roles(self, active: str | None, armed: bool) -> None:
+        """After a controller restart: which pump runs now, and whether one is armed."""
+        if active is not None and active in self.pumps and active != self.active_name:
+            self.active_name, self.idle_name = self.idle_name, self.active_name
+        self.armed = armed
+        self.loading = False
+
+    def disarm(self) -> None:
+        """The bag loaded on the idle pump was discarded: nothing takes over."""
+        self.armed = False
+        self.loading = False
 
     # -- the physical world of the simulated pumps --------------------------
     def world(self, action: str, *args: object) -> object:
