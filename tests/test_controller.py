@@ -287,3 +287,21 @@ def test_random_requests_keep_machine_legal_and_log_in_step(setting, lvp, seq):
             assert any(a.spec.flow_stopping for a in ctl.alarms.active()) or ctl.s.open_gap
         # Events are the record: replaying the log gives exactly the live state.
         assert fold(rig.log.events()) == ctl.s
+
+
+def test_hang_by_uses_the_rate_the_bag_will_really_run_at(setting, lvp):
+    """A dose decrease slows an already-made bag: its hang-by time comes earlier."""
+    rig = Rig(setting, lvp)
+    rig.start_infusion("600")
+    rig.clock.advance(5 * 3600)  # bag 2 requested
+    assert rig.ctl.bag_compounded("ph") is None and rig.ctl.bag_delivered("t") is None
+    nb = rig.ctl.next_bag
+    assert rig.ctl._why_not_hang_by(nb) is None
+    assert rig.ctl.titrate(rig.order("300"), "md1") is None  # half the dose
+    rate = rig.ctl._bag_rate(nb)
+    assert rate == pytest.approx(6.3, abs=0.1)  # bag 2 would run twice as long
+    # compounded + 12 h - 100 mL / 6.3 mL/h (15.9 h) is already past
+    why = rig.ctl._why_not_hang_by(nb)
+    assert why is not None and "past its hang-by" in why and "6.3 mL/h" in why
+    # ... and the pharmacist is called at once to replace or release it
+    assert rig.ctl.alarms.find_active("bag_past_hang_by") is not None

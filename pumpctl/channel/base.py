@@ -231,7 +231,7 @@ class ChannelBase:
     def _why_not_light(self) -> str | None:
         raise NotImplementedError
 
-    def _why_not_hang_by(self, bag: Bag) -> str | None:
+    def _why_not_hang_by(self, bag: Bag, slack_s: float = 0.0) -> str | None:
         raise NotImplementedError
 
     def _why_not_hang_from_alarm(self, light: bool) -> str | None:

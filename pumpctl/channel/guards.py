@@ -101,17 +101,30 @@ class Guards(ChannelBase):
             return "confirm light protection on the bag AND the amber tubing"
         return None
 
-    def _why_not_hang_by(self, bag: Bag) -> str | None:
-        if bag.past_hang_by(self.clock.now()):
-            assert bag.hang_by_s is not None and bag.compounded_s is not None
+    def _hang_by_s(self, bag: Bag) -> float | None:
+        """Hang-by time at the rate the bag would really run (a titration changes it)."""
+        if bag.compounded_s is None or bag.released_by is not None:
+            return None
+        rate = self._bag_rate(bag)
+        duration_s = bag.recipe.vtbi_ml / rate * 3600.0 if rate > 0 else 0.0
+        return bag.compounded_s + self.setting.beyond_use_h * 3600.0 - duration_s
+
+    def _why_not_hang_by(self, bag: Bag, slack_s: float = 0.0) -> str | None:
+        """Past its hang-by time at the rate it would really run (a titration changes it)."""
+        hang_by = self._hang_by_s(bag)
+        if hang_by is None:
+            return None
+        rate = self._bag_rate(bag)
+        duration_s = bag.recipe.vtbi_ml / rate * 3600.0 if rate > 0 else 0.0
+        if self.clock.now() + slack_s > hang_by:
             return (
-                f"bag {bag.n} is past its hang-by time ({bag.hang_by_s / 3600:.2f} h: compounded "
-                f"+ {self.setting.beyond_use_h:g} h beyond-use - its duration); the pharmacist "
-                "replaces or releases it"
+                f"bag {bag.n} is past its hang-by time ({hang_by / 3600:.2f} h: compounded "
+                f"+ {self.setting.beyond_use_h:g} h beyond-use - its {duration_s / 3600:.1f} h "
+                f"at {rate:g} mL/h); the pharmacist replaces or releases it"
             )
         return None
 
-    def bag_expired(self) -> str | None:
+    def bag_expired(self, slack_s: float = 0.0) -> str | None:
         """Why the next bag may not be hung now (past its hang-by time), or None."""
         nb = self.next_bag
-        return None if nb is None else self._why_not_hang_by(nb)
+        return None if nb is None else self._why_not_hang_by(nb, slack_s)

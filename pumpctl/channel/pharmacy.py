@@ -98,6 +98,7 @@ class PharmacyDesk(ChannelBase):
             self._request_bag(stat=True, why="titration: STAT bag at the new dose")
         if plan["mode"] == "rate_now" and (cur := self.current_bag) is not None:
             self._set_rate(cur, float(plan["rate_ml_per_h"]), operator, "titration")
+        self._check_hang_by()  # a slower rate can put a made bag past its beyond-use time
         return None
 
     def titration_plan(self, b: Build) -> dict[str, Any]:
@@ -217,7 +218,7 @@ class PharmacyDesk(ChannelBase):
 
     def _check_hang_by(self) -> None:
         nb = self.next_bag
-        if nb is not None and nb.past_hang_by(self.clock.now() + 1e-6):
+        if nb is not None and self._why_not_hang_by(nb, slack_s=1e-6) is not None:
             self._raise(AlarmKind.BAG_PAST_HANG_BY, f"bag {nb.n}")
 
     def bag_delivered(self, operator: str = "pharmacy") -> str | None:

@@ -147,7 +147,7 @@ class Pharmacy:
 
     def _decide_hang_by(self) -> None:
         nb = self.ctl.next_bag
-        if nb is None or not nb.past_hang_by(self.clock.now() + 1e-6):
+        if nb is None or self.ctl.bag_expired(slack_s=1e-6) is None:
             return
         left = self.ctl.watchdog.seconds_to_end()
         turnaround_s = self.ctl.planner.lead("pharmacy_request").s
