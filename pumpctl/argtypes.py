@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from pumpctl.errors import InputError
 
@@ -139,3 +140,23 @@ def output_dir(path: str | Path) -> Path:
     if not os.access(p, os.W_OK | os.X_OK):
         raise InputError(f"{p}: cannot write there (permission denied)")
     return p
+
+
+def add_link_arguments(p: Any) -> None:
+    """The NE-1000 serial-link options a controller command takes (``run``, ``console``)."""
+    p.add_argument(
+        "--address", type=ADDRESS, default=0, metavar="A", help="pump address 0-99 (default 0)"
+    )
+    p.add_argument(
+        "--baud",
+        type=BAUD,
+        metavar="B",
+        help="baud rate: 300, 1200, 2400, 9600 or 19200 (default: the pump profile's, 19200)",
+    )
+    p.add_argument(
+        "--safe-timeout",
+        type=SAFE_TIMEOUT_S,
+        metavar="S",
+        help="NE-1000 safe mode time-out in s, 1-255, or 0 for basic mode "
+        "(default: the pump profile's, 10 s)",
+    )

@@ -137,10 +137,6 @@ class Bag:
     def real_conc_mg_per_ml(self) -> float:
         return self.recipe.conc_mg_per_ml
 
-    def past_hang_by(self, now_s: float) -> bool:
-        """True when hanging it now would run it past its beyond-use time."""
-        return self.hang_by_s is not None and now_s > self.hang_by_s and self.released_by is None
-
     def to_json(self) -> dict[str, Any]:
         """Plain dict (the recipe's figures also at the top level, for screens)."""
         d = {f: getattr(self, f) for f in _BAG_FIELDS}

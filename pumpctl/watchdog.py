@@ -41,13 +41,6 @@ class Lead:
     why: str
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (never below an observed value at that rank)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
-    return ordered[rank - 1]
-
-
 def lognormal_percentile(values: list[float], q: float) -> float:
     """The ``q`` percentile of a lognormal fitted to ``values`` (staff times have long tails).
 

@@ -74,22 +74,28 @@ def test_two_pumps_on_one_line_hand_over_a_syringe_change() -> None:
             pair.close()
 
 
-def test_relay_needs_a_port(tmp_path, capsys) -> None:
+def test_relay_needs_a_port(tmp_path, capsys, monkeypatch) -> None:
     from pumpctl.cli import main
 
+    monkeypatch.setenv("PUMPCTL_OPERATOR_SECRET", "demo")
     db = str(tmp_path / "x.db")
-    assert main(
-        [
-            "setting",
-            "install",
-            "anakinra_continuous_syringe",
-            "--db",
-            db,
-            "--operator",
-            "biomed-demo",
-            "--demo",
-        ]
-    ) in (0, 2)
-    assert main(["run", "--sim", "--relay", "--db", db]) == 2
+    assert (
+        main(
+            [
+                "setting",
+                "install",
+                "anakinra_continuous_syringe",
+                "--db",
+                db,
+                "--operator",
+                "biomed-demo",
+                "--demo",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    args = ["run", "--sim", "--relay", "--db", db, "--operator", "rn-demo"]
+    assert main([*args, "--dose-mg-per-day", "600", "--weight-kg", "70"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err and "Traceback" not in err[-1]
+    assert len(err) == 1 and "--relay needs --port" in err[0]

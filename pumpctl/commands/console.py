@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from pumpctl.argtypes import ADDRESS, BAUD, SAFE_TIMEOUT_S, SPEED
+from pumpctl.argtypes import SPEED, add_link_arguments
 from pumpctl.errors import InputError, PumpctlError
 
 DEMO_SETTING = "anakinra_continuous"
@@ -58,22 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start with the simulated nurse on (toggle with n; --sim only)",
     )
-    p.add_argument(
-        "--address", type=ADDRESS, default=0, metavar="A", help="pump address 0-99 (default 0)"
-    )
-    p.add_argument(
-        "--baud",
-        type=BAUD,
-        metavar="B",
-        help="baud rate: 300, 1200, 2400, 9600 or 19200 (default: the pump profile's, 19200)",
-    )
-    p.add_argument(
-        "--safe-timeout",
-        type=SAFE_TIMEOUT_S,
-        metavar="S",
-        help="NE-1000 safe mode time-out in s, 1-255, or 0 for basic mode "
-        "(default: the pump profile's, 10 s)",
-    )
+    add_link_arguments(p)
 
 
 def demo_db() -> Path:

@@ -9,7 +9,13 @@ import signal
 import sys
 from typing import Any
 
-from pumpctl.argtypes import ADDRESS, BAG_ML, BAUD, INTERVAL_H, SAFE_TIMEOUT_S, SPEED, UNTIL_H
+from pumpctl.argtypes import (
+    BAG_ML,
+    INTERVAL_H,
+    SPEED,
+    UNTIL_H,
+    add_link_arguments,
+)
 from pumpctl.errors import InputError
 
 log = logging.getLogger("pumpctl.run")
@@ -100,22 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="pump model profile, shipped name or path (default: generic_lvp with --sim, "
         "newera_ne1000 with --port; a resumed run keeps its pump)",
     )
-    p.add_argument(
-        "--address", type=ADDRESS, default=0, metavar="A", help="pump address 0-99 (default 0)"
-    )
-    p.add_argument(
-        "--baud",
-        type=BAUD,
-        metavar="B",
-        help="baud rate: 300, 1200, 2400, 9600 or 19200 (default: the pump profile's, 19200)",
-    )
-    p.add_argument(
-        "--safe-timeout",
-        type=SAFE_TIMEOUT_S,
-        metavar="S",
-        help="NE-1000 safe mode time-out in s, 1-255, or 0 for basic mode "
-        "(default: the pump profile's, 10 s)",
-    )
+    add_link_arguments(p)
     p.add_argument(
         "--relay",
         action="store_true",
