@@ -318,8 +318,11 @@ def to_console_order(order: InfusionOrder, setting: DrugSetting, operator: str) 
     vol = order.drug_volume_ml
     if vol is not None and vol == vol.to_integral_value() and int(vol) in setting.bag_sizes_ml:
         bag_ml = int(vol)
+    dose = order.dose_mg_per_day
+    if dose.is_finite() and abs(dose) < Decimal("1e9"):  # else the build refuses it as absurd
+        dose = dose.quantize(Decimal("0.0001")).normalize()
     return Order(
-        order.dose_mg_per_day.quantize(Decimal("0.0001")).normalize(),
+        dose,
         order.weight_kg,
         bag_ml=bag_ml,
         operator=operator,
