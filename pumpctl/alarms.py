@@ -142,11 +142,12 @@ class Alarm:
 class AlarmBoard:
     """The alarms of one channel, newest last; changed only by applied events."""
 
-    __slots__ = ("_low", "all")
+    __slots__ = ("active_by_kind", "all")
 
     def __init__(self) -> None:
         self.all: list[Alarm] = []
-        self._low = 0  # every alarm before this index is cleared
+        #: kind -> its newest active alarm (read it; ``add`` and ``clear`` keep it)
+        self.active_by_kind: dict[str, Alarm] = {}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, AlarmBoard) and self.all == other.all
@@ -158,23 +159,23 @@ class AlarmBoard:
     def add(self, alarm: Alarm) -> None:
         """Record a raised alarm (from an ``alarm`` event)."""
         self.all.append(alarm)
+        if alarm.cleared_s is None:
+            self.active_by_kind[alarm.kind] = alarm
+
+    def clear(self, alarm: Alarm, t_s: float) -> None:
+        """Record that ``alarm`` was cleared at ``t_s`` (from an ``alarm_cleared`` event)."""
+        alarm.cleared_s = t_s
+        alarm.silenced_until_s = None
+        if self.active_by_kind.get(alarm.kind) is alarm:
+            del self.active_by_kind[alarm.kind]
+            for older in reversed(self.all):  # another of the kind still active (old logs)
+                if older.kind == alarm.kind and older.cleared_s is None:
+                    self.active_by_kind[alarm.kind] = older
+                    break
 
     def find_active(self, kind: str) -> Alarm | None:
-        """The active alarm of this kind, if any.
-
-        A cleared alarm stays cleared, so the scan stops at the oldest alarm that may still
-        be active (a low-water mark moved on lazily): a 30-day run does not rescan them all.
-        """
-        alarms = self.all
-        low = self._low if self._low <= len(alarms) else 0
-        while low < len(alarms) and alarms[low].cleared_s is not None:
-            low += 1
-        self._low = low
-        for i in range(len(alarms) - 1, low - 1, -1):
-            a = alarms[i]
-            if a.kind == kind and a.cleared_s is None:
-                return a
-        return None
+        """The newest active alarm of this kind, if any."""
+        return self.active_by_kind.get(kind)
 
     def active(self) -> list[Alarm]:
         """Active alarms: highest priority first, flow-stopping first, then oldest."""

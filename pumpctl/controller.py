@@ -13,7 +13,7 @@ from typing import Any
 
 from pumpctl.alarms import AlarmKind
 from pumpctl.channel.alarmdesk import AlarmDesk
-from pumpctl.channel.base import E, Listener, Log
+from pumpctl.channel.base import E, Listeners, Log
 from pumpctl.channel.bedside import Bedside
 from pumpctl.channel.guards import Guards
 from pumpctl.channel.pharmacy import PharmacyDesk
@@ -59,7 +59,7 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
         self.machine = PumpMachine(self)
         self.planner = LeadPlanner(setting)
         self.watchdog = Watchdog(clock, self.planner, self._on_stage)
-        self.listeners: list[Listener] = []
+        self.listeners = Listeners()
         self.last_status: PumpStatus | None = None
         self._light_pending = False
         self._builds: dict[int, Build] = {}
@@ -92,7 +92,7 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
                 "lead_min": round(lead.s / 60.0, 2),
                 "why": lead.why,
                 "end_s": round(end_s, 3),
-                "next_bag": nb.status.value if nb else None,
+                "next_bag": nb.status._value_ if nb else None,
             },
         )
         at_bedside = nb is not None and nb.delivered_s is not None

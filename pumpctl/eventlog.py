@@ -20,10 +20,9 @@ import os
 import sqlite3
 import urllib.parse
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pumpctl.errors import InputError
 from pumpctl.eventkinds import EventKind
@@ -89,9 +88,12 @@ KEY_DIR_ENV = "PUMPCTL_KEY_DIR"
 KNOWN_EVENTS = tuple(sorted(k.value for k in EventKind))
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One logged event (``problem`` says why a stored row could not be read, if it could not)."""
+class Event(NamedTuple):
+    """One logged event (``problem`` says why a stored row could not be read, if it could not).
+
+    A named tuple: immutable like the record it is, and built in one step on the
+    simulation's hot path (a frozen dataclass costs several times more).
+    """
 
     seq: int
     t_s: float
@@ -120,18 +122,7 @@ class Event:
         return out
 
 
-_EVENT_FIELDS = (
-    "seq",
-    "t_s",
-    "wall_utc",
-    "pump",
-    "state",
-    "event",
-    "detail",
-    "operator",
-    "problem",
-)
-_SETTERS = tuple(getattr(Event, f).__set__ for f in _EVENT_FIELDS)
+_new_tuple = tuple.__new__
 
 
 def _new_event(
@@ -144,21 +135,9 @@ def _new_event(
     detail: dict[str, Any],
     operator: str,
 ) -> Event:
-    """``Event(...)`` for the simulation's hot path: the same frozen object, built through
-    the slot setters directly (a frozen dataclass's ``__init__`` costs several times more).
-    """
-    ev = object.__new__(Event)
-    s_seq, s_t, s_wall, s_pump, s_state, s_event, s_detail, s_op, s_problem = _SETTERS
-    s_seq(ev, seq)
-    s_t(ev, t_s)
-    s_wall(ev, wall_utc)
-    s_pump(ev, pump)
-    s_state(ev, state)
-    s_event(ev, event)
-    s_detail(ev, detail)
-    s_op(ev, operator)
-    s_problem(ev, "")
-    return ev
+    """``Event(...)`` without the keyword handling of the named tuple's ``__new__``."""
+    return _new_tuple(Event, (seq, t_s, wall_utc, pump, state, event, detail, operator, ""))
+
 
 
 def _utc(epoch_s: float) -> str:
@@ -535,7 +514,7 @@ class EventLog:
                 seq += 1
                 seal = row_seal(self.key, seq, *fields, prev)  # type: ignore[call-arg]
                 rows.append((seq, *fields, prev, seal))
-                done.append(replace(ev, seq=seq))
+                done.append(ev._replace(seq=seq))
                 prev = seal
             self.db.executemany(_INSERT, rows)
             self.db.execute(

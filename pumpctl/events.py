@@ -45,6 +45,9 @@ class Gap:
         return (self.end_s if self.end_s is not None else now_s) - self.start_s
 
 
+_NOT_KNOWN: Any = object()
+
+
 @dataclass
 class ChannelState:
     """Everything a channel knows, built only by ``apply``."""
@@ -72,10 +75,24 @@ class ChannelState:
     projected_end_s: float | None = None
     projected_bag: int | None = None
 
+    # Cached views of ``bags`` (``_NOT_KNOWN`` until asked): the handlers that hang,
+    # request or discard a bag forget them.
+    _current: Any = field(default=None, compare=False, repr=False)
+    _next: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._current = self._next = _NOT_KNOWN
+
     # -- derived views ------------------------------------------------------
     @property
     def current_bag(self) -> Bag | None:
         """The bag hanging now."""
+        b = self._current
+        if b is _NOT_KNOWN:
+            b = self._current = self._find_current()
+        return b  # type: ignore[no-any-return]
+
+    def _find_current(self) -> Bag | None:
         for b in reversed(self.bags.values()):
             if b.hung_s is not None and b.ended_s is None:
                 return b
@@ -84,12 +101,21 @@ class ChannelState:
     @property
     def next_bag(self) -> Bag | None:
         """The newest bag asked for and not yet hung or discarded."""
+        b = self._next
+        if b is _NOT_KNOWN:
+            b = self._next = self._find_next()
+        return b  # type: ignore[no-any-return]
+
+    def _find_next(self) -> Bag | None:
         for b in reversed(self.bags.values()):
             if b.hung_s is None and b.discarded_s is None:
                 return b
             if b.hung_s is not None:
                 return None
         return None
+
+    def _bags_changed(self) -> None:
+        self._current = self._next = _NOT_KNOWN
 
     @property
     def hung_bags(self) -> list[Bag]:
@@ -156,6 +182,7 @@ def _request(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
         stat=bool(d.get("stat", False)),
         needed_by_s=d.get("needed_by_s"),
     )
+    s._bags_changed()
 
 
 def _compounded(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
@@ -187,6 +214,7 @@ def _hung(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
     b.vtbi_ml = float(d["vtbi_ml"])
     b.rate_ml_per_h = float(d["rate_ml_per_h"])
     b.light_protected = bool(d.get("light_protected", False))
+    s._bags_changed()
 
 
 def _discarded(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
@@ -196,6 +224,7 @@ def _discarded(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
         s.relay_armed = None
         s.relay_hang = None
     b.wasted_mg = float(d.get("wasted_mg", b.recipe.mg))
+    s._bags_changed()
 
 
 def _released(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
@@ -250,8 +279,7 @@ def _reannunciated(s: ChannelState, d: dict[str, Any], t: float, op: str) -> Non
 def _cleared(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
     a = s.alarms.get(int(d["id"]))
     if a is not None:
-        a.cleared_s = t
-        a.silenced_until_s = None
+        s.alarms.clear(a, t)
 
 
 def _watchdog(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from transitions import EventData, Machine, MachineError
 
@@ -81,6 +81,9 @@ def _build_machine() -> Machine:
 
 
 _MACHINE = _build_machine()
+# transitions' own state objects, by member and by value (``force`` runs once per event)
+_STATE_OBJECTS: dict[State | str, Any] = {s: _MACHINE.get_state(s) for s in State}
+_STATE_OBJECTS.update({s._value_: _MACHINE.get_state(s) for s in State})
 _TRIGGERS = frozenset(t[0] for t in TRANSITIONS)
 
 
@@ -137,9 +140,9 @@ class PumpMachine:
             return self.refusal or f"'{trigger}' refused"
         return None
 
-    def force(self, state: State) -> None:
-        """Set the state on resume from the log (no guards: the log already passed them)."""
-        _MACHINE.set_state(state, model=self)
+    def force(self, state: State | str) -> None:
+        """Set the state (or its value) as logged: no guards, the log already passed them."""
+        _MACHINE.set_state(_STATE_OBJECTS[state], model=self)
 
 
 def mermaid() -> str:

@@ -173,17 +173,31 @@ def build_result(
         raise InputError("the event log is empty; allowed: a log with a programmed infusion")
     s = fold(events) if state is None else state
     meta: dict[str, Any] = {}
-    for e in events:
-        if e.event == E.RUN_END:
+    last_t = 0.0
+    start_s: float | None = None
+    prime_ml: float | None = None
+    first: dict[str, Any] | None = None  # the first program's detail
+    run_end, segment, state_kind, program = E.RUN_END, E.DELIVERY_SEGMENT, E.STATE, E.PROGRAM
+    for e in events:  # one pass for what is read off single events
+        kind = e.event
+        if kind == segment:
+            continue
+        if e.t_s > last_t:
+            last_t = e.t_s
+        if kind == state_kind:
+            trigger = e.detail.get("trigger")
+            if trigger == "start" and start_s is None:
+                start_s = e.t_s
+            elif trigger == "primed" and prime_ml is None:
+                prime_ml = float(e.detail.get("prime_ml", 0.0))
+        elif kind == run_end:
             meta = dict(e.detail)
-    last_t = max(e.t_s for e in events if e.event != E.DELIVERY_SEGMENT) if len(events) else 0.0
+        elif kind == program and first is None:
+            first = e.detail
     if meta.get("controller_stopped"):  # a live run: it went on until its last event
         end = max(float(meta["end_s"]), last_t)
     else:
         end = float(meta.get("end_s", end_s if end_s is not None else last_t))
-    start_s = next(
-        (e.t_s for e in events if e.event == E.STATE and e.detail.get("trigger") == "start"), None
-    )
     gaps = interruptions(events, s, start_s, end)
     interrupted_s = sum(g["end_s"] - g["start_s"] for g in gaps)
     timeline = _dose_timeline(events)
@@ -202,20 +216,15 @@ def build_result(
     by_bag: dict[str, float] = {}
     for g in segs:
         by_bag[g.get("bag", "")] = by_bag.get(g.get("bag", ""), 0.0) + float(g["drug_mg"])
-    prime_ml = next(
-        (
-            float(e.detail.get("prime_ml", 0.0))
-            for e in events
-            if e.detail.get("trigger") == "primed"
-        ),
-        0.0,
-    )
+    if prime_ml is None:
+        prime_ml = 0.0
     bags = []
-    for b in s.hung_bags:
+    hung = s.hung_bags
+    for b in hung:
         ended = b.ended_s is not None
         b_end = b.ended_s if ended else (s.projected_end_s or end)
         got = by_bag.get(f"bag {b.n}")
-        lost_to_prime = prime_ml * b.recipe.conc_mg_per_ml if b is s.hung_bags[0] else 0.0
+        lost_to_prime = prime_ml * b.recipe.conc_mg_per_ml if b is hung[0] else 0.0
         residual = None if got is None or not ended else max(b.recipe.mg - got - lost_to_prime, 0.0)
         bags.append(
             {
@@ -249,7 +258,7 @@ def build_result(
     wasted = sum(float(d["wasted_mg"]) for d in discarded) + sum(
         float(b["wasted_mg"] or 0.0) for b in bags
     )
-    last = s.hung_bags[-1] if s.hung_bags else None
+    last = hung[-1] if hung else None
     line_mg = prime_ml * last.recipe.conc_mg_per_ml if last else 0.0
     alarms = [
         {
@@ -286,7 +295,6 @@ def build_result(
         failed.append(f"{len(gaps)} interruptions, expected at least {exp['min_interruptions']}")
     if start_s is None:
         failed.append("the infusion never started")
-    first = next((e.detail for e in events if e.event == E.PROGRAM), None)
     return {
         "schema_version": SCHEMA_VERSION,
         "scenario": meta.get("scenario", "pumpctl run"),

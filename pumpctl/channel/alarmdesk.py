@@ -18,7 +18,7 @@ class AlarmDesk(ChannelBase):
 
     # ------------------------------------------------------------- alarms
     def _raise(self, kind: AlarmKind, detail: str = "") -> None:
-        if self.alarms.find_active(kind) is not None:
+        if kind in self.s.alarms.active_by_kind:
             return
         spec = kind.spec
         bag = self.current_bag
@@ -26,8 +26,8 @@ class AlarmDesk(ChannelBase):
             E.ALARM,
             {
                 "id": self.alarms.next_id(),
-                "kind": kind.value,
-                "priority": spec.priority.value,
+                "kind": kind._value_,
+                "priority": spec.priority._value_,
                 "flow_stopping": spec.flow_stopping,
                 "text": spec.text,
                 "detail": detail,
@@ -36,10 +36,10 @@ class AlarmDesk(ChannelBase):
         )
 
     def _clear(self, kind: AlarmKind) -> None:
-        a = self.alarms.find_active(kind)
+        a = self.s.alarms.active_by_kind.get(kind)
         if a is None:
             return
-        self._emit(E.ALARM_CLEARED, {"kind": kind.value, "id": a.id})
+        self._emit(E.ALARM_CLEARED, {"kind": kind._value_, "id": a.id})
         timer = self._silence_timers.pop(a.id, None)
         if timer is not None:
             timer.cancel()
@@ -72,7 +72,7 @@ class AlarmDesk(ChannelBase):
             return self._refuse("acknowledge", f"no active alarm {alarm!r}", operator)
         if a.acknowledged_s is not None:
             return None
-        self._emit(E.ALARM_ACKNOWLEDGED, {"kind": a.kind.value, "id": a.id}, operator)
+        self._emit(E.ALARM_ACKNOWLEDGED, {"kind": a.kind._value_, "id": a.id}, operator)
         if a.kind == AlarmKind.PREPARE_BAG_CHANGE:
             self.planner.observe(Stage.PREPARE, self.clock.now() - a.raised_s)
         return None
@@ -91,7 +91,7 @@ class AlarmDesk(ChannelBase):
         self._emit(
             E.ALARM_SILENCED,
             {
-                "kind": a.kind.value,
+                "kind": a.kind._value_,
                 "id": a.id,
                 "requested_min": minutes,
                 "granted_min": granted,
@@ -114,4 +114,4 @@ class AlarmDesk(ChannelBase):
         self._silence_timers.pop(alarm_id, None)
         a = self.alarms.get(alarm_id)
         if a is not None and a.active and a.silenced_until_s is not None:
-            self._emit(E.ALARM_REANNUNCIATED, {"kind": a.kind.value, "id": a.id})
+            self._emit(E.ALARM_REANNUNCIATED, {"kind": a.kind._value_, "id": a.id})

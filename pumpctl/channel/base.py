@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from decimal import Decimal
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, SupportsIndex
 
 from pumpctl.alarms import AlarmBoard, AlarmKind
 from pumpctl.bags import Bag
@@ -49,6 +49,64 @@ _STAGE_ALARMS = (
     AlarmKind.PHARMACY_REQUEST,
 )
 _DEST = {t: d for t, _s, d, _g in TRANSITIONS}
+
+
+class Listeners(list[Listener]):
+    """The controller's listeners, called in order with every event.
+
+    A listener whose function has an ``event_kinds`` attribute is called only for those
+    kinds: the simulated staff care about a handful of the kinds a run logs, and a call
+    per event each is a good part of a simulation's time.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._by_kind: dict[str, list[Listener]] = {}
+
+    def for_kind(self, kind: str) -> list[Listener]:
+        """The listeners of ``kind``, in order (a snapshot: one may unsubscribe meanwhile)."""
+        cbs = self._by_kind.get(kind)
+        if cbs is None:
+            cbs = [cb for cb in self if kind in getattr(cb, "event_kinds", (kind,))]
+            self._by_kind[kind] = cbs
+        return cbs
+
+    def append(self, listener: Listener) -> None:
+        super().append(listener)
+        self._by_kind.clear()
+
+    def insert(self, index: SupportsIndex, listener: Listener) -> None:
+        super().insert(index, listener)
+        self._by_kind.clear()
+
+    def remove(self, listener: Listener) -> None:
+        super().remove(listener)
+        self._by_kind.clear()
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        super().__setitem__(index, value)
+        self._by_kind.clear()
+
+    def __delitem__(self, index: Any) -> None:
+        super().__delitem__(index)
+        self._by_kind.clear()
+
+    def __iadd__(self, other: Iterable[Listener]) -> Listeners:  # type: ignore[override,misc]
+        self.extend(other)
+        return self
+
+    def extend(self, listeners: Iterable[Listener]) -> None:
+        super().extend(listeners)
+        self._by_kind.clear()
+
+    def pop(self, index: SupportsIndex = -1) -> Listener:
+        out = super().pop(index)
+        self._by_kind.clear()
+        return out
+
+    def clear(self) -> None:
+        super().clear()
+        self._by_kind.clear()
 
 
 def order_json(order: Order) -> dict[str, Any]:
@@ -102,7 +160,7 @@ class ChannelBase:
     machine: PumpMachine
     planner: LeadPlanner
     watchdog: Watchdog
-    listeners: list[Listener]
+    listeners: Listeners
     last_status: PumpStatus | None
     _light_pending: bool
     _builds: dict[int, Build]
@@ -171,8 +229,8 @@ class ChannelBase:
         ev = self.log.append(self.clock.now(), self.pump_name, self.s.state, kind, detail, operator)
         apply(self.s, ev)
         if kind == E.STATE:
-            self.machine.force(State(self.s.state))
-        for cb in self.listeners:
+            self.machine.force(self.s.state)
+        for cb in self.listeners.for_kind(kind):
             cb(ev)
         return ev
 
@@ -190,7 +248,7 @@ class ChannelBase:
         src = self.s.state
         self._emit(
             E.STATE,
-            {"from": src, "to": _DEST[trigger].value, "trigger": trigger, **(detail or {})},
+            {"from": src, "to": _DEST[trigger]._value_, "trigger": trigger, **(detail or {})},
             operator,
         )
 

@@ -77,7 +77,8 @@ class PumpLink(ChannelBase):
         st = self._refresh_status()
         for pa in raised:
             self._handle_pump_alarm(pa)
-        if st is not None:
+        active = self.s.alarms.active_by_kind
+        if st is not None and (AlarmKind.POWER_LOSS in active or AlarmKind.BATTERY_LOW in active):
             reported = {FROM_PUMP[a] for a in st.alarms if a in FROM_PUMP}
             for kind in (AlarmKind.POWER_LOSS, AlarmKind.BATTERY_LOW):
                 if kind not in reported:

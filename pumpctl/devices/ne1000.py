@@ -541,6 +541,7 @@ class Ne1000Emulator:
         vtbi = self._run_base_ml + self.volume_ml if self.volume_ml > 0 else None
         self.physics.advance(t)
         self.physics.vtbi_ml = vtbi
+        self.physics.changed()
         try:
             self.physics.start(t)
         except PumpCommandError:
@@ -570,6 +571,7 @@ class Ne1000Emulator:
             return "?NA"
         self.physics.set_rate(t, self._purge_rate())
         self.physics.vtbi_ml = None
+        self.physics.changed()
         try:
             self.physics.start(t)
         except PumpCommandError:

@@ -79,6 +79,10 @@ class PumpPhysics:
     probe_times: list[float] = field(default_factory=list)
     probe_values: list[tuple[float, float]] = field(default_factory=list)
     _probe_i: int = 0
+    #: ``next_event_s()`` of the current state, or None once anything changed: a command
+    #: advances (one solve), changes the state (forgotten), and the driver reschedules
+    #: (one solve, reused by the next command at the same instant and the read-back).
+    _next_s: float | None = None
 
     def __post_init__(self) -> None:
         self.battery_min_left = float(self.model.battery_capacity_min)
@@ -210,7 +214,29 @@ class PumpPhysics:
 
     def next_event_s(self) -> float:
         """When the pump will next change by itself (``inf`` if never)."""
-        other = min(self._vtbi_done_s(), self._occlusion_alarm_s(), self._battery_s()[0])
+        t = self._next_s
+        if t is None:
+            t = self._next_s = self._solve_next_event_s()
+        return t
+
+    def changed(self) -> None:
+        """Forget the next event: call after changing a field from outside (emulators)."""
+        self._next_s = None
+
+    def _solve_next_event_s(self) -> float:
+        mode = self.mode
+        if (
+            mode is RunState.RUNNING
+            and self.occluded_since_s is None
+            and self.mains_on
+            and self.vtbi_ml is not None
+            and self.rate_ml_per_h > 0
+        ):
+            # The common case inlined: only VTBI complete or a dry reservoir can come next.
+            rate = self.rate_ml_per_h
+            other = self.t_s + max(self.vtbi_ml - self.counted_ml, 0.0) / rate * 3600.0
+        else:
+            other = min(self._vtbi_done_s(), self._occlusion_alarm_s(), self._battery_s()[0])
         if other < self._dry_not_before_s():
             return other  # the reservoir cannot run dry first: skip the Newton solve
         return min(other, self._dry_s())
@@ -290,6 +316,7 @@ class PumpPhysics:
             else:
                 segs.append(Segment(t0, t1_s, mode, nominal, vol, mg, occl, self.cause, label))
         self.t_s = t1_s
+        self._next_s = None
 
     def advance(self, t1_s: float) -> list[PumpAlarm]:
         """Run the physics to ``t1_s``, handling every internal event; return new alarms."""
@@ -304,6 +331,7 @@ class PumpPhysics:
 
     def _fire_due(self) -> list[PumpAlarm]:
         """Apply whatever internal event is due at ``t_s``."""
+        self._next_s = None
         t = self.t_s
         raised: list[PumpAlarm] = []
         tol = 1e-6
@@ -344,12 +372,14 @@ class PumpPhysics:
     def set_rate(self, t_s: float, rate_ml_per_h: float) -> None:
         """New programmed rate; applies at once if running."""
         self.advance(t_s)
+        self._next_s = None  # the state changes now
         self.rate_ml_per_h = rate_ml_per_h
         self.rate_saved = self.mode is not RunState.RUNNING
 
     def set_vtbi(self, t_s: float, vtbi_ml: float) -> None:
         """New VTBI counted from the last clear; leaving KVO if more is now due."""
         self.advance(t_s)
+        self._next_s = None  # the state changes now
         self.vtbi_ml = vtbi_ml
         if self.mode is RunState.KVO and vtbi_ml > self.counted_ml + _EPS_ML:
             self.mode = RunState.RUNNING
@@ -358,11 +388,13 @@ class PumpPhysics:
     def clear_volume(self, t_s: float) -> None:
         """Zero the pump's volume counter."""
         self.advance(t_s)
+        self._next_s = None  # the state changes now
         self.counted_ml = 0.0
 
     def start(self, t_s: float) -> None:
         """Start the mechanism; refused while a flow-stopping cause is still there."""
         self.advance(t_s)
+        self._next_s = None  # the state changes now
         if self.mode is RunState.RUNNING:
             return
         if self.rate_ml_per_h <= 0:
@@ -389,6 +421,7 @@ class PumpPhysics:
     def stop(self, t_s: float) -> None:
         """Stop the mechanism (alarms stay until the cause is cleared and it restarts)."""
         self.advance(t_s)
+        self._next_s = None  # the state changes now
         if self.mode is not RunState.ALARM:
             self.mode = RunState.STOPPED
             self.cause = "stopped"
@@ -396,6 +429,7 @@ class PumpPhysics:
     def connect_bag(self, t_s: float, content_ml: float, conc_mg_per_ml: float, label: str) -> None:
         """Spike a new reservoir; the drip chamber refills from it."""
         self.advance(t_s)
+        self._next_s = None  # the state changes now
         bag = _Reservoir(content_ml, conc_mg_per_ml, label)
         deficit = self.model.buffer_ml - self._chamber_ml
         if deficit > 0:
@@ -408,6 +442,7 @@ class PumpPhysics:
     def prime_line(self, t_s: float, prime_ml: float) -> float:
         """Prime the administration set from the reservoir: that volume fills the line."""
         self.advance(t_s)
+        self._next_s = None  # the state changes now
         take = min(prime_ml, self._bag.content_ml) if self._bag else 0.0
         if self._bag is not None:
             self._bag.content_ml -= take
@@ -417,6 +452,7 @@ class PumpPhysics:
     def disconnect_bag(self, t_s: float) -> float:
         """Take the reservoir off; returns the volume left in it (discarded)."""
         self.advance(t_s)
+        self._next_s = None  # the state changes now
         left = self._bag.content_ml if self._bag else 0.0
         if self._bag is not None:
             self._chamber_label = self._bag.label
@@ -437,6 +473,7 @@ class PumpPhysics:
     def occlude(self, t_s: float) -> None:
         """Downstream occlusion: no flow reaches the patient from now on."""
         self.advance(t_s)
+        self._next_s = None  # the state changes now
         if self.occluded_since_s is None:
             self.occluded_since_s = t_s
             self.occlusion_stored_ml = 0.0
@@ -444,6 +481,7 @@ class PumpPhysics:
     def release_occlusion(self, t_s: float) -> float:
         """The line is free again; the stored compliance volume goes in as a bolus."""
         self.advance(t_s)
+        self._next_s = None  # the state changes now
         if self.occluded_since_s is None:
             return 0.0
         self.occluded_since_s = None
@@ -460,6 +498,7 @@ class PumpPhysics:
     def inject_air(self, t_s: float) -> list[PumpAlarm]:
         """An air bubble reaches the detector: the pump stops with an alarm."""
         self.advance(t_s)
+        self._next_s = None  # the state changes now
         self.air_present = True
         if self.mode in (RunState.RUNNING, RunState.KVO):
             raised: list[PumpAlarm] = []
@@ -471,11 +510,13 @@ class PumpPhysics:
     def clear_air(self, t_s: float) -> None:
         """The air has been removed from the line; the pump may be restarted."""
         self.advance(t_s)
+        self._next_s = None  # the state changes now
         self.air_present = False
 
     def power_off(self, t_s: float) -> list[PumpAlarm]:
         """Mains lost: run on battery, or stop if the pump has none."""
         self.advance(t_s)
+        self._next_s = None  # the state changes now
         self.mains_on = False
         if self.model.battery_capacity_min <= 0 or self.battery_min_left <= 0:
             was_running = self.mode in (RunState.RUNNING, RunState.KVO)
@@ -489,6 +530,7 @@ class PumpPhysics:
     def power_on(self, t_s: float) -> list[PumpAlarm]:
         """Mains back; a pump without battery comes back reset (NE-1000 ``A?R``)."""
         self.advance(t_s)
+        self._next_s = None  # the state changes now
         self.mains_on = True
         self.alarms -= {PumpAlarm.POWER_LOSS, PumpAlarm.BATTERY_LOW}
         if self.model.battery_capacity_min <= 0:
@@ -504,6 +546,7 @@ class PumpPhysics:
     def acknowledge(self, t_s: float, alarm: PumpAlarm) -> None:
         """Clear a non-flow-stopping notice (VTBI complete, battery low, reset)."""
         self.advance(t_s)
+        self._next_s = None  # the state changes now
         if alarm not in FLOW_STOPPING_ALARMS or alarm is PumpAlarm.RESET:
             self.alarms.discard(alarm)
             if alarm is PumpAlarm.RESET and self.mode is RunState.ALARM:

@@ -93,7 +93,7 @@ class DistSpec(Spec):
             "normal": ("mean", "sd"),
             "triangular": ("min", "mode", "max"),
         }
-        if kind not in params:
+        if not isinstance(kind, str) or kind not in params:
             raise InputError(
                 f"{where}.dist = {kind!r} is not allowed; allowed: "
                 + ", ".join(repr(k) for k in params)

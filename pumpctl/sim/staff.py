@@ -116,6 +116,8 @@ class Pharmacy:
                 t_there = self.clock.now() + self.deliver_min.sample(self.rng) * 60.0
                 self.clock.call_at(t_there, lambda: self._deliver(n))
 
+    on_event.event_kinds = frozenset({"pharmacy_request", "alarm"})  # type: ignore[attr-defined]
+
     def _schedule(self, n: int, from_s: float) -> None:
         now = self.clock.now()
         delay_s = 0.0
@@ -278,6 +280,10 @@ class Nurse:
         elif ev.event == "bag_released" and self.waiting_for_bag:
             self.waiting_for_bag = False
             self._at(self.clock.now(), self._after_bag_arrived)
+
+    on_event.event_kinds = frozenset(  # type: ignore[attr-defined]
+        {"alarm", "bag_at_bedside", "bag_released"}
+    )
 
     def _hangable(self) -> bool:
         """True if the next bag may be hung now; else wait for it or for the pharmacist."""
