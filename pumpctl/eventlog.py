@@ -139,7 +139,6 @@ def _new_event(
     return _new_tuple(Event, (seq, t_s, wall_utc, pump, state, event, detail, operator, ""))
 
 
-
 def _utc(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")
 
