@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 from pumpctl.errors import InputError, OverrideRequiredError, PumpctlError, RefusedError
@@ -159,7 +159,9 @@ class Build:
 _BUILD_FIELDS = tuple(f.name for f in fields(Build))
 
 
+@lru_cache(maxsize=4096)
 def _num(value: Decimal) -> float | int:
+    """A decimal as a JSON number at 4 places (kept: the same figures recur every run)."""
     q = value.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP).normalize()
     return int(q) if q == q.to_integral_value() else float(q)
 

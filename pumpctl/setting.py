@@ -27,10 +27,16 @@ _PKG_DIR = Path(__file__).resolve().parent
 
 def profiles_dir() -> Path:
     """The ``firmware_profiles/`` shipped with pumpctl (package copy or source tree)."""
+    if _PROFILES_DIR:
+        return _PROFILES_DIR[0]
     for cand in (_PKG_DIR / "firmware_profiles", _PKG_DIR.parent / "firmware_profiles"):
         if cand.is_dir():
+            _PROFILES_DIR.append(cand)  # where the package is does not change while it runs
             return cand
     raise InputError("cannot find pumpctl's firmware_profiles/ directory")
+
+
+_PROFILES_DIR: list[Path] = []
 
 
 # ---------------------------------------------------------------------------
@@ -626,14 +632,13 @@ _read_toml = read_toml
 
 def resolve(name_or_path: str, *, pump: bool = False) -> Path:
     """A path, or the name of a file in the shipped ``firmware_profiles/`` (``.toml`` optional)."""
-    p = Path(name_or_path)
-    if p.exists():
-        return p
+    if os.path.exists(name_or_path):
+        return Path(name_or_path)
     base = profiles_dir() / ("pumps" if pump else "")
     stem = name_or_path[:-5] if name_or_path.endswith(".toml") else name_or_path
-    cand = base / f"{stem}.toml"
-    if cand.exists() and "/" not in name_or_path:
-        return cand
+    cand = os.path.join(base, f"{stem}.toml")
+    if "/" not in name_or_path and os.path.exists(cand):
+        return Path(cand)
     shipped = sorted(q.stem for q in base.glob("*.toml") if not q.name.endswith(".sig.toml"))
     raise InputError(
         f"no {'pump profile' if pump else 'setting'} '{name_or_path}': not a file, "

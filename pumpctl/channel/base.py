@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import fields
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any, SupportsIndex
@@ -112,8 +112,9 @@ class Listeners(list[Listener]):
 def order_json(order: Order) -> dict[str, Any]:
     """An order as plain JSON (decimals as numbers)."""
     out: dict[str, Any] = {}
-    for k, v in asdict(order).items():
-        out[k] = float(v) if isinstance(v, Decimal) else v
+    for f in fields(order):  # every field is flat: a number, a string or None
+        v = getattr(order, f.name)
+        out[f.name] = float(v) if isinstance(v, Decimal) else v
     return out
 
 
