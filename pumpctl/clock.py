@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+_heappush = heapq.heappush
+
 
 @dataclass(order=True, slots=True)
 class TimerHandle:
@@ -88,7 +90,13 @@ class SimClock(_HeapClock):
         return self._wall_epoch_s
 
     def call_at(self, when_s: float, callback: Callable[[], None]) -> TimerHandle:
-        return self._push(max(when_s, self._now_s), callback)
+        # ``_push`` inlined: a simulation schedules a timer for nearly every event
+        if when_s < self._now_s:
+            when_s = self._now_s
+        self._seq = seq = self._seq + 1
+        handle = TimerHandle(when_s, seq, callback)
+        _heappush(self._heap, (when_s, seq, handle))
+        return handle
 
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> TimerHandle:
         return self._push(self._now_s + max(delay_s, 0.0), callback)

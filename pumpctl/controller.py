@@ -80,10 +80,10 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
     # ----------------------------------------------------------- watchdog
     def _on_stage(self, stage: str, bag_n: int, end_s: float, lead: Lead) -> None:
         """A watchdog lead time has come for the current bag."""
-        cur = self.current_bag
+        cur = self.s.current_bag
         if cur is None or cur.n != bag_n or stage in self.s.fired.get(bag_n, []):
             return
-        nb = self.next_bag
+        nb = self.s.next_bag
         self._emit(
             E.WATCHDOG,
             {
@@ -119,7 +119,7 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
             self._raise(AlarmKind.NO_BAG_READY, f"bag {bag_n}: {why}")
 
     def _project(self) -> None:
-        bag, st = self.current_bag, self.last_status
+        bag, st = self.s.current_bag, self.last_status
         if bag is None or st is None or not st.running or st.rate_ml_per_h <= 0:
             self.watchdog.cancel()
             return
@@ -159,10 +159,10 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
     def snapshot(self) -> dict[str, Any]:
         """What a pump screen shows, as plain data."""
         b = self.build
-        bag = self.current_bag
+        bag = self.s.current_bag
         st = self.last_status
         to_end = self.watchdog.seconds_to_end()
-        nb = self.next_bag
+        nb = self.s.next_bag
         return {
             "t_s": self.clock.now(),
             "state": self.state.value,

@@ -45,9 +45,6 @@ class Gap:
         return (self.end_s if self.end_s is not None else now_s) - self.start_s
 
 
-_NOT_KNOWN: Any = object()
-
-
 @dataclass
 class ChannelState:
     """Everything a channel knows, built only by ``apply``."""
@@ -75,47 +72,23 @@ class ChannelState:
     projected_end_s: float | None = None
     projected_bag: int | None = None
 
-    # Cached views of ``bags`` (``_NOT_KNOWN`` until asked): the handlers that hang,
-    # request or discard a bag forget them.
-    _current: Any = field(default=None, compare=False, repr=False)
-    _next: Any = field(default=None, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._current = self._next = _NOT_KNOWN
-
-    # -- derived views ------------------------------------------------------
-    @property
-    def current_bag(self) -> Bag | None:
-        """The bag hanging now."""
-        b = self._current
-        if b is _NOT_KNOWN:
-            b = self._current = self._find_current()
-        return b  # type: ignore[no-any-return]
-
-    def _find_current(self) -> Bag | None:
-        for b in reversed(self.bags.values()):
-            if b.hung_s is not None and b.ended_s is None:
-                return b
-        return None
-
-    @property
-    def next_bag(self) -> Bag | None:
-        """The newest bag asked for and not yet hung or discarded."""
-        b = self._next
-        if b is _NOT_KNOWN:
-            b = self._next = self._find_next()
-        return b  # type: ignore[no-any-return]
-
-    def _find_next(self) -> Bag | None:
-        for b in reversed(self.bags.values()):
-            if b.hung_s is None and b.discarded_s is None:
-                return b
-            if b.hung_s is not None:
-                return None
-        return None
+    #: The bag hanging now, and the newest bag asked for and not yet hung or discarded:
+    #: views of ``bags``, kept by the handlers that request, hang or discard a bag.
+    current_bag: Bag | None = field(default=None, compare=False, repr=False)
+    next_bag: Bag | None = field(default=None, compare=False, repr=False)
 
     def _bags_changed(self) -> None:
-        self._current = self._next = _NOT_KNOWN
+        cur = nxt = None
+        for b in reversed(self.bags.values()):
+            if b.hung_s is None:
+                if b.discarded_s is None and nxt is None and cur is None:
+                    nxt = b  # newer than the bag hanging now
+            elif b.ended_s is None:
+                cur = b
+                break
+            else:
+                break  # every older bag has ended too
+        self.current_bag, self.next_bag = cur, nxt
 
     @property
     def hung_bags(self) -> list[Bag]:

@@ -7,7 +7,8 @@ the NE-1000 emulator), which produce them.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class PumpAlarm(enum.StrEnum):
@@ -60,15 +61,18 @@ class PumpIdentity:
     address: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class PumpStatus:
-    """One read-back of the pump. Volumes are since the last ``clear_volume``."""
+class PumpStatus(NamedTuple):
+    """One read-back of the pump. Volumes are since the last ``clear_volume``.
+
+    A named tuple: immutable, and cheap to make (a simulation reads the pump back after
+    every command).
+    """
 
     run_state: RunState
     rate_ml_per_h: float
     vtbi_ml: float | None
     volume_infused_ml: float
-    alarms: frozenset[PumpAlarm] = field(default_factory=frozenset)
+    alarms: frozenset[PumpAlarm] = frozenset()
     on_battery: bool = False
     battery_min_left: float | None = None
 

@@ -21,7 +21,7 @@ class AlarmDesk(ChannelBase):
         if kind in self.s.alarms.active_by_kind:
             return
         spec = kind.spec
-        bag = self.current_bag
+        bag = self.s.current_bag
         self._emit(
             E.ALARM,
             {

@@ -231,7 +231,9 @@ class ChannelBase:
         apply(self.s, ev)
         if kind == E.STATE:
             self.machine.force(self.s.state)
-        for cb in self.listeners.for_kind(kind):
+        listeners = self.listeners
+        cbs = listeners._by_kind.get(kind)
+        for cb in listeners.for_kind(kind) if cbs is None else cbs:
             cb(ev)
         return ev
 

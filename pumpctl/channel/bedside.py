@@ -27,7 +27,7 @@ class Bedside(ChannelBase):
         reason = self.machine.check("prime")
         if reason is not None:
             return self._refuse("prime", reason, operator)
-        nb = self.next_bag
+        nb = self.s.next_bag
         assert nb is not None
         self._go("prime", operator, {"bag": nb.n, "light_protected": light_protected})
         return None
@@ -52,7 +52,7 @@ class Bedside(ChannelBase):
         reason = self.machine.check("start")
         if reason is not None:
             return self._refuse("start", reason, operator)
-        nb = self.next_bag
+        nb = self.s.next_bag
         assert nb is not None
         rate, vtbi = self._bag_rate(nb), self._vtbi_for(nb, first=True)
         err = self._pump(
@@ -119,9 +119,9 @@ class Bedside(ChannelBase):
             reason = self.machine.check("finish_bag_change")
         if reason is not None:
             return self._refuse("hang_bag", reason, operator)
-        nb = self.next_bag
+        nb = self.s.next_bag
         assert nb is not None
-        old = self.current_bag
+        old = self.s.current_bag
         rate, vtbi = self._bag_rate(nb), self._vtbi_for(nb, first=False)
         if not from_alarm and self._relay is not None and self.reservoir_change == "stopped":
             return self._arm_relay(nb, rate, vtbi, operator)
@@ -219,10 +219,10 @@ class Bedside(ChannelBase):
 
     def _take_over(self) -> bool:
         """Relay: the running pump stopped at the end of its bag; the idle one starts now."""
-        relay, nb = self._relay, self.next_bag
+        relay, nb = self._relay, self.s.next_bag
         if relay is None or nb is None or self.s.relay_armed != nb.n:
             return False
-        old = self.current_bag
+        old = self.s.current_bag
         st = self.last_status
         left = (
             None
@@ -268,7 +268,7 @@ class Bedside(ChannelBase):
         reason = self.machine.check("resume")
         if reason is not None:
             return self._refuse("resume", reason, operator)
-        bag, st = self.current_bag, self.last_status
+        bag, st = self.s.current_bag, self.last_status
         commands: list[tuple[str, float | None]] = []
         if bag is not None:
             rate = bag.rate_ml_per_h or bag.recipe.rate_ml_per_h

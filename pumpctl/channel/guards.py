@@ -30,7 +30,7 @@ class Guards(ChannelBase):
         """Priming needs a program and the first bag at the bedside, light-protected."""
         if self.s.plan is None:
             return "no program: build the order first"
-        nb = self.next_bag
+        nb = self.s.next_bag
         if nb is None or nb.delivered_s is None:
             return "no bag at the bedside to prime from"
         return self._why_not_light() or self._why_not_hang_by(nb)
@@ -51,14 +51,14 @@ class Guards(ChannelBase):
 
     def why_not_bag_change(self) -> str | None:
         """A bag change needs the next bag at the bedside and inside its hang-by time."""
-        nb = self.next_bag
+        nb = self.s.next_bag
         if nb is None or nb.delivered_s is None:
             return "the next bag is not at the bedside"
         return self._why_not_hang_by(nb)
 
     def why_not_hang(self) -> str | None:
         """Hanging needs light protection confirmed and a bag inside its hang-by time."""
-        nb = self.next_bag
+        nb = self.s.next_bag
         if nb is None or nb.delivered_s is None:
             return "the next bag is not at the bedside"
         return self._why_not_light() or self._why_not_hang_by(nb)
@@ -111,11 +111,11 @@ class Guards(ChannelBase):
 
     def _why_not_hang_by(self, bag: Bag, slack_s: float = 0.0) -> str | None:
         """Past its hang-by time at the rate it would really run (a titration changes it)."""
-        hang_by = self._hang_by_s(bag)
-        if hang_by is None:
+        if bag.compounded_s is None or bag.released_by is not None:
             return None
-        rate = self._bag_rate(bag)
+        rate = self._bag_rate(bag)  # as in ``_hang_by_s``, with the rate kept for the reason
         duration_s = bag.recipe.vtbi_ml / rate * 3600.0 if rate > 0 else 0.0
+        hang_by = bag.compounded_s + self.setting.beyond_use_h * 3600.0 - duration_s
         if self.clock.now() + slack_s > hang_by:
             return (
                 f"bag {bag.n} is past its hang-by time ({hang_by / 3600:.2f} h: compounded "
@@ -126,5 +126,5 @@ class Guards(ChannelBase):
 
     def bag_expired(self, slack_s: float = 0.0) -> str | None:
         """Why the next bag may not be hung now (past its hang-by time), or None."""
-        nb = self.next_bag
+        nb = self.s.next_bag
         return None if nb is None else self._why_not_hang_by(nb, slack_s)

@@ -88,7 +88,7 @@ class PharmacyDesk(ChannelBase):
             },
             operator,
         )
-        nb = self.next_bag
+        nb = self.s.next_bag
         if nb is not None and nb.compounded_s is None:  # not made yet: make the new recipe
             self._discard(nb, "titration: rebuilt to the new dose before compounding", operator)
             self._request_bag(stat=plan["mode"] == "stat" or nb.stat, why="titration")
@@ -96,14 +96,14 @@ class PharmacyDesk(ChannelBase):
             if nb is not None:
                 self._discard(nb, "titration: replaced by a STAT bag at the new dose", operator)
             self._request_bag(stat=True, why="titration: STAT bag at the new dose")
-        if plan["mode"] == "rate_now" and (cur := self.current_bag) is not None:
+        if plan["mode"] == "rate_now" and (cur := self.s.current_bag) is not None:
             self._set_rate(cur, float(plan["rate_ml_per_h"]), operator, "titration")
         self._check_hang_by()  # a slower rate can put a made bag past its beyond-use time
         return None
 
     def titration_plan(self, b: Build) -> dict[str, Any]:
         """How a new build would reach the patient: what the titrate dialog shows first."""
-        cur, st = self.current_bag, self.last_status
+        cur, st = self.s.current_bag, self.last_status
         new_dose_h = float(b.achieved_mg_per_day) / 24.0
         if self.setting.titration_mode == "next_bag" or cur is None or st is None:
             return {"mode": "next_bag", "why": "the next bag is rebuilt; the running bag runs on"}
@@ -123,7 +123,7 @@ class PharmacyDesk(ChannelBase):
                 "why": f"bag {cur.n} at {rate:g} mL/h still lasts {lasts_s / 60:.0f} min, more "
                 f"than the pharmacy lead + margin ({need_s / 60:.0f} min)",
             }
-        nb = self.next_bag
+        nb = self.s.next_bag
         if in_range and nb is not None and nb.compounded_s is not None:
             # A bag at the old concentration is already made: run both at the new dose rate.
             return {
@@ -187,13 +187,13 @@ class PharmacyDesk(ChannelBase):
                 "lead_min": None if lead is None else round(lead.s / 60.0, 2),
             },
         )
-        nb = self.next_bag
+        nb = self.s.next_bag
         assert nb is not None
         return nb
 
     def bag_compounded(self, operator: str = "pharmacy") -> str | None:
         """Pharmacy has compounded the next bag; its hang-by time is set now."""
-        nb = self.next_bag
+        nb = self.s.next_bag
         if nb is None:
             return self._refuse("bag_compounded", "no bag has been requested", operator)
         if nb.compounded_s is not None:
@@ -217,13 +217,13 @@ class PharmacyDesk(ChannelBase):
             self._timers["hang_by"] = self.clock.call_at(nb.hang_by_s, self._check_hang_by)
 
     def _check_hang_by(self) -> None:
-        nb = self.next_bag
+        nb = self.s.next_bag
         if nb is not None and self._why_not_hang_by(nb, slack_s=1e-6) is not None:
             self._raise(AlarmKind.BAG_PAST_HANG_BY, f"bag {nb.n}")
 
     def bag_delivered(self, operator: str = "pharmacy") -> str | None:
         """The next bag is at the bedside (hand-delivered, light-protected)."""
-        nb = self.next_bag
+        nb = self.s.next_bag
         if nb is None or nb.compounded_s is None:
             return self._refuse("bag_delivered", "no compounded bag is on its way", operator)
         if nb.delivered_s is not None:
@@ -239,7 +239,7 @@ class PharmacyDesk(ChannelBase):
 
     def release_bag(self, operator: str, reason: str) -> str | None:
         """Pharmacist: the next bag past its hang-by time may be hung (reason logged)."""
-        nb = self.next_bag
+        nb = self.s.next_bag
         if nb is None or nb.hang_by_s is None:
             return self._refuse("release_bag", "no compounded bag to release", operator)
         if not reason.strip():
@@ -250,7 +250,7 @@ class PharmacyDesk(ChannelBase):
 
     def replace_next_bag(self, operator: str, reason: str) -> str | None:
         """Pharmacist: discard the next bag and request a fresh one at once."""
-        nb = self.next_bag
+        nb = self.s.next_bag
         if nb is None:
             return self._refuse("replace_next_bag", "no bag has been requested", operator)
         self._discard(nb, reason, operator)

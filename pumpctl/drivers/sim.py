@@ -59,7 +59,8 @@ class SimDriver(PumpDriver):
             raise CommunicationError("no reply from the simulated pump (no power)")
 
     def _cmd(self, action: str, *args: object) -> None:
-        self._check_link()
+        if not self.link_up or (not self.physics.mains_on and self.physics.powered_off):
+            self._check_link()  # raises, naming why
         self._apply(action, *args)
 
     # -- hooks ------------------------------------------------------------
@@ -83,7 +84,8 @@ class SimDriver(PumpDriver):
         self._cmd("clear_volume")
 
     def _do_status(self) -> PumpStatus:
-        self._check_link()
+        if not self.link_up or (not self.physics.mains_on and self.physics.powered_off):
+            self._check_link()  # raises, naming why
         return self.physics.status(self.clock.now())
 
     # -- the physical world (not over the link): bags, faults, power -------
