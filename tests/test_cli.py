@@ -133,6 +133,25 @@ def test_build_imports_only_what_it_runs() -> None:
     assert not _imported_after(code) & set(HEAVY)
 
 
+def test_build_does_not_load_logging() -> None:
+    code = (
+        "from pumpctl import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert cli.main(['build', '--dose-mg-per-day', '600', '--weight-kg', '70']) == 0\n"
+    )
+    assert "logging" not in _imported_after(code)
+
+
+@pytest.mark.parametrize("command", sorted(cli._PRINT_ONLY))
+def test_print_only_commands_do_not_log(command: str) -> None:
+    """A command that skips configuring ``logging`` must not import it (it would log
+    through Python's bare fallback, without the "pumpctl: warning:" prefix)."""
+    code = f"import pumpctl.commands.{command}\n"
+    assert "logging" not in _imported_after(code)
+    text = (ROOT / "pumpctl" / "commands" / f"{command}.py").read_text()
+    assert "logging" not in text and "getLogger" not in text
+
+
 def test_python_dash_m_pumpctl_works_from_another_directory(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pumpctl", "build", "--dose-mg-per-day", "600", "--weight-kg", "70"],
