@@ -7,18 +7,28 @@ software overhead: driver, pty, emulator) and with the emulator pacing its repli
 19200-baud line would (overhead = round trip - line time).
 
     .venv/bin/python benchmarks/bench_serial.py [--rounds 300] [--baud 19200] [--pumps 2]
+                                                [--in-process]
+
+By default the emulator runs as on a bench rig: in its own process (``pumpctl
+emulate``), as a real pump is its own device. ``--in-process`` serves it from a thread of
+the benchmark's own process instead; the two threads then share one interpreter lock, and
+that hand-over is part of every round trip.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from pumpctl.clock import SystemClock  # noqa: E402
 from pumpctl.devices.ne1000 import EmulatorServer, Ne1000Emulator  # noqa: E402
@@ -43,15 +53,38 @@ def measure(drv: Any, fn: Callable[[], object], rounds: int) -> tuple[list[float
     return times, (b1 - b0) / rounds
 
 
+@contextlib.contextmanager
+def emulator_url(pace_baud: int | None, pumps: int, in_process: bool) -> Iterator[str]:
+    """The line to open: an emulator in this process, or ``pumpctl emulate``."""
+    if in_process:
+        clock = SystemClock()
+        emus = [Ne1000Emulator(clock=clock, pace_baud=pace_baud, address=a) for a in range(pumps)]
+        with EmulatorServer(emus) as server:
+            yield server.url
+        return
+    cmd = [sys.executable, "-m", "pumpctl", "emulate", "--pumps", str(pumps)]
+    if pace_baud:
+        cmd += ["--pace-baud", str(pace_baud)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
 def run_config(
-    safe_timeout_s: int, pace_baud: int | None, rounds: int, pumps: int = 1
+    safe_timeout_s: int,
+    pace_baud: int | None,
+    rounds: int,
+    pumps: int = 1,
+    in_process: bool = False,
 ) -> dict[str, tuple[list[float], float]]:
     """Time each command for one mode and one pacing (on the last of ``pumps`` pumps)."""
-    clock = SystemClock()
-    emus = [Ne1000Emulator(clock=clock, pace_baud=pace_baud, address=a) for a in range(pumps)]
     out: dict[str, tuple[list[float], float]] = {}
-    with EmulatorServer(emus) as server:
-        bus = NewEraBus(server.url, timeout_s=1.0)
+    with emulator_url(pace_baud, pumps, in_process) as url:
+        bus = NewEraBus(url, timeout_s=1.0)
         others = [bus.driver(a, safe_timeout_s=safe_timeout_s) for a in range(pumps - 1)]
         for other in others:
             other.set_rate(50.0)
@@ -90,22 +123,28 @@ def main() -> int:
     ap.add_argument(
         "--pumps", type=int, default=1, help="pumps on the line; commands go to the last one"
     )
+    ap.add_argument(
+        "--in-process",
+        action="store_true",
+        help="serve the emulator from a thread of this process (default: its own process)",
+    )
     args = ap.parse_args()
     bit_s = 10.0 / args.baud
     head = (
         f"{'mode':5} {'command':20} {'bytes':>5} {'line ms':>8} | {'pty p50':>7} {'p95':>6} | "
         f"{'paced p50':>9} {'p95':>6} | {'overhead p50':>12} {'p95':>6}"
     )
+    where = "a thread of this process" if args.in_process else "its own process"
     print(
-        f"NE-1000 driver <-> emulator over a pty ({args.pumps} pump(s) on the line), "
+        f"NE-1000 driver <-> emulator ({where}) over a pty ({args.pumps} pump(s) on the line), "
         f"{args.rounds} rounds per command; "
         f"line time at {args.baud} baud, 8N1 (10 bits/byte); times in ms"
     )
     print(head)
     print("-" * len(head))
     for mode, saf in (("basic", 0), ("safe", 10)):
-        bare = run_config(saf, None, args.rounds, args.pumps)
-        paced = run_config(saf, args.baud, args.rounds, args.pumps)
+        bare = run_config(saf, None, args.rounds, args.pumps, args.in_process)
+        paced = run_config(saf, args.baud, args.rounds, args.pumps, args.in_process)
         for name, (times, nbytes) in bare.items():
             ptimes, _ = paced[name]
             line_ms = nbytes * bit_s * 1e3

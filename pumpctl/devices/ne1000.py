@@ -255,10 +255,10 @@ class Ne1000Emulator:
                     continue
                 self._handle(item, t)
 
-    def take_output(self) -> bytes:
-        """Reply bytes that are due now (in order)."""
+    def take_output(self, ahead_s: float = 0.0) -> bytes:
+        """Reply bytes that are due now, or within ``ahead_s`` (in order)."""
         with self._lock:
-            t = self.clock.now()
+            t = self.clock.now() + ahead_s
             due = [o for o in self._outbox if o.due_s <= t]
             if not due:
                 return b""
@@ -687,6 +687,8 @@ class EmulatorServer:
     MARGIN_MIN_S = 0.0001
     MARGIN_MAX_S = 0.002
     MARGIN_START_S = 0.0005
+    #: Most a reply is written ahead of its due time to cover the cost of writing it.
+    SEND_LEAD_MAX_S = 0.0002
 
     def __init__(
         self,
@@ -710,6 +712,11 @@ class EmulatorServer:
         self.client_peer: str | None = None
         self.margin_s = self.MARGIN_START_S
         self._late: deque[float] = deque(maxlen=64)
+        #: How long this machine takes from "a reply is due" to its bytes being written
+        #: (collecting them and the write itself): replies are written that much early,
+        #: so they reach the line when due rather than that much late.
+        self.send_lead_s = 0.0
+        self._send_costs: deque[float] = deque(maxlen=32)
         self._last_tick_s = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -788,15 +795,20 @@ class EmulatorServer:
                 best = left if best is None else min(best, left)
         return best
 
-    def _take_output(self) -> bytes:
+    def _take_output(self, ahead_s: float = 0.0) -> bytes:
+        """The replies due now or within ``ahead_s`` real seconds, earliest pump first."""
         if len(self.emulators) == 1:
-            return self.emulator.take_output()
+            emu = self.emulator
+            return emu.take_output(ahead_s * _speed(emu.clock) if ahead_s else 0.0)
 
         def due(emu: Ne1000Emulator) -> float:
             t = emu.next_due_s()
             return math.inf if t is None else t
 
-        return b"".join(e.take_output() for e in sorted(self.emulators, key=due))
+        return b"".join(
+            e.take_output(ahead_s * _speed(e.clock) if ahead_s else 0.0)
+            for e in sorted(self.emulators, key=due)
+        )
 
     def _wait_s(self) -> float:
         """How long to block for input: until shortly before the next reply is due."""
@@ -814,13 +826,25 @@ class EmulatorServer:
             self.margin_s = min(max(p90 + 5e-5, self.MARGIN_MIN_S), self.MARGIN_MAX_S)
 
     def _spin_until_due(self) -> None:
-        """Busy-wait (yielding the GIL) the last stretch before a reply is due."""
+        """Busy-wait (yielding the GIL) the last stretch before a reply is due, less the
+        time this machine takes to collect and write it."""
         left = self._due_in_s()
-        if left is None or left <= 0:
+        if left is None or left <= self.send_lead_s:
             return
-        end = time.monotonic() + left
+        end = time.monotonic() + left - self.send_lead_s
         while time.monotonic() < end:
             time.sleep(0)
+
+    def _send_due(self) -> bool:
+        """Write the replies due within the learned send lead; learn what a send costs."""
+        t0 = time.monotonic()
+        sent = self._send(self._take_output(self.send_lead_s))
+        if sent:
+            self._send_costs.append(time.monotonic() - t0)
+            if len(self._send_costs) >= 8:
+                ranked = sorted(self._send_costs)
+                self.send_lead_s = min(ranked[len(ranked) // 2], self.SEND_LEAD_MAX_S)
+        return sent
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -843,7 +867,7 @@ class EmulatorServer:
         due_soon = wait < 0.02
         if due_soon and wait <= 0.0:
             self._spin_until_due()
-            sent = self._send(self._take_output())
+            sent = self._send_due()
         else:
             t_wake = time.monotonic() + wait
             got_input = self._poll_input(wait)

@@ -32,7 +32,9 @@ Wire format and number rules are in ``newera_codec``. What this module adds:
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import select
 import threading
 import time
 from collections import Counter
@@ -71,6 +73,25 @@ from pumpctl.drivers.base import (
 )
 from pumpctl.errors import CommunicationError, InputError, PumpCommandError
 from pumpctl.setting import PumpModel
+
+try:  # the plain POSIX port class (absent on other platforms)
+    from serial.serialposix import Serial as _PosixSerial
+except ImportError:  # pragma: no cover
+    _PosixSerial = None
+
+
+def _posix_fd(ser: Any) -> int | None:
+    """The file descriptor of a plain local serial port or pty, else None.
+
+    pyserial's ``read``/``write`` add a timeout object, ``in_waiting`` ioctls and a loop
+    per call; on a local port the driver reads and writes the descriptor itself (the port
+    is open and non-blocking), which takes a tenth of a millisecond off every command.
+    URL ports (``socket://``) and test doubles go through pyserial.
+    """
+    if _PosixSerial is None or type(ser) is not _PosixSerial:
+        return None
+    fd = getattr(ser, "fd", None)
+    return fd if isinstance(fd, int) and fd >= 0 else None
 
 Listener = Callable[[list[PumpAlarm]], None]
 LinkListener = Callable[[bool, str], None]
@@ -523,15 +544,31 @@ class NewEraDriver(PumpDriver):
     def _write(self, frame: bytes) -> None:
         ser = self._port()
         try:
-            ser.write(frame)
+            fd = _posix_fd(ser)
+            done = 0
+            if fd is not None:  # a local serial port or pty: one write, no bookkeeping
+                with contextlib.suppress(BlockingIOError):
+                    done = os.write(fd, frame)
+            if done < len(frame):
+                ser.write(frame[done:])  # the rest waits for room, up to the write timeout
         except (serial.SerialException, OSError) as exc:
             raise self._broken(exc) from None
         self.stats["frames_sent"] += 1
         self.stats["bytes_sent"] += len(frame)
 
     def _read_some(self) -> bytes:
+        """What arrives within the port's read timeout (empty if nothing did)."""
         ser = self._port()
         try:
+            fd = _posix_fd(ser)
+            if fd is not None:  # one wait and one read per wake-up, as the line delivers
+                ready, _, _ = select.select([fd], [], [], ser.timeout)
+                if not ready:
+                    return b""
+                data = os.read(fd, 4096)
+                if not data:
+                    raise serial.SerialException("the device reports data but returned none")
+                return data
             n = ser.in_waiting
             data = bytes(ser.read(max(1, n)))
             if data and not n:  # woke on the first byte: take the rest that came with it
@@ -546,8 +583,13 @@ class NewEraDriver(PumpDriver):
         """Before a command: take in whatever arrived unasked (late replies, auto-alarms)."""
         ser = self._port()
         try:
-            n = ser.in_waiting
-            data = bytes(ser.read(n)) if n else b""
+            fd = _posix_fd(ser)
+            if fd is not None:
+                ready, _, _ = select.select([fd], [], [], 0)
+                data = os.read(fd, 4096) if ready else b""
+            else:
+                n = ser.in_waiting
+                data = bytes(ser.read(n)) if n else b""
         except (serial.SerialException, OSError) as exc:
             raise self._broken(exc) from None
         items = self.bus.take_pending()
