@@ -113,7 +113,7 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
         elif stage == Stage.PREPARE:
             left_min = (end_s - self.clock.now()) / 60.0
             self._raise(AlarmKind.PREPARE_BAG_CHANGE, f"bag {bag_n} ends in {left_min:.0f} min")
-        elif stage == Stage.ESCALATE and self.state is State.INFUSING:
+        elif stage == Stage.ESCALATE and self.machine.state is State.INFUSING:
             # The bag change has not started, whatever the reason: call the charge nurse.
             why = "no bag at the bedside" if not at_bedside else "bag change not started"
             self._raise(AlarmKind.NO_BAG_READY, f"bag {bag_n}: {why}")
@@ -185,7 +185,7 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
             "s_to_bag_end": to_end,
             "bag": bag.to_json() if bag else None,
             "next_bag": nb.to_json() if nb else None,
-            "alarms": [a.to_json() for a in self.alarms.active()],
+            "alarms": [a.to_json() for a in self.s.alarms.active()],
             "interrupted_s": self.s.interrupted_s(self.clock.now()),
             "link_ok": self.s.link_ok,
             "line_primed": self.s.line_primed,

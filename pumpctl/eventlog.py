@@ -243,9 +243,12 @@ class MemoryEventLog:
         operator: str = "system",
     ) -> Event:
         """Record an event (before the action it describes)."""
-        # wall time is filled in only when written to SQLite
-        ev = _new_event(len(self._events) + 1, t_s, "", pump, state, event, detail or {}, operator)
-        self._events.append(ev)
+        # wall time is filled in only when written to SQLite; ``_new_event`` inlined
+        events = self._events
+        ev = _new_tuple(
+            Event, (len(events) + 1, t_s, "", pump, state, event, detail or {}, operator, "")
+        )
+        events.append(ev)
         return ev
 
     def events(self) -> list[Event]:

@@ -56,12 +56,20 @@ def _seg_cause(seg: dict[str, Any]) -> str | None:
 
 
 def interruptions(
-    events: Sequence[EventLike], s: ChannelState, start_s: float | None, end_s: float
+    events: Sequence[EventLike],
+    s: ChannelState,
+    start_s: float | None,
+    end_s: float,
+    segs: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Gaps in delivery after the start, with their causes (physics when logged)."""
+    """Gaps in delivery after the start, with their causes (physics when logged).
+
+    ``segs`` are the log's delivery segments when the caller has already picked them out.
+    """
     if start_s is None:
         return [{"start_s": 0.0, "end_s": end_s, "cause": "never_started"}]
-    segs = _segments(events)
+    if segs is None:
+        segs = _segments(events)
     gaps: list[dict[str, Any]] = []
     if not segs:  # a real pump: the controller's measured gaps
         for g in s.gaps:
@@ -177,10 +185,15 @@ def build_result(
     start_s: float | None = None
     prime_ml: float | None = None
     first: dict[str, Any] | None = None  # the first program's detail
+    segs: list[dict[str, Any]] = []  # delivery segments (read, never changed)
+    doses: list[EventLike] = []  # the program and the titrations
+    install: str | None = None  # the last setting installed
     run_end, segment, state_kind, program = E.RUN_END, E.DELIVERY_SEGMENT, E.STATE, E.PROGRAM
+    titration, setting_install = E.TITRATION, E.SETTING_INSTALL
     for e in events:  # one pass for what is read off single events
         kind = e.event
         if kind == segment:
+            segs.append(e.detail)
             continue
         if e.t_s > last_t:
             last_t = e.t_s
@@ -192,16 +205,19 @@ def build_result(
                 prime_ml = float(e.detail.get("prime_ml", 0.0))
         elif kind == run_end:
             meta = dict(e.detail)
-        elif kind == program and first is None:
-            first = e.detail
+        elif kind in (program, titration):
+            doses.append(e)
+            if kind == program and first is None:
+                first = e.detail
+        elif kind == setting_install:
+            install = e.detail.get("version")
     if meta.get("controller_stopped"):  # a live run: it went on until its last event
         end = max(float(meta["end_s"]), last_t)
     else:
         end = float(meta.get("end_s", end_s if end_s is not None else last_t))
-    gaps = interruptions(events, s, start_s, end)
+    gaps = interruptions(events, s, start_s, end, segs)
     interrupted_s = sum(g["end_s"] - g["start_s"] for g in gaps)
-    timeline = _dose_timeline(events)
-    segs = _segments(events)
+    timeline = _dose_timeline(doses)
     if segs:
         delivered = sum(float(g["drug_mg"]) for g in segs)
         delivered_ml = sum(float(g["actual_ml"]) for g in segs)
@@ -264,8 +280,8 @@ def build_result(
         {
             "id": a.id,
             "t_h": _h(a.raised_s),
-            "kind": a.kind.value,
-            "priority": a.priority.value,
+            "kind": a.kind._value_,
+            "priority": a.priority._value_,
             "acknowledged_h": None if a.acknowledged_s is None else _h(a.acknowledged_s),
             "cleared_h": None if a.cleared_s is None else _h(a.cleared_s),
             "bag": a.bag_n,
@@ -336,11 +352,11 @@ def build_result(
                 "mode": e.detail.get("mode"),
                 "why": (e.detail.get("plan") or {}).get("why"),
             }
-            for e in events
+            for e in doses
             if e.event == E.TITRATION
         ],
         "setting": meta.get("setting"),
-        "setting_version": meta.get("setting_version", _last_install(events)),
+        "setting_version": meta.get("setting_version", install),
         "pump": meta.get("pump"),
         "pump_version": meta.get("pump_version"),
         "program": None
@@ -357,11 +373,6 @@ def build_result(
         "flow_accuracy": meta.get("flow_accuracy"),
         "stated_accuracy_pct": meta.get("stated_accuracy_pct"),
     }
-
-
-def _last_install(events: Sequence[EventLike]) -> str | None:
-    versions = [e.detail.get("version") for e in events if e.event == E.SETTING_INSTALL]
-    return versions[-1] if versions else None
 
 
 def _delivered_from_events(

@@ -25,7 +25,7 @@ class AlarmDesk(ChannelBase):
         self._emit(
             E.ALARM,
             {
-                "id": self.alarms.next_id(),
+                "id": self.s.alarms.next_id(),
                 "kind": kind._value_,
                 "priority": spec.priority._value_,
                 "flow_stopping": spec.flow_stopping,
@@ -63,7 +63,9 @@ class AlarmDesk(ChannelBase):
             self._raise(AlarmKind.LOG_UNAVAILABLE, getattr(self.log, "storage_problem", ""))
 
     def _find(self, alarm: int | str) -> Any:
-        return self.alarms.get(alarm) if isinstance(alarm, int) else self.alarms.find_active(alarm)
+        return (
+            self.s.alarms.get(alarm) if isinstance(alarm, int) else self.s.alarms.find_active(alarm)
+        )
 
     def acknowledge(self, alarm: int | str, operator: str) -> str | None:
         """Acknowledge an alarm (by id or kind)."""
@@ -112,6 +114,6 @@ class AlarmDesk(ChannelBase):
 
     def _unsilence(self, alarm_id: int) -> None:
         self._silence_timers.pop(alarm_id, None)
-        a = self.alarms.get(alarm_id)
+        a = self.s.alarms.get(alarm_id)
         if a is not None and a.active and a.silenced_until_s is not None:
             self._emit(E.ALARM_REANNUNCIATED, {"kind": a.kind._value_, "id": a.id})

@@ -91,13 +91,13 @@ class Bedside(ChannelBase):
 
     def _why_not_hang_from_alarm(self, light: bool) -> str | None:
         if (
-            self.alarms.find_active(AlarmKind.BAG_EMPTY) is None
+            self.s.alarms.find_active(AlarmKind.BAG_EMPTY) is None
             and self.s.fault_from != "bag_change"
         ):
             return "only after a bag-empty alarm or a bag change"
         unacked = [
             a.kind
-            for a in self.alarms.active()
+            for a in self.s.alarms.active()
             if a.spec.flow_stopping and a.acknowledged_s is None
         ]
         if unacked:
@@ -112,7 +112,7 @@ class Bedside(ChannelBase):
     def hang_bag(self, operator: str, light_protected: bool) -> str | None:
         """Hang the next bag and carry on: from a bag change, or after a bag-empty alarm."""
         self._light_pending = light_protected
-        from_alarm = self.state is State.ALARM
+        from_alarm = self.machine.state is State.ALARM
         if from_alarm:
             reason = self._why_not_hang_from_alarm(light_protected)
         else:
@@ -140,7 +140,7 @@ class Bedside(ChannelBase):
         if err is not None:
             return self._refuse("hang_bag", err, operator)
         if from_alarm:  # the pump restarted, so every flow-stopping cause is gone
-            for a in self.alarms.active():
+            for a in self.s.alarms.active():
                 if a.spec.flow_stopping:
                     self._clear(a.kind)
             self._go("resume", operator, {"bag": nb.n})
@@ -280,7 +280,7 @@ class Bedside(ChannelBase):
         err = self._pump(operator, commands)
         if err is not None:
             return self._refuse("resume", err, operator)
-        for a in self.alarms.active():
+        for a in self.s.alarms.active():
             if a.spec.flow_stopping:
                 self._clear(a.kind)
         self._go("resume", operator)

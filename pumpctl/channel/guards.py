@@ -65,7 +65,7 @@ class Guards(ChannelBase):
 
     def why_not_resume(self) -> str | None:
         """Leaving alarm needs every flow-stopping alarm acknowledged and its cause gone."""
-        for a in self.alarms.active():
+        for a in self.s.alarms.active():
             if a.spec.flow_stopping and a.acknowledged_s is None:
                 return f"acknowledge the {a.kind} alarm first"
             if a.kind == AlarmKind.BAG_EMPTY:
@@ -75,18 +75,18 @@ class Guards(ChannelBase):
     def why_not(self, request: str) -> str | None:
         """Would ``request`` be accepted now? ``None`` if so, else the reason (no side effect)."""
         if request == "hang_bag":
-            if self.state is State.ALARM:
+            if self.machine.state is State.ALARM:
                 return self._why_not_hang_from_alarm(light=True)
             reason = self.machine.check("finish_bag_change")
         elif request in ("program", "titrate"):
-            if request == "program" and (self.state is not State.IDLE or self.s.bags):
+            if request == "program" and (self.machine.state is not State.IDLE or self.s.bags):
                 return "already programmed and running; use titrate"
             if request == "titrate" and self.s.plan is None:
                 return "no program yet: program the order first"
             reason = self._installed()
         else:
             trigger = {"bag_change": "begin_bag_change"}.get(request, request)
-            if self.state is State.ALARM and trigger == "start":
+            if self.machine.state is State.ALARM and trigger == "start":
                 trigger = "resume"
             light = self._light_pending
             self._light_pending = True  # the confirmation is asked for by the screen

@@ -48,7 +48,7 @@ class PharmacyDesk(ChannelBase):
 
     def program(self, order: Order, operator: str) -> str | None:
         """Build the order and make it the program (only before the infusion starts)."""
-        if self.state is not State.IDLE or self.s.bags:
+        if self.machine.state is not State.IDLE or self.s.bags:
             return self._refuse("program", "already programmed and running; use titrate", operator)
         if (reason := self.why_not_program()) is not None:
             return self._refuse("program", reason, operator)
@@ -152,7 +152,7 @@ class PharmacyDesk(ChannelBase):
         return self._rate_for(bag, plan.dose_mg_per_h)
 
     def _set_rate(self, bag: Bag, rate: float, operator: str, why: str) -> None:
-        if self.state not in (State.INFUSING, State.BAG_CHANGE):
+        if self.machine.state not in (State.INFUSING, State.BAG_CHANGE):
             self._emit(E.RATE_CHANGE, {"bag": bag.n, "rate_ml_per_h": rate, "why": why}, operator)
             return
         err = self._pump(operator, [("set_rate", rate)])
@@ -233,7 +233,7 @@ class PharmacyDesk(ChannelBase):
             self.planner.observe(Stage.PHARMACY_REQUEST, self.clock.now() - nb.requested_s)
         for kind in (AlarmKind.NEXT_BAG_NOT_AT_BEDSIDE, AlarmKind.PHARMACY_REQUEST):
             self._clear(kind)
-        if self.state is State.INFUSING:  # escalation stays only if the change is still due
+        if self.machine.state is State.INFUSING:  # escalation stays only if the change is still due
             self._clear(AlarmKind.NO_BAG_READY)
         return None
 

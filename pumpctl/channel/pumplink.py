@@ -89,7 +89,7 @@ class PumpLink(ChannelBase):
         if kind is None:
             return
         flow_stop = pa in FLOW_STOPPING_ALARMS or pa is PumpAlarm.VTBI_COMPLETE
-        if flow_stop and self.state is State.IDLE:
+        if flow_stop and self.machine.state is State.IDLE:
             self._raise(kind)
             return
         st = self.last_status
@@ -100,7 +100,7 @@ class PumpLink(ChannelBase):
         if flow_stop:
             cause = GapCause.BAG_EMPTY if pa is PumpAlarm.VTBI_COMPLETE else kind.value
             self._gap_open(cause, gap_from_s)
-            if self.state in (State.PRIMING, State.INFUSING, State.BAG_CHANGE):
+            if self.machine.state in (State.PRIMING, State.INFUSING, State.BAG_CHANGE):
                 self._go("fault", "system", {"cause": str(cause)})
             self.watchdog.cancel()
         self._raise(kind)
@@ -114,8 +114,8 @@ class PumpLink(ChannelBase):
             self._poll_timer = self.clock.call_later(self.poll_s, self._poll)
 
     def _expects_running(self) -> bool:
-        return self.state is State.INFUSING or (
-            self.state is State.BAG_CHANGE and self.reservoir_change == "running"
+        return self.machine.state is State.INFUSING or (
+            self.machine.state is State.BAG_CHANGE and self.reservoir_change == "running"
         )
 
     def _poll_once(self) -> None:

@@ -83,6 +83,7 @@ class PumpPhysics:
     #: advances (one solve), changes the state (forgotten), and the driver reschedules
     #: (one solve, reused by the next command at the same instant and the read-back).
     _next_s: float | None = None
+    _f_at: tuple[float, float] = (math.nan, 0.0)  # (u, F(u)) last computed
 
     def __post_init__(self) -> None:
         self.battery_min_left = float(self.model.battery_capacity_min)
@@ -91,7 +92,17 @@ class PumpPhysics:
 
     # -- flow law -----------------------------------------------------------
     def _antiderivative(self, u_s: float) -> float:
-        """F(u) with dV/du = k*(1-exp(-u/tau))*(1+a*sin(w*u)); see module doc."""
+        """F(u) with dV/du = k*(1-exp(-u/tau))*(1+a*sin(w*u)); see module doc.
+
+        The last value is kept: a step starts where the previous one ended.
+        """
+        if u_s == self._f_at[0]:
+            return self._f_at[1]
+        f = self._solve_antiderivative(u_s)
+        self._f_at = (u_s, f)
+        return f
+
+    def _solve_antiderivative(self, u_s: float) -> float:
         m = self.model
         a = m.ripple_pct / 100.0
         tau = m.startup_tau_s

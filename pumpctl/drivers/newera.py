@@ -93,6 +93,7 @@ def _posix_fd(ser: Any) -> int | None:
     fd = getattr(ser, "fd", None)
     return fd if isinstance(fd, int) and fd >= 0 else None
 
+
 Listener = Callable[[list[PumpAlarm]], None]
 LinkListener = Callable[[bool, str], None]
 Accept = Callable[[Reply], bool | str]
