@@ -27,6 +27,7 @@ class AlarmKind(enum.StrEnum):
     PREPARE_BAG_CHANGE = "prepare_bag_change"
     NO_BAG_READY = "no_bag_ready"
     BAG_PAST_HANG_BY = "bag_past_hang_by"
+    BAG_BEYOND_USE = "bag_beyond_use"
     BAG_EMPTY = "bag_empty"
     OCCLUSION = "occlusion"
     AIR_IN_LINE = "air_in_line"
@@ -74,6 +75,9 @@ SPECS: dict[AlarmKind, AlarmSpec] = {
     ),
     AlarmKind.BAG_PAST_HANG_BY: AlarmSpec(
         _M, False, "next bag past its hang-by time: pharmacist to replace or release"
+    ),
+    AlarmKind.BAG_BEYOND_USE: AlarmSpec(
+        _M, False, "running bag reaches its beyond-use time before it ends: change it by then"
     ),
     AlarmKind.BAG_EMPTY: AlarmSpec(_H, True, "bag empty: infusion interrupted"),
     AlarmKind.OCCLUSION: AlarmSpec(_H, True, "occlusion: flow stopped"),

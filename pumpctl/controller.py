@@ -125,16 +125,24 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
             return
         left = st.vtbi_left_ml if st.vtbi_left_ml is not None else (bag.vtbi_ml or 0.0)
         end = self.clock.now() + left / st.rate_ml_per_h * 3600.0
-        self._emit(
-            E.PROJECTION,
-            {
-                "bag": bag.n,
-                "end_s": round(end, 3),
-                "vtbi_left_ml": round(left, 4),
-                "rate_ml_per_h": st.rate_ml_per_h,
-            },
-        )
-        self.watchdog.schedule(bag.n, end, self.s.fired.get(bag.n, []))
+        detail: dict[str, Any] = {
+            "bag": bag.n,
+            "end_s": round(end, 3),
+            "vtbi_left_ml": round(left, 4),
+            "rate_ml_per_h": st.rate_ml_per_h,
+        }
+        change_by = self._beyond_use_s(bag)
+        if change_by is not None and end > change_by + 1e-6:
+            detail["change_by_s"] = round(change_by, 3)  # the bag comes down before it ends
+        else:
+            change_by = None
+        self._emit(E.PROJECTION, detail)
+        if change_by is not None:
+            h, m = divmod(int(change_by // 60), 60)
+            self._raise(AlarmKind.BAG_BEYOND_USE, f"bag {bag.n}: change it by {h}:{m:02d}")
+        # The watchdog plans the change for when the bag must come down.
+        plan_end = end if change_by is None else change_by
+        self.watchdog.schedule(bag.n, plan_end, self.s.fired.get(bag.n, []))
         if self.poll_s and self._relay is not None:  # a polled relay: look at the bag's end
             old = self._timers.pop("end_poll", None)
             if old is not None:

@@ -71,6 +71,9 @@ class ChannelState:
     link_ok: bool = True
     projected_end_s: float | None = None
     projected_bag: int | None = None
+    #: When the running bag must come down though the pump would run on: its beyond-use
+    #: time (a dose decrease slowed it past that), or None.
+    change_by_s: float | None = None
 
     #: The bag hanging now, and the newest bag asked for and not yet hung or discarded:
     #: views of ``bags``, kept by the handlers that request, hang or discard a bag.
@@ -210,7 +213,7 @@ def _state(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
     if d.get("trigger") == "primed":
         s.line_primed = True
     if s.state in ("idle", "alarm") or (s.state == "bag_change" and d.get("stops_flow")):
-        s.projected_end_s = None
+        s.projected_end_s = s.change_by_s = None
 
 
 def _rate_change(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
@@ -262,6 +265,8 @@ def _watchdog(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
 def _projection(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
     s.projected_end_s = float(d["end_s"])
     s.projected_bag = int(d["bag"])
+    change_by = d.get("change_by_s")
+    s.change_by_s = None if change_by is None else float(change_by)
 
 
 def _gap_start(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from pumpctl.events import fold
 from pumpctl.machine import State, mermaid
+from pumpctl.order import build
 from pumpctl.sim.runner import run_scenario
 from pumpctl.sim.scenario import load_scenario
 from tests.helpers import Rig, write_scenario
@@ -306,3 +307,51 @@ def test_hang_by_uses_the_rate_the_bag_will_really_run_at(setting, lvp):
     assert why is not None and "past its hang-by" in why and "6.3 mL/h" in why
     # ... and the pharmacist is called at once to replace or release it
     assert rig.ctl.alarms.find_active("bag_past_hang_by") is not None
+
+
+def test_titration_plan_counts_what_is_left_now_not_at_the_last_read_back(setting, lvp):
+    """The last read-back was at the start, hours ago: the plan reads what is left off
+    the projection, so a bag about to end gets a STAT bag, not a rate change."""
+    rig = Rig(setting, lvp)
+    rig.start_infusion("600")
+    end = rig.ctl.s.projected_end_s
+    rig.clock.advance(end - 30 * 60)  # half an hour before the first bag ends
+    assert rig.ctl.last_status.volume_infused_ml == 0.0  # read back at the start only
+    nb = rig.ctl.next_bag
+    assert nb is not None and nb.compounded_s is None  # requested, not made yet
+    b = build(rig.order("900"), setting)
+    plan = rig.ctl.titration_plan(b)
+    rate = rig.ctl._rate_for(rig.ctl.current_bag, float(b.achieved_mg_per_day) / 24)
+    left_ml = 30 / 60 * rig.ctl.current_bag.rate_ml_per_h
+    assert plan["mode"] == "stat"
+    assert f"would last {left_ml / rate * 60:.0f} min" in plan["why"]
+
+
+def test_a_bag_slowed_past_its_beyond_use_time_comes_down_by_then(setting, lvp):
+    """A dose decrease halves the rate: the running bag would still be infusing 12 h
+    after it was compounded. The watchdog plans the change for its beyond-use time and
+    the nurse is told at once."""
+    rig = Rig(setting, lvp)
+    assert rig.ctl.program(rig.order("600"), "md1") is None
+    rig.deliver_next()
+    compounded = rig.ctl.next_bag.compounded_s
+    rig.clock.advance(3 * 3600)  # hung 3 h after compounding, inside its hang-by time
+    rig.connect_next()
+    assert rig.ctl.prime("rn1", light_protected=True) is None
+    assert rig.ctl.primed("rn1") is None
+    assert rig.ctl.start("rn1") is None
+    assert "change_by_s" not in rig.events("projection")[-1].detail  # ends before it
+    rig.clock.advance(600)
+    assert rig.ctl.titrate(rig.order("300"), "md1") is None
+    assert rig.events("titration")[-1].detail["mode"] == "rate_now"
+    proj = rig.events("projection")[-1].detail
+    bud = compounded + setting.beyond_use_h * 3600
+    assert proj["end_s"] > bud and proj["change_by_s"] == pytest.approx(bud, abs=1e-3)
+    (alarm,) = [a for a in rig.ctl.alarms.active() if a.kind == "bag_beyond_use"]
+    assert alarm.priority == "medium" and not alarm.spec.flow_stopping
+    # Every stage of the change counts back from the beyond-use time, not the pump's end.
+    lead = rig.ctl.planner.lead("prepare_bag_change").s
+    rig.clock.advance(bud - lead - rig.clock.now() + 1)
+    (stage,) = [e for e in rig.events("watchdog") if e.detail["stage"] == "prepare_bag_change"]
+    assert stage.detail["end_s"] == pytest.approx(bud, abs=1e-3)
+    assert rig.ctl.watchdog.projected_end_s == pytest.approx(bud, abs=1e-3)

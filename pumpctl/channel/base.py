@@ -224,6 +224,13 @@ class ChannelBase:
                 self._builds[plan.plan] = b
         return self._builds[plan.plan]
 
+    def _beyond_use_s(self, bag: Bag) -> float | None:
+        """When a bag's drug passes its beyond-use time (None: not known, or the
+        pharmacist released the bag past its hang-by time)."""
+        if bag.compounded_s is None or bag.released_by is not None:
+            return None
+        return bag.compounded_s + self.setting.beyond_use_h * 3600.0
+
     # ------------------------------------------------------------------ log
     def _emit(self, kind: str, detail: dict[str, Any], operator: str = "system") -> Event:
         """Log an event (committed first), then apply it, then tell the listeners."""

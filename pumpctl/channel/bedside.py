@@ -186,7 +186,7 @@ class Bedside(ChannelBase):
         t = self._timers.pop("hang_by", None)
         if t is not None:
             t.cancel()
-        for kind in (*_STAGE_ALARMS, AlarmKind.BAG_PAST_HANG_BY):
+        for kind in (*_STAGE_ALARMS, AlarmKind.BAG_PAST_HANG_BY, AlarmKind.BAG_BEYOND_USE):
             self._clear(kind)
         self._project()
 

@@ -108,8 +108,19 @@ class PharmacyDesk(ChannelBase):
         if self.setting.titration_mode == "next_bag" or cur is None or st is None:
             return {"mode": "next_bag", "why": "the next bag is rebuilt; the running bag runs on"}
         rate = self._rate_for(cur, new_dose_h)
-        left_ml = st.vtbi_left_ml if st.vtbi_left_ml is not None else cur.recipe.vtbi_ml
+        end = self.s.projected_end_s
+        if end is not None and st.running and st.rate_ml_per_h > 0:
+            # What is left now, from the projection (the last read-back may be hours old).
+            left_ml = max(end - self.clock.now(), 0.0) * st.rate_ml_per_h / 3600.0
+        else:
+            left_ml = st.vtbi_left_ml if st.vtbi_left_ml is not None else cur.recipe.vtbi_ml
         lasts_s = left_ml / rate * 3600.0 if rate > 0 else math.inf
+        bud_s = self._beyond_use_s(cur)
+        until = ""
+        if bud_s is not None and bud_s - self.clock.now() < lasts_s:
+            # A slower bag still comes down at its beyond-use time.
+            until = f" until its beyond-use time (it would run {lasts_s / 60:.0f} min)"
+            lasts_s = max(bud_s - self.clock.now(), 0.0)
         lead_s = self.planner.lead(Stage.PHARMACY_REQUEST).s
         need_s = lead_s + self.setting.titration_margin_min * 60.0
         lim = self.driver.limits
@@ -120,8 +131,8 @@ class PharmacyDesk(ChannelBase):
                 "rate_ml_per_h": rate,
                 "bag": cur.n,
                 "lasts_min": round(lasts_s / 60.0, 1),
-                "why": f"bag {cur.n} at {rate:g} mL/h still lasts {lasts_s / 60:.0f} min, more "
-                f"than the pharmacy lead + margin ({need_s / 60:.0f} min)",
+                "why": f"bag {cur.n} at {rate:g} mL/h still lasts {lasts_s / 60:.0f} min{until}, "
+                f"more than the pharmacy lead + margin ({need_s / 60:.0f} min)",
             }
         nb = self.s.next_bag
         if in_range and nb is not None and nb.compounded_s is not None:
@@ -175,7 +186,7 @@ class PharmacyDesk(ChannelBase):
     def _request_bag(self, *, stat: bool, why: str, lead: Lead | None = None) -> Bag:
         plan = self.s.plan
         assert plan is not None
-        end = self.s.projected_end_s
+        end = self.s.change_by_s or self.s.projected_end_s  # when this bag is needed
         self._emit(
             E.PHARMACY_REQUEST,
             {

@@ -88,6 +88,7 @@ ALARM_CODES: dict[str, tuple[list[str], str]] = {
     "prepare_bag_change": (["9213", "PCTL_EVT_WD_PREPARE_BAG_CHANGE", LOCAL], "SA"),
     "no_bag_ready": (["9214", "PCTL_EVT_WD_NO_BAG_READY", LOCAL], "SA"),
     "bag_past_hang_by": (["9215", "PCTL_EVT_BAG_PAST_HANG_BY", LOCAL], "SA"),
+    "bag_beyond_use": (["9216", "PCTL_EVT_BAG_BEYOND_USE", LOCAL], "SA"),
     "log_unavailable": (["9221", "PCTL_EVT_LOG_UNAVAILABLE", LOCAL], "ST"),
     "log_tampered": (["9222", "PCTL_EVT_LOG_TAMPERED", LOCAL], "ST"),
 }
