@@ -677,3 +677,21 @@ def test_any_edit_of_any_field_is_found_at_that_row(tmp_path, field, row):
     with EventLog(db, readonly=True) as log:
         ok, bad, why = verify_chain(log)
     assert (ok, bad) == (False, row) and "changed after it was written" in why
+
+
+def test_a_console_on_a_real_pump_needs_an_operator(tmp_path, capsys):
+    code = main(["console", "--port", "socket://127.0.0.1:9", "--db", str(tmp_path / "c.db")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "--operator" in err
+    assert not (tmp_path / "c.db").exists()  # refused before anything was opened
+
+
+def test_the_console_checks_the_operator_secret_before_it_opens(monkeypatch, capsys):
+    monkeypatch.setenv("PUMPCTL_OPERATOR_SECRET", "not-the-secret")
+    code = main(["console", "--sim", "--operator", "rn-demo"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "wrong secret for operator 'rn-demo'" in err
+    monkeypatch.setenv("PUMPCTL_OPERATOR_SECRET", "demo")
+    monkeypatch.setattr("pumpctl.console.app.ConsoleApp.run", lambda self: None)
+    assert main(["console", "--sim", "--operator", "rn-demo"]) == 0  # the right one opens it
+    assert "console closed" in capsys.readouterr().out

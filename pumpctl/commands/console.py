@@ -52,7 +52,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="pump model profile, shipped name or path (default: generic_lvp with --sim, "
         "newera_ne1000 with --port; a resumed run keeps its pump)",
     )
-    p.add_argument("--operator", metavar="ID", help="operator id (otherwise asked at start)")
+    p.add_argument(
+        "--operator",
+        metavar="ID",
+        help="operator id, checked against the database's roster with the secret from "
+        "PUMPCTL_OPERATOR_SECRET (or asked) before the console opens; required with --port "
+        "(with --sim and no --operator the id is only asked for, not checked)",
+    )
     p.add_argument(
         "--auto-nurse",
         action="store_true",
@@ -99,6 +105,15 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.operator is not None and (not args.operator.strip() or " " in args.operator):
         raise InputError(f"--operator {args.operator!r}; allowed: one word, not empty")
+    if args.port and args.operator is None:
+        raise InputError(
+            "a console on a real pump needs --operator ID (checked with the operator's secret)"
+        )
+    secret = None
+    if args.operator is not None:
+        from pumpctl.roster import read_secret
+
+        secret = read_secret(f"secret for {args.operator}: ")
     db = Path(args.db) if args.db else demo_db()
     speed = args.speed if args.speed is not None else (stored_speed(db) or 1.0)
     if speed <= 0 or speed != speed or speed == float("inf"):
@@ -109,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
 
     sess = open_session(
         db,
+        operator=args.operator,
+        secret=secret,
         port=args.port,
         pump=args.pump,
         speed=speed,
