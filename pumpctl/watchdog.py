@@ -17,7 +17,6 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
 
 from pumpctl.clock import Clock, TimerHandle
 from pumpctl.setting import DrugSetting
@@ -63,32 +62,58 @@ class _LogFit:
 
     def __init__(self) -> None:
         self.logs: list[float] = []
-        # exact sums as integer numerators per power-of-two denominator (as statistics does)
-        self._sx: dict[int, int] = {}
-        self._sxx: dict[int, int] = {}
+        self.max_value = -math.inf  # the largest observation (seconds)
+        # Exact sums of x and x*x as integers over 2**shift and 2**(2*shift): every log
+        # is a float, so a multiple of a power of two; nothing is rounded until the end.
+        self._shift = 0
+        self._sx = 0
+        self._sxx = 0
 
     def add(self, value: float) -> None:
+        self.max_value = max(self.max_value, value)
         x = math.log(max(value, 1.0))
         self.logs.append(x)
-        n, d = x.as_integer_ratio()
-        self._sx[d] = self._sx.get(d, 0) + n
-        self._sxx[d] = self._sxx.get(d, 0) + n * n
+        num, den = x.as_integer_ratio()
+        k = den.bit_length() - 1  # den == 2**k
+        if k > self._shift:
+            up = k - self._shift
+            self._sx <<= up
+            self._sxx <<= 2 * up
+            self._shift = k
+        m = num << (self._shift - k)  # x * 2**shift, exactly
+        self._sx += m
+        self._sxx += m * m
 
     def percentile(self, q: float) -> float:
         logs = self.logs
         n = len(logs)
-        mu = statistics.fmean(logs)
+        # fsum(logs) / n, as statistics.fmean: the exact sum correctly rounded (int / int
+        # is), then divided by n.
+        mu = (self._sx / (1 << self._shift)) / n
         sqrt_of_frac = getattr(statistics, "_float_sqrt_of_frac", None)
         if n < 2:
             sd = 0.0
         elif sqrt_of_frac is None:  # another Python: the plain (slower) path
             sd = statistics.stdev(logs)
         else:
-            sx = sum((Fraction(k, d) for d, k in self._sx.items()), Fraction(0))
-            sxx = sum((Fraction(k, d * d) for d, k in self._sxx.items()), Fraction(0))
-            mss = Fraction(n * sxx - sx * sx) / (n * (n - 1))
-            sd = sqrt_of_frac(mss.numerator, mss.denominator)
-        return math.exp(mu + statistics.NormalDist().inv_cdf(min(q, 99.99) / 100.0) * sd)
+            # statistics.stdev: the exact variance n*Sxx - Sx^2 over n(n-1), reduced as a
+            # Fraction would be, then a correctly rounded square root.
+            num = n * self._sxx - self._sx * self._sx
+            den = (n * (n - 1)) << (2 * self._shift)
+            g = math.gcd(num, den)
+            sd = sqrt_of_frac(num // g, den // g)
+        return math.exp(mu + _z(q) * sd)
+
+
+_Z: dict[float, float] = {}
+
+
+def _z(q: float) -> float:
+    """The standard normal quantile of percentile ``q`` (capped at 99.99), kept per ``q``."""
+    z = _Z.get(q)
+    if z is None:
+        z = _Z[q] = statistics.NormalDist().inv_cdf(min(q, 99.99) / 100.0)
+    return z
 
 
 class LeadPlanner:
@@ -152,10 +177,11 @@ class LeadPlanner:
             fit = self._fits[stage]
             exact = len(fit.logs) == len(obs)  # else someone appended past ``observe``
             fitted = fit.percentile(self.q) if exact else lognormal_percentile(obs, self.q)
-            base = max(fitted, max(obs))
+            most = fit.max_value if exact else max(obs)
+            base = max(fitted, most)
             how = (
                 f"p{self.q:g} of a lognormal fitted to {len(obs)} observed = {fitted / 60:.1f} min"
-                f" (max seen {max(obs) / 60:.1f})"
+                f" (max seen {most / 60:.1f})"
             )
         planned = base + self.margin_s
         if planned <= floor:

@@ -175,7 +175,9 @@ def test_build_is_kept_per_exact_order(setting):
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.floats(0.0, 5e4, allow_nan=False), min_size=1, max_size=40), st.floats(50, 99.9))
+@given(
+    st.lists(st.floats(0.0, 1e7, allow_nan=False), min_size=1, max_size=120), st.floats(50, 99.99)
+)
 def test_running_lognormal_fit_is_bit_identical(values, q):
     from pumpctl.watchdog import _LogFit, lognormal_percentile
 
@@ -183,6 +185,7 @@ def test_running_lognormal_fit_is_bit_identical(values, q):
     for v in values:
         fit.add(v)
     assert fit.percentile(q) == lognormal_percentile(values, q)
+    assert fit.max_value == max(values)
 
 
 _COMMANDS = st.lists(
