@@ -355,3 +355,18 @@ def test_a_bag_slowed_past_its_beyond_use_time_comes_down_by_then(setting, lvp):
     (stage,) = [e for e in rig.events("watchdog") if e.detail["stage"] == "prepare_bag_change"]
     assert stage.detail["end_s"] == pytest.approx(bud, abs=1e-3)
     assert rig.ctl.watchdog.projected_end_s == pytest.approx(bud, abs=1e-3)
+
+
+def test_hang_by_alarm_fires_though_the_logged_time_is_rounded_down(setting, lvp):
+    """The log keeps the hang-by time to the millisecond; the check runs just after the
+    exact time, so a bag compounded at an awkward fraction of a second still alarms
+    (it once looked 0.4 ms early, found the bag in time, and never looked again)."""
+    rig = Rig(setting, lvp)
+    rig.clock.advance(1234.5674)
+    assert rig.ctl.program(rig.order(), "md1") is None
+    rig.deliver_next()
+    nb = rig.ctl.next_bag
+    exact = rig.ctl._hang_by_s(nb)
+    assert nb.hang_by_s < exact  # the logged value is rounded down
+    rig.clock.advance(exact - rig.clock.now() + 1.0)
+    assert [a.kind for a in rig.ctl.alarms.active()] == ["bag_past_hang_by"]

@@ -236,3 +236,19 @@ dose_mg_per_day = 400
         lead = run.scenario.hang_lead_s
         assert b.ended_s - b.hung_s == pytest.approx(100 / 16.7 * 3600 - lead, abs=1e-3)
     assert run.result["interrupted_s"] == 0
+
+
+def test_a_start_refused_by_an_occluded_line_is_tried_again(tmp_path):
+    """The line is occluded when the nurse presses start: the pump refuses, she checks
+    the line and tries again; the infusion starts once the occlusion is gone."""
+    extra = (
+        '[[faults]]\nkind = "occlusion"\nat_h = 0.1\nduration_min = 60\n'
+        "[expect]\nmax_interrupted_s = 0\n"
+    )
+    path = write_scenario(tmp_path, extra, duration_h=6)
+    run = run_scenario(load_scenario(path))
+    r = run.result
+    refusals = [e for e in run.log.events() if e.event == "refused"]
+    assert refusals and all(e.detail["request"] == "start" for e in refusals)
+    assert 1.1 <= r["start_h"] <= 1.1 + 0.5  # after the occlusion (0.1 h + 60 min)
+    assert r["verdict"] == "pass" and r["interrupted_s"] == 0

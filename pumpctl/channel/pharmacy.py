@@ -18,6 +18,9 @@ from pumpctl.machine import State
 from pumpctl.order import Build, Order, build
 from pumpctl.watchdog import Lead, Stage
 
+#: How long after a bag's exact hang-by time the controller looks at it (past, not on it).
+_HANG_BY_CHECK_S = 0.001
+
 
 class PharmacyDesk(ChannelBase):
     """The pharmacy build becomes a bag plan once per order or titration; bags follow it."""
@@ -221,16 +224,29 @@ class PharmacyDesk(ChannelBase):
         return None
 
     def _arm_hang_by(self, nb: Bag) -> None:
+        """Look at the next bag again when its hang-by time has passed: the exact time at
+        the rate it will really run (the logged one is rounded, and a titration moves it)."""
         old = self._timers.pop("hang_by", None)
         if old is not None:
             old.cancel()
-        if nb.hang_by_s is not None and nb.released_by is None:
-            self._timers["hang_by"] = self.clock.call_at(nb.hang_by_s, self._check_hang_by)
+        hang_by = self._hang_by_s(nb)
+        if hang_by is not None:
+            self._timers["hang_by"] = self.clock.call_at(
+                hang_by + _HANG_BY_CHECK_S, self._check_hang_by
+            )
 
     def _check_hang_by(self) -> None:
+        """Alarm if the next bag is past its hang-by time; else look again when it will be."""
+        old = self._timers.pop("hang_by", None)
+        if old is not None:  # (called directly after a titration, not by its timer)
+            old.cancel()
         nb = self.s.next_bag
-        if nb is not None and self._why_not_hang_by(nb, slack_s=1e-6) is not None:
+        if nb is None:
+            return
+        if self._why_not_hang_by(nb, slack_s=1e-6) is not None:
             self._raise(AlarmKind.BAG_PAST_HANG_BY, f"bag {nb.n}")
+        else:
+            self._arm_hang_by(nb)
 
     def bag_delivered(self, operator: str = "pharmacy") -> str | None:
         """The next bag is at the bedside (hand-delivered, light-protected)."""

@@ -163,6 +163,10 @@ class Pharmacy:
             )
 
 
+#: Least time before a nurse tries again to start a pump that refused to start.
+START_RETRY_S = 300.0
+
+
 class Nurse:
     """Primes, starts, changes bags with no delay, answers alarms.
 
@@ -304,11 +308,15 @@ class Nurse:
             self.clock.call_later(self.prime_min.sample(self.rng) * 60.0, self._primed)
 
     def _start(self) -> None:
-        self.ctl.start(self.op)
+        if self.ctl.start(self.op) is not None and self.ctl.state is State.IDLE:
+            # The pump refused to start (the line still occluded, no power): the nurse
+            # sees it on the screen, checks the line and tries again.
+            delay = max(self.response_min.sample(self.rng) * 60.0, START_RETRY_S)
+            self.clock.call_at(self._available(self.clock.now() + delay), self._start)
 
     def _primed(self) -> None:
         if self.ctl.primed(self.op) is None:
-            self.ctl.start(self.op)
+            self._start()
 
     # -- bag change ----------------------------------------------------------------
     def _ack_prompts(self) -> None:
