@@ -137,9 +137,18 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
         else:
             change_by = None
         self._emit(E.PROJECTION, detail)
+        old = self._timers.pop("change_by", None)
+        if old is not None:
+            old.cancel()
         if change_by is not None:
-            h, m = divmod(int(change_by // 60), 60)
-            self._raise(AlarmKind.BAG_BEYOND_USE, f"bag {bag.n}: change it by {h}:{m:02d}")
+            self._raise(
+                AlarmKind.BAG_BEYOND_USE,
+                f"bag {bag.n}: change it by {change_by / 3600:.2f} h of the run",
+            )
+            if self._relay is not None:  # the controller itself can hand over: it does
+                self._timers["change_by"] = self.clock.call_at(change_by, self._change_by_due)
+        else:
+            self._clear(AlarmKind.BAG_BEYOND_USE)  # (a later dose change sped it up again)
         # The watchdog plans the change for when the bag must come down.
         plan_end = end if change_by is None else change_by
         self.watchdog.schedule(bag.n, plan_end, self.s.fired.get(bag.n, []))
@@ -148,6 +157,22 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
             if old is not None:
                 old.cancel()
             self._timers["end_poll"] = self.clock.call_at(end + 0.05, self._poll_once)
+
+    def _change_by_due(self) -> None:
+        """Relay: the running syringe reaches its beyond-use time; the loaded idle pump
+        takes over now (the old one is stopped first). Not loaded yet: look again."""
+        self._timers.pop("change_by", None)
+        if self.s.change_by_s is None or self.machine.state not in (
+            State.INFUSING,
+            State.BAG_CHANGE,
+        ):
+            return
+        nb = self.s.next_bag
+        if nb is not None and self.s.relay_armed == nb.n:
+            self._refresh_status()  # what is left in the old syringe, for the waste
+            if self._take_over():
+                return
+        self._timers["change_by"] = self.clock.call_later(60.0, self._change_by_due)
 
     def stop_record(self) -> None:
         """Log that the controller stops supervising now (the pump keeps running)."""

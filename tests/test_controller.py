@@ -370,3 +370,23 @@ def test_hang_by_alarm_fires_though_the_logged_time_is_rounded_down(setting, lvp
     assert nb.hang_by_s < exact  # the logged value is rounded down
     rig.clock.advance(exact - rig.clock.now() + 1.0)
     assert [a.kind for a in rig.ctl.alarms.active()] == ["bag_past_hang_by"]
+
+
+def test_the_beyond_use_alarm_goes_when_the_dose_goes_back_up(setting, lvp):
+    rig = Rig(setting, lvp)
+    assert rig.ctl.program(rig.order("600"), "md1") is None
+    rig.deliver_next()
+    rig.clock.advance(3 * 3600)
+    rig.connect_next()
+    assert rig.ctl.prime("rn1", light_protected=True) is None
+    assert rig.ctl.primed("rn1") is None
+    assert rig.ctl.start("rn1") is None
+    rig.clock.advance(600)
+    assert rig.ctl.titrate(rig.order("300"), "md1") is None
+    (alarm,) = [a for a in rig.ctl.alarms.active() if a.kind == "bag_beyond_use"]
+    rig.clock.advance(600)
+    assert rig.ctl.titrate(rig.order("600"), "md1") is None  # the bag ends in time again
+    assert "change_by_s" not in rig.events("projection")[-1].detail
+    assert alarm.cleared_s is not None and rig.ctl.s.change_by_s is None
+    end = rig.ctl.s.projected_end_s
+    assert rig.ctl.watchdog.projected_end_s == pytest.approx(end, abs=1e-3)

@@ -444,3 +444,29 @@ def test_real_pump_identifies() -> None:
         drv.status()
     finally:
         drv.close()
+
+
+def test_driver_reads_the_pty_itself_and_a_stolen_read_is_not_a_lost_link(
+    emu: Ne1000Emulator, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver reads a local port's descriptor itself. If the bytes it was woken for
+    are gone when it reads (another reader took them: EAGAIN), it waits on, as pyserial
+    does; the port is not closed and no link loss is reported."""
+    import pumpctl.drivers.newera as newera
+
+    drv = NewEraDriver(url, timeout_s=0.3)
+    drv.identify()
+    mine = newera._posix_fd(drv.bus.port())
+    assert mine is not None  # the fast path is in use
+    real_read, stolen = newera.os.read, []
+
+    def read(fd: int, n: int) -> bytes:  # (os.read is shared with the emulator's thread)
+        if fd == mine and not stolen:
+            stolen.append(fd)
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real_read(fd, n)
+
+    monkeypatch.setattr(newera.os, "read", read)
+    assert drv.status().run_state is RunState.STOPPED
+    assert stolen and drv.stats["port_errors"] == 0 and drv.stats["timeouts"] == 0
+    drv.close()

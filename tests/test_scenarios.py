@@ -252,3 +252,27 @@ def test_a_start_refused_by_an_occluded_line_is_tried_again(tmp_path):
     assert refusals and all(e.detail["request"] == "start" for e in refusals)
     assert 1.1 <= r["start_h"] <= 1.1 + 0.5  # after the occlusion (0.1 h + 60 min)
     assert r["verdict"] == "pass" and r["interrupted_s"] == 0
+
+
+def test_relay_hands_over_a_syringe_slowed_past_its_beyond_use_time(tmp_path):
+    """Two pumps in relay: a dose decrease slows the running syringe past its beyond-use
+    time; at that time the loaded idle pump takes over (no drug past it, no gap)."""
+    text = (Path(__file__).parent.parent / "examples" / "syringe_relay_ne1000.toml").read_text()
+    text += "\n[[titrations]]\nat_h = 10\ndose_mg_per_day = 200\n"
+    text += 'confirm_deviation = "low dose on purpose"\noperator = "ph1"\n'
+    path = tmp_path / "relay_down.toml"
+    path.write_text(text)  # setting and pump are shipped names
+    run = run_scenario(load_scenario(path))
+    slowed = [e.detail for e in run.log.events() if e.event == "projection"]
+    slowed = [d for d in slowed if "change_by_s" in d]
+    assert slowed, "the titration must slow a syringe past its beyond-use time"
+    n, change_by = slowed[0]["bag"], slowed[0]["change_by_s"]
+    flowing = [
+        e.detail
+        for e in run.log.events()
+        if e.event == "delivery_segment"
+        and e.detail.get("bag") == f"bag {n}"
+        and e.detail["actual_ml"] > 0
+    ]
+    assert max(d["end_s"] for d in flowing) <= change_by + 1.0
+    assert run.result["interrupted_s"] == 0

@@ -287,6 +287,9 @@ class ChannelBase:
     def _arm_hang_by(self, nb: Bag) -> None:
         raise NotImplementedError
 
+    def _hang_by_s(self, bag: Bag) -> float | None:
+        raise NotImplementedError
+
     def _arm_silence(self, alarm_id: int, until_s: float) -> None:
         raise NotImplementedError
 

@@ -566,7 +566,10 @@ class NewEraDriver(PumpDriver):
                 ready, _, _ = select.select([fd], [], [], ser.timeout)
                 if not ready:
                     return b""
-                data = os.read(fd, 4096)
+                try:
+                    data = os.read(fd, 4096)
+                except BlockingIOError:  # another reader took the bytes: nothing, not a fault
+                    return b""
                 if not data:
                     raise serial.SerialException("the device reports data but returned none")
                 return data
@@ -585,9 +588,16 @@ class NewEraDriver(PumpDriver):
         ser = self._port()
         try:
             fd = _posix_fd(ser)
-            if fd is not None:
-                ready, _, _ = select.select([fd], [], [], 0)
-                data = os.read(fd, 4096) if ready else b""
+            if fd is not None:  # everything waiting, as in_waiting + read would take
+                data = b""
+                while select.select([fd], [], [], 0)[0]:
+                    try:
+                        chunk = os.read(fd, 4096)
+                    except BlockingIOError:
+                        break
+                    if not chunk:
+                        raise serial.SerialException("the device reports data but returned none")
+                    data += chunk
             else:
                 n = ser.in_waiting
                 data = bytes(ser.read(n)) if n else b""

@@ -163,8 +163,10 @@ class Pharmacy:
             )
 
 
-#: Least time before a nurse tries again to start a pump that refused to start.
+#: Least time before a nurse tries again to start a pump that refused to start, and how
+#: often she tries (about a day) before leaving it to the alarms and the report.
 START_RETRY_S = 300.0
+MAX_START_TRIES = 288
 
 
 class Nurse:
@@ -203,6 +205,7 @@ class Nurse:
         self.busy_with_alarm = False
         self.swapping = False
         self.resume_tries = 0
+        self.start_tries = 0
         ctl.listeners.append(self.on_event)
 
     @property
@@ -308,9 +311,12 @@ class Nurse:
             self.clock.call_later(self.prime_min.sample(self.rng) * 60.0, self._primed)
 
     def _start(self) -> None:
-        if self.ctl.start(self.op) is not None and self.ctl.state is State.IDLE:
+        why = self.ctl.start(self.op)
+        pump_said_no = why is not None and why.startswith(("pump refused", "pump did not answer"))
+        if pump_said_no and self.ctl.state is State.IDLE and self.start_tries < MAX_START_TRIES:
             # The pump refused to start (the line still occluded, no power): the nurse
             # sees it on the screen, checks the line and tries again.
+            self.start_tries += 1
             delay = max(self.response_min.sample(self.rng) * 60.0, START_RETRY_S)
             self.clock.call_at(self._available(self.clock.now() + delay), self._start)
 
