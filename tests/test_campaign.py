@@ -349,3 +349,18 @@ def test_the_command_states_the_same_run_cap_as_the_campaign_module() -> None:
     from pumpctl.sim import campaign as module
 
     assert command.MAX_RUNS == module.MAX_RUNS
+
+
+def test_a_campaign_loads_its_setting_and_pump_once_per_scenario(monkeypatch):
+    """Every run of a campaign uses the same setting and pump, loaded once per worker."""
+    import pumpctl.sim.campaign as camp
+    from pumpctl.sim.scenario import load_scenario
+
+    sc = load_scenario(Path(__file__).parent.parent / "examples" / "anakinra_72h.toml")
+    calls = []
+    real = camp.load_setting
+    monkeypatch.setattr(camp, "load_setting", lambda p: calls.append(p) or real(p))
+    camp._LOADED.clear()
+    first, again = camp.one_run(sc, 1), camp.one_run(sc, 1)
+    assert first == again and len(calls) == 1
+    assert first == camp.one_run(load_scenario(sc.path), 1) and len(calls) == 2

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pumpctl.errors import InputError, PumpctlError
+from pumpctl.setting import load_pump, load_setting
 from pumpctl.sim.runner import run_scenario
 from pumpctl.sim.scenario import GAP_CAUSES, Scenario, with_values
 
@@ -101,9 +102,24 @@ def seeds_block(seed: int, start: int, stop: int) -> list[int]:
     return out
 
 
+def _loaded(sc: Scenario) -> tuple[Any, Any]:
+    """The scenario's setting and pump, loaded once per scenario object in this process:
+    every run of a campaign uses the same content (and skips finding and checking files)."""
+    hit = _LOADED.get(id(sc))
+    if hit is None or hit[0] is not sc:
+        setting = load_setting(sc.resolve_path(sc.setting))
+        model = load_pump(sc.resolve_path(sc.pump))
+        _LOADED.clear()  # one scenario at a time per worker
+        hit = _LOADED[id(sc)] = (sc, setting, model)
+    return hit[1], hit[2]
+
+
+_LOADED: dict[int, tuple[Scenario, Any, Any]] = {}
+
+
 def one_run(sc: Scenario, seed: int) -> dict[str, Any]:
     """A compact record of one run (what the campaign summary needs)."""
-    r = run_scenario(sc, seed, trace=False).result
+    r = run_scenario(sc, seed, trace=False, loaded=_loaded(sc)).result
     return {
         "seed": seed,
         "verdict": r["verdict"],

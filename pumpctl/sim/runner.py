@@ -72,15 +72,20 @@ def run_scenario(
     *,
     trace: bool = True,
     observers: Sequence[Callable[[Controller, SimClock], object]] | None = None,
+    loaded: tuple[DrugSetting, PumpModel] | None = None,
 ) -> SimRun:
     """Simulate one scenario; ``seed`` overrides the file's (campaign runs).
 
     ``observers`` are called with the controller and the clock before the order is
-    programmed (e.g. to record an HL7 stream).
+    programmed (e.g. to record an HL7 stream). ``loaded`` is the scenario's setting and
+    pump already loaded (a campaign loads them once, so every run uses the same content).
     """
     seed = sc.seed if seed is None else seed
-    setting = load_setting(sc.resolve_path(sc.setting))
-    model = load_pump(sc.resolve_path(sc.pump))
+    if loaded is None:
+        setting = load_setting(sc.resolve_path(sc.setting))
+        model = load_pump(sc.resolve_path(sc.pump))
+    else:
+        setting, model = loaded
     try:
         check_fits(setting, model)
     except InputError as exc:
