@@ -112,7 +112,8 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
             pass  # the next reservoir is loaded on the idle pump: the change is done
         elif stage == Stage.PREPARE:
             left_min = (end_s - self.clock.now()) / 60.0
-            self._raise(AlarmKind.PREPARE_BAG_CHANGE, f"bag {bag_n} ends in {left_min:.0f} min")
+            ends = "must come down (beyond-use time)" if self.s.change_by_s else "ends"
+            self._raise(AlarmKind.PREPARE_BAG_CHANGE, f"bag {bag_n} {ends} in {left_min:.0f} min")
         elif stage == Stage.ESCALATE and self.machine.state is State.INFUSING:
             # The bag change has not started, whatever the reason: call the charge nurse.
             why = "no bag at the bedside" if not at_bedside else "bag change not started"
