@@ -16,7 +16,7 @@ from pumpctl.drivers.base import PumpAlarm, PumpDriver, PumpStatus
 from pumpctl.drivers.relay import RelayPair
 from pumpctl.errors import PumpctlError
 from pumpctl.eventlog import Event, EventLog, MemoryEventLog
-from pumpctl.events import ChannelState, EventKind, apply
+from pumpctl.events import _HANDLERS, ChannelState, EventKind
 from pumpctl.machine import TRANSITIONS, PumpMachine, State
 from pumpctl.order import Build, Order, build
 from pumpctl.setting import DrugSetting, PumpModel
@@ -234,8 +234,11 @@ class ChannelBase:
     # ------------------------------------------------------------------ log
     def _emit(self, kind: str, detail: dict[str, Any], operator: str = "system") -> Event:
         """Log an event (committed first), then apply it, then tell the listeners."""
-        ev = self.log.append(self.clock.now(), self.pump_name, self.s.state, kind, detail, operator)
-        apply(self.s, ev)
+        t = self.clock.now()
+        ev = self.log.append(t, self.pump_name, self.s.state, kind, detail, operator)
+        handler = _HANDLERS.get(kind)  # ``apply(self.s, ev)``, without re-reading the event
+        if handler is not None:
+            handler(self.s, detail, t, operator)
         if kind == E.STATE:
             self.machine.force(self.s.state)
         listeners = self.listeners

@@ -186,8 +186,10 @@ class Bedside(ChannelBase):
         t = self._timers.pop("hang_by", None)
         if t is not None:
             t.cancel()
+        active = self.s.alarms.active_by_kind
         for kind in (*_STAGE_ALARMS, AlarmKind.BAG_PAST_HANG_BY, AlarmKind.BAG_BEYOND_USE):
-            self._clear(kind)
+            if kind in active:
+                self._clear(kind)
         self._project()
 
     def _arm_relay(self, nb: Bag, rate: float, vtbi: float, operator: str) -> str | None:
