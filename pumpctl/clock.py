@@ -6,6 +6,7 @@ Nothing else in pumpctl reads wall time or sleeps; the same controller runs on b
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -140,14 +141,24 @@ class SystemClock(_HeapClock):
             False,
         )
         self._wake = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the timer heap
+        # The anchor and the last time handed out: a reader that read the monotonic clock
+        # just before another thread paused must not see time go back at the next read.
+        self._now_lock = threading.Lock()
+        self._last_now_s = -math.inf
         self.stopped = False
 
     def now(self) -> float:
+        with self._now_lock:
+            return self._now_locked()
+
+    def _now_locked(self) -> float:
         offset_s, t0_mono, paused = self._anchor
-        if paused:
-            return offset_s
-        return offset_s + (time.monotonic() - t0_mono) * self.speed
+        t = offset_s if paused else offset_s + (time.monotonic() - t0_mono) * self.speed
+        if t < self._last_now_s:
+            return self._last_now_s
+        self._last_now_s = t
+        return t
 
     @property
     def paused(self) -> bool:
@@ -157,14 +168,14 @@ class SystemClock(_HeapClock):
     def pause(self) -> None:
         """Freeze ``now()``: no timer falls due until ``resume()`` (simulated pumps only;
         a real pump keeps running whatever this clock says)."""
-        with self._lock:
+        with self._now_lock:
             if not self._anchor[2]:
-                self._anchor = (self.now(), time.monotonic(), True)
+                self._anchor = (self._now_locked(), time.monotonic(), True)
         self._wake.set()
 
     def resume(self) -> None:
         """Let ``now()`` run again from where ``pause()`` froze it."""
-        with self._lock:
+        with self._now_lock:
             if self._anchor[2]:
                 self._anchor = (self._anchor[0], time.monotonic(), False)
         self._wake.set()
