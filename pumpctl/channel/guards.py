@@ -103,19 +103,21 @@ class Guards(ChannelBase):
 
     def _hang_by_s(self, bag: Bag) -> float | None:
         """Hang-by time at the rate the bag would really run (a titration changes it)."""
-        if bag.compounded_s is None or bag.released_by is not None:
-            return None
-        rate = self._bag_rate(bag)
-        duration_s = bag.recipe.vtbi_ml / rate * 3600.0 if rate > 0 else 0.0
-        return bag.compounded_s + self.setting.beyond_use_h * 3600.0 - duration_s
+        bud = self._beyond_use_s(bag)
+        return None if bud is None else bud - self._duration_s(bag, self._bag_rate(bag))
+
+    @staticmethod
+    def _duration_s(bag: Bag, rate_ml_per_h: float) -> float:
+        return bag.recipe.vtbi_ml / rate_ml_per_h * 3600.0 if rate_ml_per_h > 0 else 0.0
 
     def _why_not_hang_by(self, bag: Bag, slack_s: float = 0.0) -> str | None:
         """Past its hang-by time at the rate it would really run (a titration changes it)."""
-        if bag.compounded_s is None or bag.released_by is not None:
+        bud = self._beyond_use_s(bag)
+        if bud is None:
             return None
         rate = self._bag_rate(bag)  # as in ``_hang_by_s``, with the rate kept for the reason
-        duration_s = bag.recipe.vtbi_ml / rate * 3600.0 if rate > 0 else 0.0
-        hang_by = bag.compounded_s + self.setting.beyond_use_h * 3600.0 - duration_s
+        duration_s = self._duration_s(bag, rate)
+        hang_by = bud - duration_s
         if self.clock.now() + slack_s > hang_by:
             return (
                 f"bag {bag.n} is past its hang-by time ({hang_by / 3600:.2f} h: compounded "

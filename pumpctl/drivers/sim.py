@@ -53,14 +53,15 @@ class SimDriver(PumpDriver):
             self.listener(raised)
 
     def _check_link(self) -> None:
+        if self.link_up and self.physics.mains_on:
+            return  # the usual case, first (every command and read-back comes here)
         if not self.link_up:
             raise CommunicationError("no reply from the simulated pump (link down)")
         if self.physics.powered_off:
             raise CommunicationError("no reply from the simulated pump (no power)")
 
     def _cmd(self, action: str, *args: object) -> None:
-        if not self.link_up or (not self.physics.mains_on and self.physics.powered_off):
-            self._check_link()  # raises, naming why
+        self._check_link()
         self._apply(action, *args)
 
     # -- hooks ------------------------------------------------------------
@@ -84,8 +85,7 @@ class SimDriver(PumpDriver):
         self._cmd("clear_volume")
 
     def _do_status(self) -> PumpStatus:
-        if not self.link_up or (not self.physics.mains_on and self.physics.powered_off):
-            self._check_link()  # raises, naming why
+        self._check_link()
         return self.physics.status(self.clock.now())
 
     # -- the physical world (not over the link): bags, faults, power -------
