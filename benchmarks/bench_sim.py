@@ -33,12 +33,12 @@ from pumpctl.sim.runner import run_scenario  # noqa: E402
 from pumpctl.sim.scenario import load_scenario  # noqa: E402
 
 
-def _pair(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
-    """Medians (s) of ``fn`` and of the simpy model, timed alternately.
+def _pair(fn: Callable[[], object], repeat: int) -> tuple[float, float, float, float]:
+    """Medians (s) of ``fn`` and of the simpy model, timed alternately, then the fastest of
+    each (the least disturbed runs; a quiet machine's figure).
 
     CPU time of this process (``time.process_time``), not wall time: on a machine shared
-    with other work, waiting for a core is not the simulation's cost. The fastest of each
-    is kept in ``FASTEST`` (the least disturbed runs; a quiet machine's figure).
+    with other work, waiting for a core is not the simulation's cost.
     """
     mine, base = [], []
     clock = time.process_time
@@ -50,11 +50,7 @@ def _pair(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
         t2 = clock()
         base.append(t1 - t0)
         mine.append(t2 - t1)
-    FASTEST[:] = [min(mine), min(base)]
-    return statistics.median(mine), statistics.median(base)
-
-
-FASTEST: list[float] = [0.0, 0.0]
+    return statistics.median(mine), statistics.median(base), min(mine), min(base)
 
 
 def main() -> None:
@@ -72,25 +68,25 @@ def main() -> None:
     rows: list[tuple[str, float, float, str]] = []  # what, seconds, simpy seconds, note
     fastest: dict[str, tuple[float, float]] = {}  # what -> (fastest run, fastest simpy)
 
-    t, b = _pair(lambda: run_scenario(sc, trace=False), args.repeat)
+    t, b, f, fb = _pair(lambda: run_scenario(sc, trace=False), args.repeat)
     rows.append(("one 72 h run, controller + watchdog + in-memory log", t, b, ""))
-    fastest["one 72 h run, controller + watchdog + in-memory log"] = (FASTEST[0], FASTEST[1])
-    t, b = _pair(
+    fastest["one 72 h run, controller + watchdog + in-memory log"] = (f, fb)
+    t, b, f, fb = _pair(
         lambda: (lambda r: with_flow_accuracy(r.result, r.log.events()))(run_scenario(sc)),
         args.repeat,
     )
     rows.append(("the same + IEC 60601-2-24 trace and JSON result", t, b, ""))
-    fastest["the same + IEC 60601-2-24 trace and JSON result"] = (FASTEST[0], FASTEST[1])
-    t, b = _pair(lambda: run_scenario(sc30, trace=False), max(args.repeat // 10, 5))
+    fastest["the same + IEC 60601-2-24 trace and JSON result"] = (f, fb)
+    t, b, f, fb = _pair(lambda: run_scenario(sc30, trace=False), max(args.repeat // 10, 5))
     rows.append(("one 30-day run (720 h)", t, b, ""))
-    fastest["one 30-day run (720 h)"] = (FASTEST[0], FASTEST[1])
+    fastest["one 30-day run (720 h)"] = (f, fb)
     with tempfile.TemporaryDirectory() as tmp:
 
         def full() -> None:
             r = run_scenario(sc)
             write_report(r.result, r.log.events(), Path(tmp) / "out", write_db=r.log.write_sqlite)
 
-        t, b = _pair(full, 3)
+        t, b, _, _ = _pair(full, 3)
     rows.append(("the same + report.json/md, events.db, 4 plots", t, b, "matplotlib"))
 
     camp = load_scenario(ROOT / "examples" / "campaign_staffing.toml")

@@ -84,7 +84,7 @@ class ChannelState:
         cur = nxt = None
         for b in reversed(self.bags.values()):
             if b.hung_s is None:
-                if b.discarded_s is None and nxt is None and cur is None:
+                if b.discarded_s is None and nxt is None:
                     nxt = b  # newer than the bag hanging now
             elif b.ended_s is None:
                 cur = b
