@@ -79,6 +79,11 @@ class ChannelState:
     #: views of ``bags``, kept by the handlers that request, hang or discard a bag.
     current_bag: Bag | None = field(default=None, compare=False, repr=False)
     next_bag: Bag | None = field(default=None, compare=False, repr=False)
+    #: The last requested recipe, as logged and as read (recipes are immutable; most
+    #: requests repeat the one before).
+    last_recipe: tuple[dict[str, Any], Recipe] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def _bags_changed(self) -> None:
         cur = nxt = None
@@ -151,9 +156,15 @@ def _override(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
 
 def _request(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
     n = int(d["bag"])
+    logged, last = d["recipe"], s.last_recipe
+    if last is not None and last[0] == logged:
+        recipe = last[1]  # equal fields read back the same
+    else:
+        recipe = Recipe.from_json(logged)
+        s.last_recipe = (dict(logged), recipe)
     s.bags[n] = Bag(
         n=n,
-        recipe=Recipe.from_json(d["recipe"]),
+        recipe=recipe,
         requested_s=t,
         stat=bool(d.get("stat", False)),
         needed_by_s=d.get("needed_by_s"),

@@ -85,6 +85,11 @@ _MACHINE = _build_machine()
 _STATE_OBJECTS: dict[State | str, Any] = {s: _MACHINE.get_state(s) for s in State}
 _STATE_OBJECTS.update({s._value_: _MACHINE.get_state(s) for s in State})
 _TRIGGERS = frozenset(t[0] for t in TRANSITIONS)
+#: trigger -> (its source states, in order, and its guard): ``check`` runs for every request
+_RULES: dict[str, tuple[list[State], str | None]] = {
+    t: (list(source) if isinstance(source, list) else [source], guard)
+    for t, source, _dest, guard in TRANSITIONS
+}
 
 
 class PumpMachine:
@@ -114,15 +119,14 @@ class PumpMachine:
 
     def check(self, trigger: str) -> str | None:
         """Would ``trigger`` be accepted now? ``None`` if so, else the reason (fires nothing)."""
-        for t, source, _dest, guard in TRANSITIONS:
-            if t != trigger:
-                continue
-            sources = source if isinstance(source, list) else [source]
-            if self.state not in sources:
-                ok_in = ", ".join(s.value for s in sources)
-                return f"'{trigger}' is not allowed while {self.state.value}; allowed in: {ok_in}"
-            return getattr(self.facts, guard)() if guard else None
-        return f"unknown request '{trigger}'"
+        rule = _RULES.get(trigger)
+        if rule is None:
+            return f"unknown request '{trigger}'"
+        sources, guard = rule
+        if self.state not in sources:
+            ok_in = ", ".join(s.value for s in sources)
+            return f"'{trigger}' is not allowed while {self.state.value}; allowed in: {ok_in}"
+        return getattr(self.facts, guard)() if guard else None
 
     def request(self, trigger: str) -> str | None:
         """Fire ``trigger``; return ``None`` on success or the reason it was refused."""

@@ -777,19 +777,30 @@ _LOADED: dict[tuple[str, str], tuple[tuple[int, int, int, int], bytes, Any]] = {
 _LOADED_MAX = 64
 
 
-def _cached(kind: str, path: Path, make: Callable[[dict[str, Any]], Any]) -> Any:
-    """The validated object for the file's current content (parsed once per content)."""
-    key = (kind, str(path))
+def _cached(kind: str, name: str, make: Callable[[dict[str, Any], Path], Any]) -> Any:
+    """The validated object for the named file's current content (parsed once per content).
+
+    ``name`` is a path or a shipped name (``resolve``); ``make(raw, path)`` builds the
+    object. A name that is an existing file is its own path (as ``resolve`` would say), so
+    the usual call costs one ``stat`` and no path objects.
+    """
     try:
-        st = os.stat(path)
-        stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+        st = os.stat(name)
+        path_s = name
     except OSError:
-        stamp = None
+        path_s = str(resolve(name, pump=kind == "pump"))
+        try:
+            st = os.stat(path_s)
+        except OSError:
+            st = None
+    key = (kind, path_s)
+    stamp = None if st is None else (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
     hit = _LOADED.get(key)
     if hit is not None and stamp is not None and hit[0] == stamp:
         return hit[2]
+    path = Path(path_s)
     data = _read_bytes(path)
-    obj = hit[2] if hit is not None and hit[1] == data else make(_read_toml(path, data))
+    obj = hit[2] if hit is not None and hit[1] == data else make(_read_toml(path, data), path)
     if stamp is not None:
         if len(_LOADED) >= _LOADED_MAX:
             _LOADED.clear()
@@ -802,8 +813,7 @@ def load_setting(name_or_path: str | Path) -> DrugSetting:
 
     The result is shared between calls for the same file content: treat it as read-only.
     """
-    path = resolve(str(name_or_path))
-    return _cached("setting", path, lambda raw: setting_from_raw(raw, str(path)))
+    return _cached("setting", str(name_or_path), lambda raw, path: setting_from_raw(raw, str(path)))
 
 
 def setting_from_raw(raw: Any, path: str) -> DrugSetting:
@@ -818,8 +828,7 @@ def setting_from_raw(raw: Any, path: str) -> DrugSetting:
 
 def load_pump(name_or_path: str | Path) -> PumpModel:
     """Load and validate a pump model profile (shared per file content: read-only)."""
-    path = resolve(str(name_or_path), pump=True)
-    return _cached("pump", path, lambda raw: _pump_from_raw(raw, path))
+    return _cached("pump", str(name_or_path), _pump_from_raw)
 
 
 def _pump_from_raw(raw: dict[str, Any], path: Path) -> PumpModel:

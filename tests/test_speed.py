@@ -10,10 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pumpctl.alarms import Alarm, AlarmBoard, AlarmKind
+from pumpctl.bags import Recipe
 from pumpctl.devices.physics import PumpPhysics
 from pumpctl.errors import InputError, PumpCommandError
 from pumpctl.eventlog import Event, _new_event
-from pumpctl.machine import PumpMachine, State
+from pumpctl.machine import TRANSITIONS, PumpMachine, State
 from pumpctl.report import build_result
 from pumpctl.setting import load_pump, load_setting, profiles_dir
 from pumpctl.sim.runner import run_scenario
@@ -22,6 +23,7 @@ from pumpctl.watchdog import LeadPlanner, Stage
 from tests.helpers import Rig
 
 ROOT = Path(__file__).resolve().parent.parent
+TRIGGERS = sorted({t[0] for t in TRANSITIONS})
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.toml") if "campaign" not in p.name)
 
 
@@ -87,6 +89,44 @@ def test_shared_machine_keeps_channels_apart_and_asks_each_guard_once():
     assert m1.request("start").startswith("'start' is not allowed while infusing")
     m2.force(State.ALARM)
     assert m1.state is State.INFUSING and m2.state is State.ALARM
+
+
+class _AllFacts:
+    """Every guard answers the same: allowed, or one refusal."""
+
+    def __init__(self, reason: str | None) -> None:
+        self.reason = reason
+
+    def __getattr__(self, name: str):
+        if not name.startswith("why_not_"):
+            raise AttributeError(name)
+        return lambda: self.reason
+
+
+@pytest.mark.parametrize("reason", [None, "not now"])
+def test_check_answers_as_request_would_in_every_state(reason):
+    """``check`` (a table lookup) says exactly what firing the trigger would say."""
+    for state in State:
+        for trigger in [*TRIGGERS, "no_such_trigger"]:
+            probe, fired = PumpMachine(_AllFacts(reason)), PumpMachine(_AllFacts(reason))
+            probe.force(state)
+            fired.force(state)
+            said = probe.check(trigger)
+            assert probe.state is state  # checking fires nothing
+            assert said == fired.request(trigger), (state, trigger)
+            if said is not None:
+                assert fired.state is state  # refused: nothing moved
+
+
+def test_a_repeated_recipe_is_read_once_and_a_new_one_afresh(setting):
+    """Bag requests of one plan share one (immutable) recipe; a titration's is its own."""
+    run = run_scenario(load_scenario(ROOT / "examples" / "titration_day2.toml"), trace=False)
+    by_plan: dict[int, set[int]] = {}
+    for b in run.controller.s.bags.values():
+        by_plan.setdefault(b.recipe.plan, set()).add(id(b.recipe))
+        assert b.recipe == Recipe.from_json(b.recipe.to_json())
+    assert len(by_plan) >= 2  # the titration made a second plan
+    assert all(len(ids) == 1 for ids in by_plan.values())
 
 
 def test_lead_follows_new_observations(setting):

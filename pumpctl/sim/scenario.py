@@ -270,8 +270,10 @@ class Scenario:
 
     def resolve_path(self, value: str) -> str:
         """A setting/pump reference: a shipped name, or a path relative to the scenario."""
+        if not ("/" in value or value.endswith(".toml")):
+            return value  # a shipped name (the usual case: no path objects)
         p = Path(value)
-        if not p.is_absolute() and ("/" in value or value.endswith(".toml")):
+        if not p.is_absolute():
             rel = Path(self.path).parent / p
             if rel.exists():
                 return str(rel)
