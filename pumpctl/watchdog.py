@@ -17,6 +17,7 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from pumpctl.clock import Clock, TimerHandle
 from pumpctl.setting import DrugSetting
@@ -214,19 +215,13 @@ class Watchdog:
         """(Re)schedule every stage of bag ``bag_n`` not yet fired, for an end at ``end_s``."""
         self.cancel()
         self.projected_end_s = end_s
+        timers, call_at = self._timers, self.clock.call_at
+        lead_for, on_stage = self.planner.lead, self.on_stage
         for stage in Stage.ALL:
             if stage in fired:
                 continue
-            lead = self.planner.lead(stage)
-            self._timers.append(
-                self.clock.call_at(end_s - lead.s, self._fire_cb(stage, bag_n, end_s, lead))
-            )
-
-    def _fire_cb(self, stage: str, bag_n: int, end_s: float, lead: Lead) -> Callable[[], None]:
-        def fire() -> None:
-            self.on_stage(stage, bag_n, end_s, lead)
-
-        return fire
+            lead = lead_for(stage)
+            timers.append(call_at(end_s - lead.s, partial(on_stage, stage, bag_n, end_s, lead)))
 
     def cancel(self) -> None:
         """Drop the projection (pump not flowing, or infusion stopped)."""
