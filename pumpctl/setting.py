@@ -775,6 +775,31 @@ def _check_drug(raw: dict[str, Any]) -> None:
 #: per run; a changed stamp re-reads the file, and only changed content is parsed again.
 _LOADED: dict[tuple[str, str], tuple[tuple[int, int, int, int], bytes, Any]] = {}
 _LOADED_MAX = 64
+#: Shipped names already resolved: (kind, name) -> path.
+_SHIPPED: dict[tuple[str, str], str] = {}
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _locate(kind: str, name: str) -> tuple[str, os.stat_result | None]:
+    """The path ``resolve`` gives for ``name``, and its stat; a shipped name is looked up
+    once (then one failed ``stat`` checks that no file of that name has appeared here)."""
+    st = _stat(name)
+    if st is not None:
+        return name, st
+    path_s = _SHIPPED.get((kind, name))
+    if path_s is not None and (st := _stat(path_s)) is not None:
+        return path_s, st
+    path_s = str(resolve(name, pump=kind == "pump"))  # or the one-line refusal
+    st = _stat(path_s)
+    if st is not None:
+        _SHIPPED[kind, name] = path_s
+    return path_s, st
 
 
 def _cached(kind: str, name: str, make: Callable[[dict[str, Any], Path], Any]) -> Any:
@@ -784,15 +809,7 @@ def _cached(kind: str, name: str, make: Callable[[dict[str, Any], Path], Any]) -
     object. A name that is an existing file is its own path (as ``resolve`` would say), so
     the usual call costs one ``stat`` and no path objects.
     """
-    try:
-        st = os.stat(name)
-        path_s = name
-    except OSError:
-        path_s = str(resolve(name, pump=kind == "pump"))
-        try:
-            st = os.stat(path_s)
-        except OSError:
-            st = None
+    path_s, st = _locate(kind, name)
     key = (kind, path_s)
     stamp = None if st is None else (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
     hit = _LOADED.get(key)
@@ -890,6 +907,9 @@ def _pump_from_raw(raw: dict[str, Any], path: Path) -> PumpModel:
 
 def check_fits(setting: DrugSetting, model: PumpModel) -> None:
     """Every bag of the setting (with overfill and drug) must fit the pump's reservoir."""
+    fits = ("fits_reservoir_ml", model.reservoir_capacity_ml)  # all the check depends on
+    if setting.memo.get(fits):
+        return
     for bag in setting.bag_sizes_ml:
         most_mg = setting.conc_max_mg_per_ml * bag
         drug_ml = most_mg / setting.syringe_mg * setting.syringe_ml
@@ -900,6 +920,7 @@ def check_fits(setting: DrugSetting, model: PumpModel) -> None:
                 f"the {model.reservoir_capacity_ml:g} mL reservoir of pump '{model.name}' "
                 f"({model.path}); allowed: bag sizes that fit the reservoir"
             )
+    setting.memo[fits] = True
 
 
 def load_any(path: str | Path) -> DrugSetting | PumpModel:

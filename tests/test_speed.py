@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from pumpctl.errors import InputError, PumpCommandError
 from pumpctl.eventlog import Event, _new_event
 from pumpctl.machine import TRANSITIONS, PumpMachine, State
 from pumpctl.report import build_result
-from pumpctl.setting import load_pump, load_setting, profiles_dir
+from pumpctl.setting import check_fits, load_pump, load_setting, profiles_dir
 from pumpctl.sim.runner import run_scenario
 from pumpctl.sim.scenario import load_scenario
 from pumpctl.watchdog import LeadPlanner, Stage
@@ -53,6 +54,41 @@ def test_setting_cache_never_keeps_a_bad_file(tmp_path):
     for _ in range(2):  # refused each time, with its one-line reason
         with pytest.raises(InputError, match="escalate_min"):
             load_setting(p)
+
+
+def test_a_shipped_name_is_found_once_and_a_file_of_that_name_here_still_wins(
+    tmp_path, monkeypatch
+):
+    """The shipped-name lookup is kept, but ``resolve``'s order holds: a file named
+    like a shipped setting in the working directory is the one loaded."""
+    monkeypatch.chdir(tmp_path)
+    shipped = load_setting("anakinra_continuous")
+    assert load_setting("anakinra_continuous") is shipped
+    assert Path(shipped.path) == profiles_dir() / "anakinra_continuous.toml"
+    local = tmp_path / "anakinra_continuous"
+    local.write_text(
+        (profiles_dir() / "anakinra_continuous.toml")
+        .read_text()
+        .replace("escalate_min = 10 ", "escalate_min = 9  ")
+    )
+    mine = load_setting("anakinra_continuous")
+    assert mine.path == "anakinra_continuous" and mine.watchdog_min["escalate_min"] == 9.0
+    local.unlink()
+    assert load_setting("anakinra_continuous") is shipped
+    with pytest.raises(InputError, match="no setting 'no_such_setting'"):
+        load_setting("no_such_setting")
+
+
+def test_a_pump_that_passed_the_fit_check_does_not_pass_a_smaller_reservoir(tmp_path):
+    """The fit check is kept per reservoir size (all it depends on), never per object."""
+    setting = load_setting("anakinra_continuous")
+    big = load_pump("generic_lvp")
+    check_fits(setting, big)
+    check_fits(setting, big)  # the kept answer
+    small = dataclasses.replace(big, reservoir_capacity_ml=50.0)
+    for _ in range(2):
+        with pytest.raises(InputError, match="50 mL reservoir"):
+            check_fits(setting, small)
 
 
 def test_pump_cache_follows_edits(tmp_path):
