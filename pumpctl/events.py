@@ -157,8 +157,9 @@ def _override(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
 def _request(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
     n = int(d["bag"])
     logged, last = d["recipe"], s.last_recipe
-    if last is not None and last[0] == logged:
-        recipe = last[1]  # equal fields read back the same
+    # Equal fields read back the same, except 0.0 and -0.0 (equal, but read as themselves).
+    if last is not None and last[0] == logged and 0.0 not in logged.values():
+        recipe = last[1]
     else:
         recipe = Recipe.from_json(logged)
         s.last_recipe = (dict(logged), recipe)

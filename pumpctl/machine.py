@@ -85,6 +85,8 @@ _MACHINE = _build_machine()
 _STATE_OBJECTS: dict[State | str, Any] = {s: _MACHINE.get_state(s) for s in State}
 _STATE_OBJECTS.update({s._value_: _MACHINE.get_state(s) for s in State})
 _TRIGGERS = frozenset(t[0] for t in TRANSITIONS)
+if len(_TRIGGERS) != len(TRANSITIONS):  # one rule per trigger: check, allowed, request agree
+    raise RuntimeError("pumpctl.machine: a trigger appears twice in TRANSITIONS")
 #: trigger -> (its source states, in order, and its guard): ``check`` runs for every request
 _RULES: dict[str, tuple[list[State], str | None]] = {
     t: (list(source) if isinstance(source, list) else [source], guard)
@@ -112,10 +114,8 @@ class PumpMachine:
 
     def allowed(self, trigger: str) -> list[State]:
         """States from which ``trigger`` is defined."""
-        for t, source, _dest, _g in TRANSITIONS:
-            if t == trigger:
-                return source if isinstance(source, list) else [source]
-        return []
+        rule = _RULES.get(trigger)
+        return [] if rule is None else list(rule[0])
 
     def check(self, trigger: str) -> str | None:
         """Would ``trigger`` be accepted now? ``None`` if so, else the reason (fires nothing)."""

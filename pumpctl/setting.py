@@ -780,9 +780,10 @@ _SHIPPED: dict[tuple[str, str], str] = {}
 
 
 def _stat(path: str) -> os.stat_result | None:
+    """The file's stat, or None where ``os.path.exists`` would say False."""
     try:
         return os.stat(path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the name
         return None
 
 

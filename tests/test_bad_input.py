@@ -444,6 +444,22 @@ def test_bad_command_line_is_one_line_and_an_exit_code(
 # -- specific contracts -------------------------------------------------------------
 
 
+@pytest.mark.parametrize("key", ["setting", "pump"])
+def test_a_nul_in_a_setting_or_pump_name_is_one_line(key, tmp_path, capsys):
+    """A NUL is not a file name: the usual 'no such setting' line, not a ValueError."""
+    example = Path(__file__).resolve().parent.parent / "examples" / "anakinra_72h.toml"
+    text = example.read_text()
+    old = {"setting": 'setting = "anakinra_continuous"', "pump": 'pump = "generic_lvp"'}[key]
+    assert old in text
+    sc = tmp_path / "nul.toml"
+    sc.write_text(text.replace(old, old[:-1] + '\\u0000x"'))
+    code, _out, err = run_cli(["simulate", str(sc), "--out", str(tmp_path / "out")], capsys)
+    assert_one_line(code, err, ["simulate", str(sc)])
+    assert f"no {'pump profile' if key == 'pump' else 'setting'} '" in err
+    with pytest.raises(InputError, match="not a file"):
+        (load_pump if key == "pump" else load_setting)("generic_lvp\x00")
+
+
 def test_gravimetric_csv_with_a_two_hour_hole_names_the_gap(files, capsys):
     code, _out, err = run_cli(["trumpet", files["hole"], "--rate-ml-per-h", "10"], capsys)
     assert_one_line(code, err, ["trumpet"])

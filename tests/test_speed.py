@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +16,7 @@ from pumpctl.bags import Recipe
 from pumpctl.devices.physics import PumpPhysics
 from pumpctl.errors import InputError, PumpCommandError
 from pumpctl.eventlog import Event, _new_event
+from pumpctl.events import ChannelState, apply
 from pumpctl.machine import TRANSITIONS, PumpMachine, State
 from pumpctl.report import build_result
 from pumpctl.setting import check_fits, load_pump, load_setting, profiles_dir
@@ -79,7 +81,7 @@ def test_a_shipped_name_is_found_once_and_a_file_of_that_name_here_still_wins(
         load_setting("no_such_setting")
 
 
-def test_a_pump_that_passed_the_fit_check_does_not_pass_a_smaller_reservoir(tmp_path):
+def test_a_pump_that_passed_the_fit_check_does_not_pass_a_smaller_reservoir():
     """The fit check is kept per reservoir size (all it depends on), never per object."""
     setting = load_setting("anakinra_continuous")
     big = load_pump("generic_lvp")
@@ -128,23 +130,23 @@ def test_shared_machine_keeps_channels_apart_and_asks_each_guard_once():
 
 
 class _AllFacts:
-    """Every guard answers the same: allowed, or one refusal."""
+    """Every guard allows, or refuses naming itself (so a wrong guard shows)."""
 
-    def __init__(self, reason: str | None) -> None:
-        self.reason = reason
+    def __init__(self, refuse: bool) -> None:
+        self.refuse = refuse
 
     def __getattr__(self, name: str):
         if not name.startswith("why_not_"):
             raise AttributeError(name)
-        return lambda: self.reason
+        return lambda: f"refused by {name}" if self.refuse else None
 
 
-@pytest.mark.parametrize("reason", [None, "not now"])
-def test_check_answers_as_request_would_in_every_state(reason):
+@pytest.mark.parametrize("refuse", [False, True])
+def test_check_answers_as_request_would_in_every_state(refuse):
     """``check`` (a table lookup) says exactly what firing the trigger would say."""
     for state in State:
         for trigger in [*TRIGGERS, "no_such_trigger"]:
-            probe, fired = PumpMachine(_AllFacts(reason)), PumpMachine(_AllFacts(reason))
+            probe, fired = PumpMachine(_AllFacts(refuse)), PumpMachine(_AllFacts(refuse))
             probe.force(state)
             fired.force(state)
             said = probe.check(trigger)
@@ -155,14 +157,44 @@ def test_check_answers_as_request_would_in_every_state(reason):
 
 
 def test_a_repeated_recipe_is_read_once_and_a_new_one_afresh(setting):
-    """Bag requests of one plan share one (immutable) recipe; a titration's is its own."""
+    """Bag requests of one plan share one (immutable) recipe; each bag's recipe is
+    exactly what its request logged; a titration's is its own."""
     run = run_scenario(load_scenario(ROOT / "examples" / "titration_day2.toml"), trace=False)
+    bags = run.controller.s.bags
     by_plan: dict[int, set[int]] = {}
-    for b in run.controller.s.bags.values():
-        by_plan.setdefault(b.recipe.plan, set()).add(id(b.recipe))
-        assert b.recipe == Recipe.from_json(b.recipe.to_json())
+    for ev in run.log.events():
+        if ev.event == "pharmacy_request":
+            b = bags[int(ev.detail["bag"])]
+            assert repr(b.recipe) == repr(Recipe.from_json(ev.detail["recipe"]))
+            by_plan.setdefault(b.recipe.plan, set()).add(id(b.recipe))
     assert len(by_plan) >= 2  # the titration made a second plan
     assert all(len(ids) == 1 for ids in by_plan.values())
+
+
+def test_a_recipe_equal_but_for_the_sign_of_zero_is_read_afresh():
+    """0.0 == -0.0, but a log that says -0.0 reads back -0.0."""
+    recipe = dict(Recipe(1, 200.0, 100, 109.3, 1.83, 100.0, 12.5, 8, 548.7, 600.0).to_json())
+    s = ChannelState()
+    for n, mg in ((1, 0.0), (2, -0.0)):
+        detail = {"bag": n, "recipe": {**recipe, "mg": mg}, "stat": False}
+        apply(s, SimpleNamespace(event="pharmacy_request", detail=detail, t_s=n, operator="x"))
+    assert repr(s.bags[1].recipe.mg) == "0.0" and repr(s.bags[2].recipe.mg) == "-0.0"
+
+
+def test_a_setting_next_to_the_scenario_is_found_by_its_relative_path(tmp_path):
+    """``resolve_path``: a path in a scenario is relative to the scenario's file."""
+    (tmp_path / "mine").mkdir()
+    text = (profiles_dir() / "anakinra_continuous.toml").read_text()
+    (tmp_path / "mine" / "s.toml").write_text(
+        text.replace("escalate_min = 10 ", "escalate_min = 9  ")
+    )
+    example = (ROOT / "examples" / "anakinra_72h.toml").read_text()
+    sc_path = tmp_path / "sc.toml"
+    sc_path.write_text(example.replace('"anakinra_continuous"', '"mine/s.toml"'))
+    sc = load_scenario(sc_path)
+    assert sc.resolve_path(sc.setting) == str(tmp_path / "mine" / "s.toml")
+    assert load_setting(sc.resolve_path(sc.setting)).watchdog_min["escalate_min"] == 9.0
+    assert sc.resolve_path("generic_lvp") == "generic_lvp"  # a shipped name, as it is
 
 
 def test_lead_follows_new_observations(setting):
