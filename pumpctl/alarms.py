@@ -146,12 +146,15 @@ class Alarm:
 class AlarmBoard:
     """The alarms of one channel, newest last; changed only by applied events."""
 
-    __slots__ = ("active_by_kind", "all")
+    __slots__ = ("_active_of_kind", "active_by_kind", "all")
 
     def __init__(self) -> None:
         self.all: list[Alarm] = []
         #: kind -> its newest active alarm (read it; ``add`` and ``clear`` keep it)
         self.active_by_kind: dict[str, Alarm] = {}
+        #: kind -> its active alarms, oldest first (usually one): clearing one finds the
+        #: next without a pass over every alarm of the run
+        self._active_of_kind: dict[str, list[Alarm]] = {}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, AlarmBoard) and self.all == other.all
@@ -165,17 +168,26 @@ class AlarmBoard:
         self.all.append(alarm)
         if alarm.cleared_s is None:
             self.active_by_kind[alarm.kind] = alarm
+            self._active_of_kind.setdefault(alarm.kind, []).append(alarm)
 
     def clear(self, alarm: Alarm, t_s: float) -> None:
         """Record that ``alarm`` was cleared at ``t_s`` (from an ``alarm_cleared`` event)."""
         alarm.cleared_s = t_s
         alarm.silenced_until_s = None
+        same = self._active_of_kind.get(alarm.kind)
+        if not same:
+            return
+        for i, a in enumerate(same):
+            if a is alarm:
+                del same[i]
+                break
+        else:
+            return  # already cleared
         if self.active_by_kind.get(alarm.kind) is alarm:
-            del self.active_by_kind[alarm.kind]
-            for older in reversed(self.all):  # another of the kind still active (old logs)
-                if older.kind == alarm.kind and older.cleared_s is None:
-                    self.active_by_kind[alarm.kind] = older
-                    break
+            if same:  # another of the kind still active (old logs): the newest of them
+                self.active_by_kind[alarm.kind] = same[-1]
+            else:
+                del self.active_by_kind[alarm.kind]
 
     def find_active(self, kind: str) -> Alarm | None:
         """The newest active alarm of this kind, if any."""
@@ -184,7 +196,7 @@ class AlarmBoard:
     def active(self) -> list[Alarm]:
         """Active alarms: highest priority first, flow-stopping first, then oldest."""
         return sorted(
-            (a for a in self.all if a.cleared_s is None),
+            (a for same in self._active_of_kind.values() for a in same),
             key=lambda a: (PRIORITY_RANK[a.priority], not a.spec.flow_stopping, a.id),
         )
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pumpctl.alarms import Alarm, AlarmBoard, AlarmKind
+from pumpctl.alarms import PRIORITY_RANK, Alarm, AlarmBoard, AlarmKind
 from pumpctl.bags import Recipe
 from pumpctl.devices.physics import PumpPhysics
 from pumpctl.errors import InputError, PumpCommandError
@@ -385,3 +385,36 @@ def test_clearing_the_newest_of_two_active_alarms_of_a_kind_finds_the_older():
     assert board.find_active("occlusion") is old
     board.clear(old, 40.0)
     assert board.find_active("occlusion") is None and old.cleared_s == 40.0
+
+
+_KINDS = [AlarmKind.OCCLUSION, AlarmKind.BAG_EMPTY, AlarmKind.PREPARE_BAG_CHANGE]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.booleans(), st.integers(0, len(_KINDS) - 1), st.integers(0, 30)),
+        max_size=60,
+    )
+)
+def test_alarm_board_answers_as_a_scan_of_every_alarm_would(steps):
+    """The per-kind bookkeeping (no pass over the run's alarms per clear) agrees with the
+    plain definition: active = not cleared; newest active per kind; clearing any alarm,
+    twice or in any order."""
+    board = AlarmBoard()
+    for t, (raise_, k, pick) in enumerate(steps):
+        if raise_ or not board.all:
+            board.add(Alarm(len(board.all) + 1, _KINDS[k], float(t)))
+        else:
+            board.clear(board.all[pick % len(board.all)], float(t))
+        active = [a for a in board.all if a.cleared_s is None]
+        assert [a.id for a in board.active()] == [
+            a.id
+            for a in sorted(
+                active,
+                key=lambda a: (PRIORITY_RANK[a.priority], not a.spec.flow_stopping, a.id),
+            )
+        ]
+        for kind in _KINDS:
+            newest = next((a for a in reversed(board.all) if a.kind == kind and a in active), None)
+            assert board.find_active(kind) is newest
