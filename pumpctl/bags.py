@@ -49,7 +49,18 @@ class Recipe:
 
     def to_json(self) -> dict[str, Any]:
         """Plain dict (the event detail form; the fields are plain numbers, no deep copy)."""
-        return {f: getattr(self, f) for f in _RECIPE_FIELDS}
+        return {  # written out (every bag request logs one); the test keeps it to the fields
+            "plan": self.plan,
+            "mg": self.mg,
+            "bag_ml": self.bag_ml,
+            "content_ml": self.content_ml,
+            "conc_mg_per_ml": self.conc_mg_per_ml,
+            "vtbi_ml": self.vtbi_ml,
+            "rate_ml_per_h": self.rate_ml_per_h,
+            "interval_h": self.interval_h,
+            "achieved_mg_per_day": self.achieved_mg_per_day,
+            "nominal_mg_per_day": self.nominal_mg_per_day,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Recipe:

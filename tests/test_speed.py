@@ -171,6 +171,13 @@ def test_a_repeated_recipe_is_read_once_and_a_new_one_afresh(setting):
     assert all(len(ids) == 1 for ids in by_plan.values())
 
 
+def test_a_recipe_logs_every_field_in_order_and_reads_back_the_same():
+    r = Recipe(2, 200.0, 100, 109.34, 1.829, 100.0, 12.5, 8, 548.75, 600.0)
+    assert list(r.to_json()) == [f.name for f in dataclasses.fields(Recipe)]
+    assert list(r.to_json().values()) == [getattr(r, f.name) for f in dataclasses.fields(Recipe)]
+    assert Recipe.from_json(r.to_json()) == r
+
+
 def test_a_recipe_equal_but_for_the_sign_of_zero_is_read_afresh():
     """0.0 == -0.0, but a log that says -0.0 reads back -0.0."""
     recipe = dict(Recipe(1, 200.0, 100, 109.3, 1.83, 100.0, 12.5, 8, 548.7, 600.0).to_json())
