@@ -190,6 +190,7 @@ def build_result(
     install: str | None = None  # the last setting installed
     run_end, segment, state_kind, program = E.RUN_END, E.DELIVERY_SEGMENT, E.STATE, E.PROGRAM
     titration, setting_install = E.TITRATION, E.SETTING_INSTALL
+    read = {state_kind, run_end, program, titration, setting_install}  # besides segments
     for e in events:  # one pass for what is read off single events
         kind = e.event
         if kind == segment:
@@ -197,6 +198,8 @@ def build_result(
             continue
         if e.t_s > last_t:
             last_t = e.t_s
+        if kind not in read:
+            continue  # most events: only their time counts here
         if kind == state_kind:
             trigger = e.detail.get("trigger")
             if trigger == "start" and start_s is None:
@@ -288,6 +291,10 @@ def build_result(
         }
         for a in s.alarms.all
     ]
+    by_priority = {"high": 0, "medium": 0, "low": 0}
+    for a in alarms:
+        if a["priority"] in by_priority:
+            by_priority[a["priority"]] += 1
     exp = meta.get("expect", {})
     max_int = float(exp.get("max_interrupted_s", 0.0))
     tol = float(exp.get("dose_tolerance_pct", 5.0))
@@ -342,9 +349,7 @@ def build_result(
         "wasted_mg": round(wasted, 3),
         "line_residual_mg": round(line_mg, 3),
         "alarms": alarms,
-        "alarms_by_priority": {
-            p: sum(1 for a in alarms if a["priority"] == p) for p in ("high", "medium", "low")
-        },
+        "alarms_by_priority": by_priority,
         "titrations": [
             {
                 "t_h": _h(e.t_s),
