@@ -84,33 +84,8 @@ class PumpPhysics:
     #: (one solve, reused by the next command at the same instant and the read-back).
     _next_s: float | None = None
     _f_at: tuple[float, float] = (math.nan, 0.0)  # (u, F(u)) last computed
-    #: From the model, set once in ``__post_init__`` (see there).
-    _bias: float = field(default=1.0, init=False, repr=False, compare=False)
-    _law: tuple[float, float, float, float, float] = field(
-        default=(0.0, 0.0, 0.0, 0.0, 0.0), init=False, repr=False, compare=False
-    )
-    _ripple_slack_s: float = field(default=0.0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        m = self.model
-        # The flow law's constants, computed once per pump by the same expressions (so
-        # every figure stays bit-identical): the bias factor, the ripple amplitude, the
-        # start-up time constant, the ripple's angular frequency (0 without ripple), a/w,
-        # 1/tau^2 + w^2, and the ripple's largest excess volume (``_dry_not_before_s``).
-        a = m.ripple_pct / 100.0
-        tau = m.startup_tau_s
-        w = 2.0 * math.pi / m.ripple_period_s if m.ripple_period_s > 0 and a > 0 else 0.0
-        self._bias = 1 + m.bias_pct / 100.0
-        self._law = (
-            a,
-            tau,
-            w,
-            a / w if w else 0.0,
-            1.0 / (tau * tau) + w * w if w and tau > 0 else 0.0,
-        )
-        self._ripple_slack_s = (
-            2.0 * a * m.ripple_period_s / (2.0 * math.pi) if m.ripple_period_s > 0 else 0.0
-        )
         self.battery_min_left = float(self.model.battery_capacity_min)
         self._chamber_ml = 0.0  # filled from the first bag when it is spiked
         self._chamber_mg = 0.0
@@ -128,14 +103,18 @@ class PumpPhysics:
         return f
 
     def _solve_antiderivative(self, u_s: float) -> float:
-        a, tau, w, a_over_w, k = self._law
+        m = self.model
+        a = m.ripple_pct / 100.0
+        tau = m.startup_tau_s
         f = u_s
+        w = 2.0 * math.pi / m.ripple_period_s if m.ripple_period_s > 0 and a > 0 else 0.0
         if w:
-            f -= a_over_w * math.cos(w * u_s)
+            f -= a / w * math.cos(w * u_s)
         if tau > 0:
             e = math.exp(-u_s / tau) if u_s < 700 * tau else 0.0
             f += tau * e
             if w and e:
+                k = 1.0 / (tau * tau) + w * w
                 g = e * (-(1.0 / tau) * math.sin(w * u_s) - w * math.cos(w * u_s)) / k
                 f -= a * g
         return f
@@ -165,7 +144,7 @@ class PumpPhysics:
             return m.kvo_ml_per_h * (1 + m.bias_pct / 100.0) * (t1_s - t0_s) / 3600.0
         if self.mode is not RunState.RUNNING:
             return 0.0
-        k = self.rate_ml_per_h * self._bias / 3600.0
+        k = self.rate_ml_per_h * (1 + m.bias_pct / 100.0) / 3600.0
         u0, u1 = t0_s - self._run_start_s, t1_s - self._run_start_s
         return k * (self._antiderivative(u1) - self._antiderivative(u0))
 
@@ -221,12 +200,15 @@ class PumpPhysics:
         """
         if self.mode is not RunState.RUNNING or self.occluded_since_s is not None:
             return self.t_s  # closed form or never: no bound needed
-        q = self.rate_ml_per_h * self._bias / 3600.0
+        m = self.model
+        q = self.rate_ml_per_h * (1 + m.bias_pct / 100.0) / 3600.0
+        a = m.ripple_pct / 100.0
         src = self._source_ml()
-        if q <= 0 or src <= 0 or self._law[0] > 1.0:
+        if q <= 0 or src <= 0 or a > 1.0:
             return self.t_s
+        slack_s = 2.0 * a * m.ripple_period_s / (2.0 * math.pi) if m.ripple_period_s > 0 else 0.0
         span_s = src / q
-        return self.t_s + span_s - self._ripple_slack_s - 1.0 - 1e-6 * span_s
+        return self.t_s + span_s - slack_s - 1.0 - 1e-6 * span_s
 
     def _occlusion_alarm_s(self) -> float:
         if self.occluded_since_s is None or self.mode not in (RunState.RUNNING, RunState.KVO):
