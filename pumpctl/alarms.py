@@ -146,15 +146,14 @@ class Alarm:
 class AlarmBoard:
     """The alarms of one channel, newest last; changed only by applied events."""
 
-    __slots__ = ("_active_of_kind", "active_by_kind", "all")
+    __slots__ = ("active_by_kind", "all")
 
     def __init__(self) -> None:
         self.all: list[Alarm] = []
-        #: kind -> its newest active alarm (read it; ``add`` and ``clear`` keep it)
-        self.active_by_kind: dict[str, Alarm] = {}
-        #: kind -> its active alarms, oldest first (usually one): clearing one finds the
-        #: next without a pass over every alarm of the run
-        self._active_of_kind: dict[str, list[Alarm]] = {}
+        #: kind -> its active alarms, oldest first; a kind with none is not a key. Read it
+        #: (``kind in active_by_kind``); ``add`` and ``clear`` keep it, so clearing one
+        #: alarm finds the next without a pass over every alarm of the run.
+        self.active_by_kind: dict[str, list[Alarm]] = {}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, AlarmBoard) and self.all == other.all
@@ -167,36 +166,29 @@ class AlarmBoard:
         """Record a raised alarm (from an ``alarm`` event)."""
         self.all.append(alarm)
         if alarm.cleared_s is None:
-            self.active_by_kind[alarm.kind] = alarm
-            self._active_of_kind.setdefault(alarm.kind, []).append(alarm)
+            self.active_by_kind.setdefault(alarm.kind, []).append(alarm)
 
     def clear(self, alarm: Alarm, t_s: float) -> None:
         """Record that ``alarm`` was cleared at ``t_s`` (from an ``alarm_cleared`` event)."""
         alarm.cleared_s = t_s
         alarm.silenced_until_s = None
-        same = self._active_of_kind.get(alarm.kind)
-        if not same:
-            return
+        same = self.active_by_kind.get(alarm.kind, [])
         for i, a in enumerate(same):
             if a is alarm:
                 del same[i]
-                break
-        else:
-            return  # already cleared
-        if self.active_by_kind.get(alarm.kind) is alarm:
-            if same:  # another of the kind still active (old logs): the newest of them
-                self.active_by_kind[alarm.kind] = same[-1]
-            else:
-                del self.active_by_kind[alarm.kind]
+                if not same:
+                    del self.active_by_kind[alarm.kind]
+                return
 
     def find_active(self, kind: str) -> Alarm | None:
-        """The newest active alarm of this kind, if any."""
-        return self.active_by_kind.get(kind)
+        """The newest active alarm of this kind, if any (an old log may hold two)."""
+        same = self.active_by_kind.get(kind)
+        return same[-1] if same else None
 
     def active(self) -> list[Alarm]:
         """Active alarms: highest priority first, flow-stopping first, then oldest."""
         return sorted(
-            (a for same in self._active_of_kind.values() for a in same),
+            (a for same in self.active_by_kind.values() for a in same),
             key=lambda a: (PRIORITY_RANK[a.priority], not a.spec.flow_stopping, a.id),
         )
 

@@ -36,7 +36,7 @@ class AlarmDesk(ChannelBase):
         )
 
     def _clear(self, kind: AlarmKind) -> None:
-        a = self.s.alarms.active_by_kind.get(kind)
+        a = self.s.alarms.find_active(kind)
         if a is None:
             return
         self._emit(E.ALARM_CLEARED, {"kind": kind._value_, "id": a.id})
