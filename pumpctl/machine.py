@@ -84,14 +84,13 @@ _MACHINE = _build_machine()
 # transitions' own state objects, by member and by value (``force`` runs once per event)
 _STATE_OBJECTS: dict[State | str, Any] = {s: _MACHINE.get_state(s) for s in State}
 _STATE_OBJECTS.update({s._value_: _MACHINE.get_state(s) for s in State})
-_TRIGGERS = frozenset(t[0] for t in TRANSITIONS)
-if len(_TRIGGERS) != len(TRANSITIONS):  # one rule per trigger: check, allowed, request agree
-    raise RuntimeError("pumpctl.machine: a trigger appears twice in TRANSITIONS")
 #: trigger -> (its source states, in order, and its guard): ``check`` runs for every request
 _RULES: dict[str, tuple[list[State], str | None]] = {
     t: (list(source) if isinstance(source, list) else [source], guard)
     for t, source, _dest, guard in TRANSITIONS
 }
+if len(_RULES) != len(TRANSITIONS):  # one rule per trigger: check, allowed, request agree
+    raise RuntimeError("pumpctl.machine: a trigger appears twice in TRANSITIONS")
 
 
 class PumpMachine:
@@ -131,7 +130,7 @@ class PumpMachine:
     def request(self, trigger: str) -> str | None:
         """Fire ``trigger``; return ``None`` on success or the reason it was refused."""
         self.refusal = None
-        if trigger not in _TRIGGERS:
+        if trigger not in _RULES:
             return f"unknown request '{trigger}'"
         if self.state not in self.allowed(trigger):
             ok_in = ", ".join(s.value for s in self.allowed(trigger))
