@@ -91,3 +91,29 @@ class Rig:
 
     def events(self, name: str) -> list:
         return [e for e in self.log.events() if e.event == name]
+
+
+class FakePort:
+    """The receive side of a fake serial port: bytes queued in ``rx`` and read from it as
+    pyserial's ``Serial`` would. Subclasses decide what a ``write`` makes arrive."""
+
+    def __init__(self, port: str) -> None:
+        self.rx = bytearray()
+        self.timeout: float | None = None
+        self.port = port
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        raise NotImplementedError
+
+    @property
+    def in_waiting(self) -> int:
+        return len(self.rx)
+
+    def read(self, size: int = 1) -> bytes:
+        out = bytes(self.rx[:size])
+        del self.rx[:size]
+        return out
+
+    def close(self) -> None:
+        self.closed = True

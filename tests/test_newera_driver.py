@@ -17,6 +17,7 @@ from pumpctl.devices.newera_codec import encode_reply, frame_safe
 from pumpctl.drivers.base import PumpAlarm, RateLimits, RunState
 from pumpctl.drivers.newera import NewEraDriver
 from pumpctl.errors import CommunicationError, InputError, PumpCommandError
+from tests.helpers import FakePort
 
 LIMITS = RateLimits(0.1, 999.9, 0.1, 9999.0)
 Line = tuple[bytes, bytes | None]
@@ -39,16 +40,13 @@ def Q(text: str, safe: bool = False) -> bytes:
     return frame_safe(text.encode()) if safe else text.encode() + b"\r"
 
 
-class ScriptedSerial:
+class ScriptedSerial(FakePort):
     """A fake port that insists on the scripted writes and plays back the scripted replies."""
 
     def __init__(self, script: list[Line]) -> None:
+        super().__init__("scripted://")
         self.script = list(script)
         self.used = 0
-        self.rx = bytearray()
-        self.timeout: float | None = None
-        self.port = "scripted://"
-        self.closed = False
         self.fail_writes = False
 
     def write(self, data: bytes) -> int:
@@ -68,18 +66,6 @@ class ScriptedSerial:
     def push(self, data: bytes) -> None:
         """Bytes arriving unasked (an auto-alarm, noise)."""
         self.rx += data
-
-    @property
-    def in_waiting(self) -> int:
-        return len(self.rx)
-
-    def read(self, size: int = 1) -> bytes:
-        out = bytes(self.rx[:size])
-        del self.rx[:size]
-        return out
-
-    def close(self) -> None:
-        self.closed = True
 
     def sent(self, request: bytes) -> int:
         """How many times a request was written so far."""

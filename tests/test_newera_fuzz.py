@@ -26,6 +26,7 @@ from pumpctl.devices.newera_codec import (
 from pumpctl.drivers.base import RateLimits, RunState
 from pumpctl.drivers.newera import NewEraDriver
 from pumpctl.errors import CommunicationError, PumpCommandError
+from tests.helpers import FakePort
 
 LIMITS = RateLimits(0.1, 999.9, 0.1, 9999.0)
 #: Longest a decoder may hold bytes that do not (yet) make a frame.
@@ -120,31 +121,17 @@ def test_emulator_takes_any_bytes_and_only_sends_valid_frames(
     assert emu.infused_ml() >= 0.0
 
 
-class FuzzPort:
+class FuzzPort(FakePort):
     """A port that answers every write with the next fuzzed chunk (then silence)."""
 
     def __init__(self, chunks: list[bytes]) -> None:
+        super().__init__("fuzz://")
         self.chunks = list(chunks)
-        self.rx = bytearray()
-        self.timeout: float | None = None
-        self.port = "fuzz://"
 
     def write(self, data: bytes) -> int:
         if self.chunks:
             self.rx += self.chunks.pop(0)
         return len(data)
-
-    @property
-    def in_waiting(self) -> int:
-        return len(self.rx)
-
-    def read(self, size: int = 1) -> bytes:
-        out = bytes(self.rx[:size])
-        del self.rx[:size]
-        return out
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.mark.parametrize("safe_timeout_s", [0, 10])
@@ -169,14 +156,12 @@ def test_driver_takes_any_reply_bytes(chunks: list[bytes], safe_timeout_s: int) 
     drv.close()
 
 
-class EmulatorPort:
+class EmulatorPort(FakePort):
     """Emulated pumps on one line behind a fake port, in-process: answers come at once."""
 
     def __init__(self, *emus: Ne1000Emulator) -> None:
+        super().__init__("emulator://")
         self.emus = emus
-        self.rx = bytearray()
-        self.timeout: float | None = None
-        self.port = "emulator://"
 
     def write(self, data: bytes) -> int:
         for emu in self.emus:
@@ -188,14 +173,6 @@ class EmulatorPort:
         for emu in self.emus:
             self.rx += emu.take_output()
         return len(self.rx)
-
-    def read(self, size: int = 1) -> bytes:
-        out = bytes(self.rx[:size])
-        del self.rx[:size]
-        return out
-
-    def close(self) -> None:
-        pass
 
 
 _FAULTS = ("none", "drop", "corrupt", "truncate", "noise")
