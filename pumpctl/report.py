@@ -738,7 +738,12 @@ def markdown(result: dict[str, Any]) -> str:
             + ")."
         )
     else:
-        head += " No interruption: the drug reached the patient at the ordered rate throughout."
+        head += " No interruption: flow to the patient never stopped."
+    # The dose is a separate question from the flow: say how far it is from the order.
+    head += (
+        f" Delivered {r['delivered_mg']:.1f} mg, {r['dose_error_pct']:+.2f}% vs ordered "
+        f"({r['delivery_error_pct']:+.2f}% vs the real dose of the builds)."
+    )
     bp = r["alarms_by_priority"]
     lines = [
         f"# Infusion report: {r['scenario']}{' [DEMO database]' if r.get('demo') else ''}",

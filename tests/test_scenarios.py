@@ -276,3 +276,15 @@ def test_relay_hands_over_a_syringe_slowed_past_its_beyond_use_time(tmp_path):
     ]
     assert max(d["end_s"] for d in flowing) <= change_by + 1.0
     assert run.result["interrupted_s"] == 0
+
+
+def test_report_headline_gives_the_dose_beside_a_gapless_flow():
+    """No gap is not "the ordered dose": the headline says how far delivery is from the order."""
+    from pumpctl.report import markdown
+
+    r = run_scenario(load_scenario(Path("examples/anakinra_72h.toml")), trace=False).result
+    head = markdown(r).splitlines()[2]
+    assert r["interrupted_s"] == 0 and r["dose_error_pct"] < -5  # the VTBI leaves ~8 % behind
+    assert "No interruption" in head and "ordered rate" not in head
+    assert f"{r['dose_error_pct']:+.2f}% vs ordered" in head
+    assert f"Delivered {r['delivered_mg']:.1f} mg" in head
