@@ -763,8 +763,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"{r['delivery_error_pct']:+.2f}% vs planned) |",
         f"| interrupted | {_hms(r['interrupted_s'])} in {len(gaps)} gap(s) |",
         f"| bags | {len(r['bags'])} hung, {len(r['discarded_bags'])} discarded |",
-        f"| drug wasted | {r['wasted_mg']:.1f} mg; in the line at the end "
-        f"{r['line_residual_mg']:.1f} mg |",
+        f"| drug wasted | {r['wasted_mg']:.1f} mg of the programmed VTBI (bags changed early "
+        f"or discarded, by the pump's count); left in the bags taken down "
+        f"{sum(b['residual_mg'] or 0.0 for b in r['bags']):.1f} mg (overfill and syringe "
+        f"volume included); in the line at the end {r['line_residual_mg']:.1f} mg |",
         f"| alarms | {len(r['alarms'])} ({bp['high']} high, {bp['medium']} medium, "
         f"{bp['low']} low) |",
     ]
