@@ -296,7 +296,7 @@ def test_report_names_what_was_left_in_the_bags_beside_the_wasted_vtbi():
 
     r = run_scenario(load_scenario(Path("examples/anakinra_72h.toml")), trace=False).result
     left = sum(b["residual_mg"] for b in r["bags"] if b["residual_mg"] is not None)
-    assert left > 5 * r["wasted_mg"] > 0  # overfill and syringe volume stay in every bag
+    assert left > 4 * r["wasted_mg"] > 0  # overfill and syringe volume stay in every bag
     row = next(line for line in markdown(r).splitlines() if line.startswith("| drug wasted"))
     assert f"{r['wasted_mg']:.1f} mg of the programmed VTBI" in row
     assert f"left in the bags taken down {left:.1f} mg" in row
