@@ -212,3 +212,17 @@ def test_only_a_nurse_accepts(tmp_path: Path, who: str) -> None:
         sess.close()
     with EventLog(db) as log:
         assert library.active_version(log) != new.version
+
+
+def test_the_report_names_the_active_library_not_a_pending_one(tmp_path: Path) -> None:
+    from pumpctl.report import build_result
+
+    db, new = db_with_pending_library(tmp_path, SOFT_700)
+    sess = open_session(db, speed=1.0)
+    try:
+        old = sess.controller.setting.version
+        assert build_result(sess.log.events())["setting_version"] == old
+        sess.accept_setting("rn-demo")
+        assert build_result(sess.log.events())["setting_version"] == new.version
+    finally:
+        sess.close()
