@@ -9,6 +9,7 @@ exactly the state the live controller had.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from pumpctl.alarms import AlarmKind
@@ -24,8 +25,8 @@ from pumpctl.drivers.relay import RelayPair
 from pumpctl.eventlog import Event
 from pumpctl.events import ChannelState, fold
 from pumpctl.machine import PumpMachine, State
-from pumpctl.order import Build
-from pumpctl.setting import DrugSetting, PumpModel
+from pumpctl.order import Build, check_limits
+from pumpctl.setting import DrugSetting, PumpModel, short_version
 from pumpctl.watchdog import Lead, LeadPlanner, Stage, Watchdog
 
 
@@ -63,6 +64,10 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
         self.last_status: PumpStatus | None = None
         self._light_pending = False
         self._builds: dict[int, Build] = {}
+        #: bag -> beyond-use hours of the library it was compounded under, for bags made
+        #: before a newer library was accepted (they stay as built; a resume fills it from
+        #: the log, ``pumpctl.library.beyond_use_by_bag``)
+        self.beyond_use_h_by_bag: dict[int, float] = {}
         self._timers: dict[str, TimerHandle] = {}
         self._silence_timers: dict[int, TimerHandle] = {}
         self._poll_timer: TimerHandle | None = None
@@ -175,6 +180,68 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
                 return
         self._timers["change_by"] = self.clock.call_later(60.0, self._change_by_due)
 
+    # ------------------------------------------------------------ drug library
+    def order_against(self, setting: DrugSetting) -> tuple[str, str]:
+        """How the order in force stands against ``setting``'s limits, checked as a build
+        checks them: ("ok" | "soft" | "hard", why). Nothing is logged."""
+        order = self.order
+        if order is None:
+            return "ok", "no order in force"
+        low_kind, low_detail = check_limits(
+            order.dose_mg_per_day, order.weight_kg, setting, lower_only=True
+        )
+        if low_kind == "hard":
+            return "hard", f"ordered {low_detail}"
+        b = self.build
+        achieved_mg_per_day = (
+            b.achieved_mg_per_day
+            if b is not None
+            else Decimal(str((self.s.build or {})["achieved_mg_per_day"]))
+        )
+        kind, detail = check_limits(achieved_mg_per_day, order.weight_kg, setting)
+        if kind == "ok" and low_kind == "soft":
+            return "soft", f"ordered {low_detail}"
+        return kind, detail
+
+    def why_not_use_setting(self, setting: DrugSetting) -> str | None:
+        """Why ``setting`` may not take effect now: the order in force breaks its hard
+        limit (None: it may)."""
+        kind, detail = self.order_against(setting)
+        if kind != "hard":
+            return None
+        return (
+            f"not accepted: the order in force breaks the hard limit of library "
+            f"{short_version(setting.version)}: {detail}; the order must be changed first "
+            "(the library stays pending)"
+        )
+
+    def use_setting(self, setting: DrugSetting) -> str | None:
+        """Switch to ``setting`` once its acceptance is logged (``setting_accept``).
+
+        Every later build and check uses it: titration, the hang-by of bags compounded
+        from now on, the watchdog's leads. The infusion in progress is not touched: no pump
+        command, no state change, and bags already compounded keep their build and their
+        beyond-use time. Returns the soft-limit warning for the order in force, or None.
+        """
+        old = self.setting
+        kind, detail = self.order_against(setting)  # (keeps the build in force as made)
+        for bag in self.s.bags.values():
+            if bag.compounded_s is not None:
+                self.beyond_use_h_by_bag.setdefault(bag.n, old.beyond_use_h)
+        planner = LeadPlanner(setting)
+        for stage, seen_s in self.planner.observed.items():  # staff times carry over
+            for seconds in seen_s:
+                planner.observe(stage, seconds)
+        self.setting = setting
+        self.planner = self.watchdog.planner = planner
+        cur, end_s = self.s.current_bag, self.watchdog.projected_end_s
+        if cur is not None and end_s is not None:  # the same end, the new leads
+            self.watchdog.schedule(cur.n, end_s, self.s.fired.get(cur.n, []))
+        nb = self.s.next_bag
+        if nb is not None:
+            self._arm_hang_by(nb)
+        return soft_review(kind, detail)
+
     def stop_record(self) -> None:
         """Log that the controller stops supervising now (the pump keeps running)."""
         self._emit(E.RUN_END, {"end_s": round(self.clock.now(), 3), "controller_stopped": True})
@@ -224,6 +291,14 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
             "link_ok": self.s.link_ok,
             "line_primed": self.s.line_primed,
         }
+
+
+def soft_review(kind: str, detail: str) -> str | None:
+    """The line a nurse sees when the order in force breaks a soft limit of a library she
+    accepts (``kind`` and ``detail`` from ``Controller.order_against``), else None."""
+    if kind != "soft":
+        return None
+    return f"the order in force needs review by a pharmacist or prescriber: {detail}"
 
 
 def restore(ctl: Controller, operator: str = "system") -> dict[str, Any]:
@@ -310,4 +385,4 @@ def _replay_observations(ctl: Controller, events: list[Event]) -> None:
             ctl.planner.observe(Stage.PREPARE, ev.t_s - prompts[int(d["id"])])
 
 
-__all__ = ["Controller", "restore"]
+__all__ = ["Controller", "restore", "soft_review"]

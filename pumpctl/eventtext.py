@@ -229,6 +229,13 @@ def describe(ev: EventLike) -> tuple[str, str]:
         style = "bold"
     elif e == "setting_install":
         text = f"setting {d.get('name')} {d.get('version')} installed"
+        if d.get("pending"):
+            text += " (pending: a nurse accepts it at the pump)"
+    elif e == "setting_accept":
+        text = f"setting {d.get('name')} {d.get('version')} accepted at the pump"
+        if d.get("order_review"):
+            text += f"; order in force needs review: {d['order_review']}"
+        style = "bold"
     else:
         tail = details(d)
         text = words(e) + (f": {tail}" if tail else "")

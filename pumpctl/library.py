@@ -8,11 +8,12 @@ every load), never from the file it was installed from.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 from pumpctl import roster, signing
-from pumpctl.errors import InputError
+from pumpctl.errors import InputError, RefusedError
 from pumpctl.eventlog import EventLog, is_demo
 from pumpctl.setting import DrugSetting, setting_from_raw, short_version
 
@@ -110,14 +111,23 @@ def _check_stored_signatures(log: EventLog, setting: DrugSetting, sigs: list[Any
 def _versions(log: EventLog) -> tuple[str | None, str | None]:
     """(active, pending) versions, from the sealed ``setting_install``/``setting_accept``
     events (a table or meta row edited outside pumpctl cannot change them)."""
+    return _walk(log)[:2]
+
+
+def _walk(log: EventLog) -> tuple[str | None, str | None, dict[int, str | None]]:
+    """(active, pending, bag -> the version active when it was compounded)."""
     active = pending = None
+    made_under: dict[int, str | None] = {}
     rows = log.db.execute(
-        "SELECT event, detail FROM events WHERE event IN ('setting_install', 'setting_accept') "
-        "ORDER BY id"
+        "SELECT event, detail FROM events WHERE event IN "
+        "('setting_install', 'setting_accept', 'bag_compounded') ORDER BY id"
     )
     for event, detail in rows:
         try:
             d = json.loads(detail)
+            if event == "bag_compounded":
+                made_under[int(d["bag"])] = active
+                continue
             version = str(d["version"])
         except (ValueError, TypeError, KeyError, RecursionError):
             continue
@@ -127,7 +137,22 @@ def _versions(log: EventLog) -> tuple[str | None, str | None]:
             active = version
             if version == pending or event == "setting_install":
                 pending = None
-    return active, pending
+    return active, pending, made_under
+
+
+def beyond_use_by_bag(log: EventLog) -> dict[int, float]:
+    """Bag -> beyond-use hours, for the bags compounded under a library that was since
+    replaced by an accepted one: they keep that library's dating (as built)."""
+    active, _pending, made_under = _walk(log)
+    out: dict[int, float] = {}
+    for bag_n, version in made_under.items():
+        if version is None or version == active:
+            continue
+        try:
+            out[bag_n] = _stored(log, version)[0].beyond_use_h
+        except InputError:  # not stored any more: the active library's dating applies
+            continue
+    return out
 
 
 def active_version(log: EventLog) -> str | None:
@@ -158,11 +183,20 @@ def pending_setting(log: EventLog) -> DrugSetting | None:
     return setting
 
 
-def accept_pending(log: EventLog, operator: str, t_s: float = 0.0) -> DrugSetting:
+def accept_pending(
+    log: EventLog,
+    operator: str,
+    t_s: float = 0.0,
+    why_not: Callable[[DrugSetting], str | None] | None = None,
+    emit: Callable[[str, dict[str, Any], str], object] | None = None,
+) -> DrugSetting:
     """A nurse accepts the pending setting at the pump: it becomes active (logged first).
 
-    The caller authenticates the operator; this checks their role. The controller calls
-    it, then switches to the returned setting.
+    The caller authenticates the operator; this checks their role, then ``why_not`` (the
+    controller's check of the order in force against the new limits): a reason refuses
+    the acceptance (``RefusedError``) and nothing is logged. ``emit(kind, detail,
+    operator)`` logs the event (the controller's, so its listeners see it; default: a
+    plain append). The controller calls it, then switches to the returned setting.
     """
     role = roster.role_of(log, operator)
     if role is None:
@@ -171,15 +205,13 @@ def accept_pending(log: EventLog, operator: str, t_s: float = 0.0) -> DrugSettin
     setting = pending_setting(log)
     if setting is None:
         raise InputError(f"{log.path}: no setting is waiting to be accepted")
-    previous = active_version(log)
-    log.append(
-        t_s,
-        "-",
-        "-",
-        "setting_accept",
-        {"name": setting.name, "version": setting.version, "previous": previous},
-        operator,
-    )
+    if why_not is not None and (reason := why_not(setting)) is not None:
+        raise RefusedError(reason)
+    detail = {"name": setting.name, "version": setting.version, "previous": active_version(log)}
+    if emit is None:
+        log.append(t_s, "-", "-", "setting_accept", detail, operator)
+    else:
+        emit("setting_accept", detail, operator)
     return setting
 
 

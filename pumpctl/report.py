@@ -187,10 +187,10 @@ def build_result(
     first: dict[str, Any] | None = None  # the first program's detail
     segs: list[dict[str, Any]] = []  # delivery segments (read, never changed)
     doses: list[EventLike] = []  # the program and the titrations
-    install: str | None = None  # the last setting installed
+    install: str | None = None  # the active setting: installed, or accepted at the pump
     run_end, segment, state_kind, program = E.RUN_END, E.DELIVERY_SEGMENT, E.STATE, E.PROGRAM
-    titration, setting_install = E.TITRATION, E.SETTING_INSTALL
-    read = {state_kind, run_end, program, titration, setting_install}  # besides segments
+    titration, setting_install, setting_accept = E.TITRATION, E.SETTING_INSTALL, E.SETTING_ACCEPT
+    read = {state_kind, run_end, program, titration, setting_install, setting_accept}
     for e in events:  # one pass for what is read off single events
         kind = e.event
         if kind == segment:
@@ -212,7 +212,7 @@ def build_result(
             doses.append(e)
             if kind == program and first is None:
                 first = e.detail
-        elif kind == setting_install:
+        elif kind == setting_accept or not e.detail.get("pending"):  # (pending: not yet)
             install = e.detail.get("version")
     if meta.get("controller_stopped"):  # a live run: it went on until its last event
         end = max(float(meta["end_s"]), last_t)

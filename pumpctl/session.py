@@ -105,15 +105,33 @@ class Session:
         """A library installed during this run, waiting for a nurse to accept it."""
         return library.pending_setting(self.log)
 
-    def accept_setting(self, operator: str) -> DrugSetting:
+    def accept_setting(self, operator: str) -> tuple[DrugSetting, str | None]:
         """A nurse (authenticated by the caller) accepts the pending library at the pump.
 
-        Logged (``setting_accept``) and made the stored active version; returns it for the
-        controller to switch to.
+        Refused (``RefusedError``; only the refusal is logged, the library stays pending)
+        if the order in force breaks the new hard limit. Else logged (``setting_accept``),
+        made the stored active version and the controller's; the infusion runs on. Returns
+        the new setting and, if the order in force breaks a new soft limit, the line asking
+        for its review (also in the event's ``order_review``).
         """
-        new = library.accept_pending(self.log, operator, self.clock.now())
+        ctl = self.controller
+        review: dict[str, str] = {}
+
+        def why_not(new: DrugSetting) -> str | None:
+            kind, detail = ctl.order_against(new)
+            if kind == "soft":
+                review["order_review"] = detail
+            reason = ctl.why_not_use_setting(new)
+            if reason is not None:  # logged like every refused request
+                ctl._refuse("accept_setting", reason, operator)
+            return reason
+
+        def emit(kind: str, detail: dict[str, Any], op: str) -> object:
+            return ctl._emit(kind, {**detail, **review}, op)
+
+        new = library.accept_pending(self.log, operator, self.clock.now(), why_not, emit)
         self.setting = new
-        return new
+        return new, ctl.use_setting(new)
 
     def close(self) -> int:
         """Stop timers, close the link, release the lease and close the database; the pump
@@ -284,6 +302,7 @@ def _open(
         timeout = ne.safe_timeout_s
         poll_s = max(min(timeout / 3.0, 2.0), 0.5) if timeout else 2.0
     ctl = Controller(clock, driver, log, setting, model=model, poll_s=poll_s)
+    ctl.beyond_use_h_by_bag.update(library.beyond_use_by_bag(log))
     resumed = restore(ctl) if programmed else None
     return Session(clock, log, setting, model, driver, ctl, resumed, new_run=not programmed)
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
+from pumpctl import signing
+from pumpctl.cli import main
 from pumpctl.clock import SimClock
 from pumpctl.controller import Controller
 from pumpctl.drivers.sim import SimDriver
 from pumpctl.eventlog import MemoryEventLog
 from pumpctl.order import Order
-from pumpctl.setting import DrugSetting, PumpModel
+from pumpctl.setting import DrugSetting, PumpModel, load_setting, profiles_dir
+
+SHIPPED_SETTING = profiles_dir() / "anakinra_continuous.toml"
 
 BASE_SCENARIO = """
 [scenario]
@@ -91,6 +95,49 @@ class Rig:
 
     def events(self, name: str) -> list:
         return [e for e in self.log.events() if e.event == name]
+
+
+def signed_variant(tmp: Path, *edits: tuple[str, str], name: str = "lib.toml") -> Path:
+    """The shipped setting with ``edits`` (old, new text), signed by the demo keys."""
+    text = SHIPPED_SETTING.read_text()
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp / name
+    path.write_text(text)
+    for role in signing.SIGN_ROLES:
+        key = signing.DEMO_KEY_DIR / f"demo_{role}.key"
+        assert main(["setting", "sign", str(path), "--key", str(key), "--role", role]) == 0
+    return path
+
+
+def db_with_pending_library(
+    tmp: Path, *edits: tuple[str, str], run_h: float | None = None
+) -> tuple[Path, DrugSetting]:
+    """A DEMO database with a run of 600 mg/day at 70 kg by ``rn-demo`` and, installed
+    after it by ``biomed-demo``, the shipped setting with ``edits``: pending.
+
+    ``run_h``: the run goes on ``pumpctl run --sim --speed 3600`` for that many hours
+    (staff simulated); None: only programmed, at speed 1. The caller sets
+    ``PUMPCTL_OPERATOR_SECRET=demo``.
+    """
+    from pumpctl.session import open_session
+
+    db = tmp / "run.db"
+    assert main(["setting", "install", str(SHIPPED_SETTING), "--db", str(db), "--demo"]) == 0
+    if run_h is None:
+        sess = open_session(db, speed=1.0)
+        try:
+            assert sess.controller.program(Order(Decimal(600), Decimal(70)), "rn-demo") is None
+        finally:
+            sess.close()
+    else:
+        run = ["run", "--sim", "--db", str(db), "--speed", "3600", "--until-h", str(run_h)]
+        order = ["--dose-mg-per-day", "600", "--weight-kg", "70", "--operator", "rn-demo"]
+        assert main([*run, *order]) == 0
+    lib = signed_variant(tmp, *edits)
+    assert main(["setting", "install", str(lib), "--db", str(db), "--operator", "biomed-demo"]) == 0
+    return db, load_setting(lib)
 
 
 class FakePort:

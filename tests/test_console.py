@@ -535,3 +535,68 @@ async def test_event_lines_are_readable(bench: Bench) -> None:
         lines = app.query_one("#log").lines_shown
         assert any("idle → priming (prime): bag 1, light-protected" in x for x in lines)
         assert not any("=True" in x or "=False" in x or "{" in x for x in lines)
+
+
+@pytest.mark.asyncio
+async def test_a_nurse_accepts_a_pending_library_at_the_console(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pumpctl import library
+    from pumpctl.console.app import AcceptLibraryScreen
+    from pumpctl.session import open_session
+    from tests.helpers import db_with_pending_library
+
+    monkeypatch.setenv("PUMPCTL_OPERATOR_SECRET", "demo")
+    monkeypatch.delenv("PUMPCTL_KEY_DIR", raising=False)
+    soft = ("upper_soft_mg_per_day = 2400", "upper_soft_mg_per_day = 2200")
+    db, new = db_with_pending_library(tmp_path, soft, ("escalate_min = 10 ", "escalate_min = 12 "))
+    sess = open_session(db, speed=1.0)
+    old = sess.controller.setting
+    app = ConsoleApp(sess, operator="rn-demo", bell=False)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            header = svg_rows(app)[0]  # as the terminal shows it (100 columns)
+            assert f"library {new.version[:19]} pending: accept with l" in header
+            await pilot.press("l")
+            dialog = app.screen
+            assert isinstance(dialog, AcceptLibraryScreen)
+            body = screen(app)
+            lines = [ln for ln in body.splitlines() if "->" in ln]
+            assert "limits.upper_soft_mg_per_day: 2400 -> 2200" in lines[0]  # limits first
+            assert "watchdog.escalate_min: 10 -> 12" in lines[1]
+            assert "LIMIT CHECK OK" in body
+
+            async def attempt(operator: str, secret: str) -> str:
+                dialog.query_one("#accept-op", Input).value = operator
+                dialog.query_one("#secret", Input).value = secret
+                await pilot.click("#ok")
+                await pilot.pause()
+                return str(dialog.query_one("#msg").render()) if dialog.is_attached else ""
+
+            assert await attempt("rn-demo", "wrong") == "wrong secret for operator 'rn-demo'"
+            refused = await attempt("biomed-demo", "demo")
+            assert "may not accept setting; allowed roles: nurse, charge_nurse" in refused
+            assert app.screen is dialog and dialog.query_one("#secret", Input).value == ""
+            assert sess.controller.setting is old and sess.pending_setting() is not None
+            assert not [e for e in sess.log.events() if e.event == "setting_accept"]
+
+            await attempt("rn-demo", "demo")
+            assert not isinstance(app.screen, AcceptLibraryScreen)
+            app.refresh_view()
+            await pilot.pause()
+            assert "pending" not in app.query_one("#header").shown
+            assert f"setting {new.version[:19]}" in app.query_one("#header").shown
+            said = app.query_one("#message").shown
+            assert f"library {new.version[:19]} accepted by rn-demo" in said
+            assert sess.controller.setting.version == new.version
+            assert library.active_version(sess.log) == new.version
+            (ev,) = [e for e in sess.log.events() if e.event == "setting_accept"]
+            assert ev.operator == "rn-demo" and ev.detail["previous"] == old.version
+            assert any("accepted at the pump" in x for x in app.query_one("#log").lines_shown)
+            await pilot.press("l")  # nothing is waiting any more
+            await pilot.pause()
+            assert not isinstance(app.screen, AcceptLibraryScreen)
+            assert "no library is waiting to be accepted" in screen(app)
+    finally:
+        sess.close()

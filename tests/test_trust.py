@@ -243,8 +243,9 @@ def test_setting_installed_during_a_run_waits_for_a_nurse(tmp_path, capsys):
         assert pending is not None and pending.version == new_version
         with pytest.raises(roster.NotPermittedError):
             sess.accept_setting("biomed-demo")
-        accepted = sess.accept_setting("rn-demo")
+        accepted, review = sess.accept_setting("rn-demo")
         assert accepted.version == new_version and sess.pending_setting() is None
+        assert review is None and sess.controller.setting.version == new_version
         ev = [e for e in sess.log.events() if e.event == "setting_accept"]
         assert ev[-1].operator == "rn-demo" and ev[-1].detail["version"] == new_version
     finally:

@@ -171,6 +171,7 @@ class ChannelBase:
     _relay: RelayPair | None
     _storage_timer: TimerHandle | None
     _storage_also: Any
+    beyond_use_h_by_bag: dict[int, float]
 
     # ------------------------------------------------------------ state views
     @property
@@ -229,6 +230,9 @@ class ChannelBase:
         pharmacist released the bag past its hang-by time)."""
         if bag.compounded_s is None or bag.released_by is not None:
             return None
+        pinned = self.beyond_use_h_by_bag  # bags made under a library since replaced
+        if pinned and bag.n in pinned:
+            return bag.compounded_s + pinned[bag.n] * 3600.0
         return bag.compounded_s + self.setting.beyond_use_h * 3600.0
 
     # ------------------------------------------------------------------ log

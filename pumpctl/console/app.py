@@ -11,6 +11,7 @@ requested bags.
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
@@ -24,6 +25,7 @@ from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Static
 
+from pumpctl import library, roster
 from pumpctl.alarms import Alarm
 from pumpctl.clock import Clock
 from pumpctl.console.widgets import (
@@ -39,13 +41,14 @@ from pumpctl.console.widgets import (
     g,
     min_sec,
 )
-from pumpctl.controller import Controller
+from pumpctl.controller import Controller, soft_review
 from pumpctl.drivers.base import PumpDriver, PumpStatus
 from pumpctl.drivers.sim import SimDriver
 from pumpctl.errors import InputError, OverrideRequiredError, PumpctlError, RefusedError
 from pumpctl.eventlog import Event, is_demo
 from pumpctl.machine import State
 from pumpctl.order import Build, Order, build, to_decimal
+from pumpctl.setting import DrugSetting, short_version
 from pumpctl.sim.scenario import DEFAULT_HANG_LEAD_S, Dist
 from pumpctl.sim.staff import Nurse, Pharmacy, World
 
@@ -196,6 +199,8 @@ ModalScreen { align: center middle; background: $background 60%; }
 #override Input { background: $boost; }
 #override #reason { width: 1fr; }
 #override #override-op { width: 12; }
+#auth { grid-size: 4; grid-columns: 14 1fr 10 1fr; grid-rows: 1; grid-gutter: 0 1; height: 1; }
+#auth Input { background: $boost; }
 """
 
 
@@ -536,6 +541,107 @@ class OrderScreen(ModalScreen[None]):
             self.console.say(f"refused: {reason}", ok=False)
 
 
+class AcceptLibraryScreen(ModalScreen[None]):
+    """Accept the drug library installed during the run: what changes (limits first) and
+    how the order in force stands against it, then the nurse's operator id and secret
+    (checked against the roster for the ``accept_setting`` act) before anything is sent.
+    """
+
+    BINDINGS = [Binding("escape", "cancel", "cancel")]
+    MAX_CHANGE_LINES = 12
+
+    def __init__(self, console: ConsoleApp, new: DrugSetting) -> None:
+        super().__init__()
+        self.console, self.new = console, new
+        self.ctl = console.ctl
+
+    def body(self) -> Text:
+        """What is replaced, the changes (limits first), the order in force against it."""
+        ctl, new = self.ctl, self.new
+        t = Text(no_wrap=False)
+        t.append(
+            f"'{new.name}' {short_version(new.version)} replaces "
+            f"{short_version(ctl.setting.version)}. The infusion runs on; the new library "
+            "applies to every later build and check. Bags already made stay as built.\n"
+        )
+        lines = library.changes(ctl.setting, new)
+        t.append(f"Changes ({len(lines)} line(s), limits first):\n", style="bold")
+        for line in lines[: self.MAX_CHANGE_LINES]:
+            t.append(line + "\n")
+        if len(lines) > self.MAX_CHANGE_LINES:
+            t.append(f"  ... and {len(lines) - self.MAX_CHANGE_LINES} more\n")
+        kind, detail = ctl.order_against(new)
+        if kind == "hard":
+            t.append("REFUSED: ", style="bold white on red")
+            t.append(f" the order in force breaks its hard limit: {detail}", style="bold red")
+        elif kind == "soft":
+            t.append("SOFT LIMIT: ", style="bold black on yellow")
+            t.append(f" {soft_review(kind, detail)}")
+        else:
+            t.append("LIMIT CHECK OK: ", style="bold green")
+            t.append(f"order in force: {detail}")
+        return t
+
+    def compose(self) -> ComposeResult:
+        """Title, changes, operator id and secret, message, buttons."""
+        with Vertical(id="dialog"):
+            yield Static(
+                f"ACCEPT DRUG LIBRARY {short_version(self.new.version)} (nurse or charge nurse)",
+                classes="title",
+            )
+            yield Static(self.body(), classes="body")
+            with Grid(id="auth"):
+                yield Label("Operator id")
+                yield Input(self.console.operator, id="accept-op", compact=True)
+                yield Label("Secret")
+                yield Input("", id="secret", password=True, compact=True)
+            yield Static("", id="msg", classes="msg")
+            with Horizontal(classes="buttons"):
+                yield Button("Accept (enter)", id="ok", variant="primary")
+                yield Button("Cancel (esc)", id="cancel")
+
+    def on_mount(self) -> None:
+        """Focus the secret (the operator id is prefilled)."""
+        self.query_one("#secret", Input).focus()
+
+    def submit(self) -> None:
+        """Authenticate, then accept: logged first, then the controller switches."""
+        op = self.query_one("#accept-op", Input).value.strip()
+        secret_input = self.query_one("#secret", Input)
+        secret, secret_input.value = secret_input.value, ""
+        console = self.console
+        accept = getattr(console.session, "accept_setting", None)
+        try:
+            if accept is None:
+                raise InputError("this console's session cannot accept a library")
+            roster.authenticate(self.ctl.log, op, secret, "accept_setting")
+            new, review = accept(op)
+        except PumpctlError as exc:
+            self.query_one("#msg", Static).update(str(exc))
+            console.say(f"library not accepted: {exc}", ok=False)
+            return
+        console.check_pending()
+        done = f"library {short_version(new.version)} accepted by {op}; the infusion runs on"
+        console.say(done if review is None else f"{done}; {review}", ok=review is None)
+        self.dismiss(None)
+
+    def on_input_submitted(self, _event: Input.Submitted) -> None:
+        """Enter submits."""
+        self.submit()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        """Accept or cancel."""
+        if event.button.id == "ok":
+            self.submit()
+        else:
+            self.action_cancel()
+
+    def action_cancel(self) -> None:
+        """Close; nothing is sent and the library stays pending."""
+        self.console.say("cancelled; the library stays pending")
+        self.dismiss(None)
+
+
 # --------------------------------------------------------------------------- the app
 _APP_CSS = """
 Screen { layout: vertical; }
@@ -579,6 +685,7 @@ class ConsoleApp(App[None]):
         Binding("m", "silence", "silence"),
         Binding("e", "reorder", "re-order bag"),
         Binding("x", "stop", "stop"),
+        Binding("l", "accept_library", "accept library"),
         Binding("n", "auto_nurse", "auto nurse"),
         Binding("o", "occlusion", "sim occlusion"),
         Binding("q", "quit_console", "quit"),
@@ -635,6 +742,8 @@ class ConsoleApp(App[None]):
         self._status_seen: PumpStatus | None = None
         self._status_t_s = 0.0
         self.view: ChannelView | None = None
+        self.pending: DrugSetting | None = None  # a library waiting for a nurse (l)
+        self._pending_every = max(round(2.0 / tick_s), 1)  # ticks between looks (~2 s)
 
     # -- layout -------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -659,6 +768,7 @@ class ConsoleApp(App[None]):
         self._unsubscribe = self.ctl.subscribe(self._on_event)
         self.call_after_refresh(self._load_history)  # once the log view has its width
         self.say(f"operator {self.operator}: keys below; the controller logs every action")
+        self.check_pending()
         self.refresh_view()
         self.set_interval(self.tick_s, self._tick)
         if self.ask_operator:
@@ -763,6 +873,8 @@ class ConsoleApp(App[None]):
         if callable(run_pending):
             run_pending()  # fire due timers (watchdog, pump events, pharmacy) without blocking
         self._ticks += 1
+        if self._ticks % self._pending_every == 0:
+            self.check_pending()
         self.refresh_view()
         v = self.view
         if (
@@ -785,6 +897,18 @@ class ConsoleApp(App[None]):
                 log.add(ev)
             else:
                 log.pending.append(ev)
+
+    def check_pending(self) -> None:
+        """Look for a library installed during the run (``pumpctl setting install`` may
+        run beside the console); a session without a database has none."""
+        pending_setting = getattr(self.session, "pending_setting", None)
+        if pending_setting is None:
+            return
+        try:
+            self.pending = pending_setting()
+        except (PumpctlError, sqlite3.Error) as exc:
+            self.pending = None
+            self.say(f"the pending library cannot be read: {exc}", ok=False)
 
     def refresh_view(self) -> None:
         """Redraw every panel from the controller now."""
@@ -876,6 +1000,7 @@ class ConsoleApp(App[None]):
             alarms=alarms,
             keys=self._keys(),
             paused=self.clock_paused,
+            pending_version=None if self.pending is None else self.pending.version,
         )
 
     @staticmethod
@@ -1301,6 +1426,15 @@ class ConsoleApp(App[None]):
             after,
         )
 
+    def action_accept_library(self) -> None:
+        """l: accept the library installed during the run (nurse id and secret asked)."""
+        self.check_pending()
+        if self.pending is None:
+            self.say("no library is waiting to be accepted")
+            self.refresh_view()
+            return
+        self.push_screen(AcceptLibraryScreen(self, self.pending), lambda _r: self.refresh_view())
+
     def action_auto_nurse(self) -> None:
         """n: switch the simulated nurse on or off (simulated pump only)."""
         if self.nurse is None:
@@ -1338,4 +1472,4 @@ class ConsoleApp(App[None]):
         )
 
 
-__all__ = ["AutoNurse", "ConsoleApp", "ConsoleSession"]
+__all__ = ["AcceptLibraryScreen", "AutoNurse", "ConsoleApp", "ConsoleSession"]

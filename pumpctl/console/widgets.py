@@ -96,6 +96,7 @@ class ChannelView:
     keys: list[tuple[str, str, bool]] = field(default_factory=list)
     paused: bool = False  # simulated time stands still (space, or a dialog is open)
     demo: bool = False  # a DEMO database (demo keys and roster): the header says so
+    pending_version: str | None = None  # a library installed during the run, not accepted
 
 
 # --------------------------------------------------------------------------- widgets
@@ -125,6 +126,12 @@ class HeaderBar(Shown):
             t.append(" ")
         t.append(f" {v.drug.upper()} ", style="bold black on white")
         t.append(f" setting {v.setting_version[:19]} ", style="bold")
+        if v.pending_version:
+            t.append(
+                f" library {v.pending_version[:19]} pending: accept with l ",
+                style="bold black on yellow",
+            )
+            t.append(" ")
         t.append(f"│ {v.pump_label} ")
         t.append(f"│ RN {v.operator} ", style="bold")
         t.append(f"│ t {hms(v.t_s)} ")
