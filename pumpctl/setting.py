@@ -942,12 +942,50 @@ def _pump_from_raw(raw: dict[str, Any], path: Path) -> PumpModel:
     )
 
 
+def programmable_vtbi_ml(
+    content_ml: float, prime_ml: float, stated_pct: float, step_ml: float
+) -> float:
+    """The most a pump may be told to infuse from a bag holding ``content_ml``: what is left
+    after priming the line (``prime_ml``: the first bag of a line; 0 for the others), at
+    the pump's worst stated over-delivery (``stated_pct``, e.g. 5 for +/-5 %), rounded down
+    to the pump's step. Zero or less: the bag cannot start the line."""
+    usable = (content_ml - prime_ml) / (1.0 + stated_pct / 100.0)
+    return math.floor(usable / step_ml + 1e-9) * step_ml
+
+
+def smallest_content_ml(setting: DrugSetting, bag_ml: int) -> Decimal:
+    """The least a bag of this size can hold: the bag, its overfill and the fewest dose
+    steps (syringes, or measured ``dose_resolution_mg``) that reach the lowest concentration."""
+    step = setting.dose_resolution_mg
+    k = max(Decimal(1), -(-(setting.conc_min_mg_per_ml * bag_ml) // step))
+    drug_ml = k * step / setting.syringe_mg * setting.syringe_ml
+    return Decimal(bag_ml) + setting.overfill_ml(bag_ml) + drug_ml
+
+
 def check_fits(setting: DrugSetting, model: PumpModel) -> None:
-    """Every bag of the setting (with overfill and drug) must fit the pump's reservoir."""
-    fits = ("fits_reservoir_ml", model.reservoir_capacity_ml)  # all the check depends on
+    """Every bag of the setting (with overfill and drug) must fit the pump's reservoir, and
+    even its smallest content must prime the pump's line and leave a volume to infuse."""
+    step = model.limits.resolution_ml_per_h
+    fits = (  # all the check depends on
+        "fits_pump",
+        model.reservoir_capacity_ml,
+        model.prime_ml,
+        model.stated_accuracy_pct,
+        step,
+    )
     if setting.memo.get(fits):
         return
     for bag in setting.bag_sizes_ml:
+        least = smallest_content_ml(setting, bag)
+        if programmable_vtbi_ml(float(least), model.prime_ml, model.stated_accuracy_pct, step) <= 0:
+            need = model.prime_ml + step * (1.0 + model.stated_accuracy_pct / 100.0)
+            raise InputError(
+                f"{setting.path}: a {bag} mL bag may hold only {least.normalize():f} mL, which "
+                f"cannot prime the {model.prime_ml:g} mL line of pump '{model.name}' "
+                f"({model.path}) and leave a volume to infuse at its +/-"
+                f"{model.stated_accuracy_pct:g} % accuracy; allowed: bag sizes that always "
+                f"hold at least {need:g} mL"
+            )
         most_mg = setting.conc_max_mg_per_ml * bag
         drug_ml = most_mg / setting.syringe_mg * setting.syringe_ml
         full = Decimal(bag) + setting.overfill_ml(bag) + drug_ml

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +206,42 @@ def test_missing_watchdog_plan_key_is_not_replaced_by_a_weaker_default(tmp_path)
     assert str(exc.value) == (
         f"{bad}: missing key 'watchdog.plan_percentile'; allowed: a number >= 50 and <= 100"
     )
+
+
+# -- a bag must be able to prime the pump's line ------------------------------------
+PEDIATRIC = profiles_dir() / "anakinra_continuous_pediatric.toml"
+
+
+def test_check_refuses_a_bag_that_cannot_prime_the_line(capsys):
+    """Pediatric 10 mL bags (10.067 mL at the least) on the LVP's 15 mL line: the first
+    bag's VTBI would be (10.067 - 15) / 1.05 < 0. Refused by `setting check SETTING PUMP`."""
+    assert main(["setting", "check", str(PEDIATRIC), str(LVP)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "a 10 mL bag may hold only 10.067 mL" in err[0]
+    assert "15 mL line of pump 'Generic LVP'" in err[0]
+    assert "allowed: bag sizes that always hold at least 15.105 mL" in err[0]
+
+
+def test_prime_check_uses_the_controllers_vtbi_figures(setting, lvp):
+    """The smallest adult bag (50 mL + 5 overfill + one 0.67 mL syringe = 55.67 mL) at
+    +/-5 % and a 0.1 mL step: a 55.5 mL prime leaves 0.1 mL to infuse, 55.6 mL nothing."""
+    from pumpctl.setting import check_fits, programmable_vtbi_ml, smallest_content_ml
+
+    assert smallest_content_ml(setting, 50) == Decimal("55.67")
+    assert programmable_vtbi_ml(55.67, 55.5, 5.0, 0.1) == pytest.approx(0.1)
+    check_fits(setting, dataclasses.replace(lvp, prime_ml=55.5))
+    with pytest.raises(InputError, match="a 50 mL bag may hold only 55.67 mL"):
+        check_fits(setting, dataclasses.replace(lvp, prime_ml=55.6))
+
+
+def test_scenario_whose_bag_cannot_prime_the_line_is_bad_input(tmp_path, capsys):
+    """The tester's scenario: 2.5 kg, 30 mg/day in 10 mL bags, pediatric setting, LVP."""
+    from tests.helpers import write_scenario
+
+    sc = write_scenario(tmp_path, duration_h=24, dose=30)
+    text = sc.read_text().replace('"anakinra_continuous"', '"anakinra_continuous_pediatric"')
+    sc.write_text(text.replace("bag_ml = 100", "bag_ml = 10").replace("= 70\n", "= 2.5\n"))
+    assert main(["simulate", str(sc), "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot prime the 15 mL line" in err[0], err
