@@ -28,6 +28,7 @@ class AlarmKind(enum.StrEnum):
     NO_BAG_READY = "no_bag_ready"
     BAG_PAST_HANG_BY = "bag_past_hang_by"
     BAG_BEYOND_USE = "bag_beyond_use"
+    LINE_CANNOT_START = "line_cannot_start"
     BAG_EMPTY = "bag_empty"
     OCCLUSION = "occlusion"
     AIR_IN_LINE = "air_in_line"
@@ -78,6 +79,11 @@ SPECS: dict[AlarmKind, AlarmSpec] = {
     ),
     AlarmKind.BAG_BEYOND_USE: AlarmSpec(
         _M, False, "running bag reaches its beyond-use time before it ends: change it by then"
+    ),
+    # High, not flow-stopping: no flow ever started (nothing to resume); the bag cannot
+    # prime the line and leave a volume to infuse, so the infusion cannot begin at all.
+    AlarmKind.LINE_CANNOT_START: AlarmSpec(
+        _H, False, "line cannot start: the bag cannot prime the line and leave a volume to infuse"
     ),
     AlarmKind.BAG_EMPTY: AlarmSpec(_H, True, "bag empty: infusion interrupted"),
     AlarmKind.OCCLUSION: AlarmSpec(_H, True, "occlusion: flow stopped"),

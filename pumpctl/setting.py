@@ -50,6 +50,10 @@ _PROFILES_DIR: list[Path] = []
 class Spec:
     required = True
 
+    def allowed(self) -> str:
+        """What the key takes, for the "missing key" line."""
+        return "a value"
+
     def check(self, value: Any, where: str) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -97,10 +101,11 @@ class Str(Spec):
     def __init__(self, choices: tuple[str, ...] = (), *, required: bool = True) -> None:
         self.choices, self.required = choices, required
 
+    def allowed(self) -> str:
+        return " or ".join(repr(c) for c in self.choices) if self.choices else "a non-empty string"
+
     def check(self, value: Any, where: str) -> Any:
-        allowed = (
-            " or ".join(repr(c) for c in self.choices) if self.choices else "a non-empty string"
-        )
+        allowed = self.allowed()
         if not isinstance(value, str) or not value.strip():
             raise InputError(f"{where} = {value!r} has the wrong type; allowed: {allowed}")
         if self.choices and value not in self.choices:
@@ -124,6 +129,9 @@ class Bool(Spec):
     def __init__(self, *, required: bool = True) -> None:
         self.required = required
 
+    def allowed(self) -> str:
+        return "true or false"
+
     def check(self, value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise InputError(f"{where} = {value!r} has the wrong type; allowed: true or false")
@@ -135,6 +143,9 @@ class NumList(Spec):
 
     def __init__(self, item: Num, *, required: bool = True) -> None:
         self.item, self.required = item, required
+
+    def allowed(self) -> str:
+        return f"a non-empty list of numbers, each {self.item.allowed()}"
 
     def check(self, value: Any, where: str) -> Any:
         if not isinstance(value, list) or not value:
@@ -155,6 +166,9 @@ class Table(Spec):
     def __init__(self, fields: dict[str, Spec], *, required: bool = True) -> None:
         self.fields, self.required = fields, required
 
+    def allowed(self) -> str:
+        return f"a table with the keys {', '.join(self.fields)}"
+
     def check(self, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise InputError(f"{where} = {value!r} has the wrong type; allowed: a table")
@@ -167,7 +181,7 @@ class Table(Spec):
         for key, spec in self.fields.items():
             if key not in value:
                 if spec.required:
-                    raise InputError(f"missing key '{prefix}{key}'")
+                    raise InputError(f"missing key '{prefix}{key}'; allowed: {spec.allowed()}")
                 continue
             spec.check(value[key], f"{prefix}{key}")
         return value
@@ -189,6 +203,9 @@ _LIMIT_FIELDS: dict[str, Spec] = {
     for unit in LIMIT_UNITS
 }
 
+#: ``drug.dose_resolution_mg``: required by ``measure = "partial"`` (checked in ``_check_drug``)
+_DOSE_RESOLUTION = Num(0, 10000, lo_open=True, required=False)
+
 DRUG_SCHEMA = Table(
     {
         "schema_version": Num(1, 1, integer=True),
@@ -204,7 +221,7 @@ DRUG_SCHEMA = Table(
                 "restricted_formulary": Bool(),
                 # "whole_syringes": whole syringes only; "partial": measured to dose_resolution_mg
                 "measure": Str(("whole_syringes", "partial"), required=False),
-                "dose_resolution_mg": Num(0, 10000, lo_open=True, required=False),
+                "dose_resolution_mg": _DOSE_RESOLUTION,
             }
         ),
         "dosing": Table(
@@ -221,8 +238,9 @@ DRUG_SCHEMA = Table(
                 "concentration_min_mg_per_ml": Num(0, 1000, lo_open=True),
                 "concentration_max_mg_per_ml": Num(0, 1000, lo_open=True),
                 "rate_resolution_ml_per_h": Num(0.001, 10),
-                "overfill_ml": Anything(required=False),  # {bag size = mL}, checked below
-                "max_deviation_pct": Num(0, 100, required=False),
+                # {bag size = mL}, checked below; absent: no bag size has any overfill
+                "overfill_ml": Anything(required=False),
+                "max_deviation_pct": Num(0, 100),
             }
         ),
         "patient": Table(
@@ -237,8 +255,8 @@ DRUG_SCHEMA = Table(
             {
                 "light_protection": Bool(),
                 "hand_delivery": Bool(),
-                "compounding_target_min": Num(0, 24 * 60, required=False),
-                "beyond_use_h": Num(0, 24 * 30, lo_open=True, required=False),
+                "compounding_target_min": Num(0, 24 * 60),
+                "beyond_use_h": Num(0, 24 * 30, lo_open=True),
                 "bag_change_interval_min_h": Num(1, 24),
                 "bag_change_interval_max_h": Num(1, 24),
             }
@@ -250,11 +268,11 @@ DRUG_SCHEMA = Table(
                 "prepare_change_min": Num(1, 24 * 60),
                 "escalate_min": Num(0, 24 * 60, lo_open=True),
                 "silence_max_min": Num(0, 2, lo_open=True),
-                "plan_percentile": Num(50, 100, required=False),
-                "plan_margin_min": Num(0, 24 * 60, required=False),
-                "pharmacy_turnaround_seed_min": Num(0, 24 * 60, required=False),
-                "nurse_response_seed_min": Num(0, 24 * 60, required=False),
-                "plan_min_observations": Num(1, 1000, integer=True, required=False),
+                "plan_percentile": Num(50, 100),
+                "plan_margin_min": Num(0, 24 * 60),
+                "pharmacy_turnaround_seed_min": Num(0, 24 * 60),
+                "nurse_response_seed_min": Num(0, 24 * 60),
+                "plan_min_observations": Num(1, 1000, integer=True),
             }
         ),
         "titration": Table(
@@ -262,8 +280,19 @@ DRUG_SCHEMA = Table(
                 "mode": Str(("now", "next_bag")),
                 "rate_change_margin_min": Num(0, 24 * 60),
             },
-            required=False,
         ),
+    }
+)
+
+#: ``[serial]``: the link keys are optional for ``protocol = "none"`` (nothing reads them)
+#: and required for ``"newera"`` (checked in ``_pump_from_raw``).
+_SERIAL = Table(
+    {
+        "protocol": Str(("none", "newera")),
+        "baud": Num(300, 115200, integer=True, required=False),
+        "address": Num(0, 99, integer=True, required=False),
+        "syringe_diameter_mm": Num(0.1, 100, required=False),
+        "safe_timeout_s": Num(0, 255, integer=True, required=False),
     }
 )
 
@@ -294,10 +323,10 @@ PUMP_SCHEMA = Table(
             {
                 "change": Str(("running", "stopped")),
                 "buffer_ml": Num(0, 50),
-                "capacity_ml": Num(0, 100000, lo_open=True, required=False),
+                "capacity_ml": Num(0, 100000, lo_open=True),
             }
         ),
-        "line": Table({"prime_ml": Num(0, 100)}, required=False),
+        "line": Table({"prime_ml": Num(0, 100)}),
         "vtbi_complete": Table({"action": Str(("kvo", "stop")), "kvo_ml_per_h": Num(0, 50)}),
         "occlusion": Table(
             {
@@ -308,15 +337,7 @@ PUMP_SCHEMA = Table(
         ),
         "air": Table({"detect_ul": Num(0, 10000)}),
         "battery": Table({"capacity_min": Num(0, 24 * 60), "low_warning_min": Num(0, 24 * 60)}),
-        "serial": Table(
-            {
-                "protocol": Str(("none", "newera")),
-                "baud": Num(300, 115200, integer=True, required=False),
-                "address": Num(0, 99, integer=True, required=False),
-                "syringe_diameter_mm": Num(0.1, 100, required=False),
-                "safe_timeout_s": Num(0, 255, integer=True, required=False),
-            }
-        ),
+        "serial": _SERIAL,
     }
 )
 
@@ -447,7 +468,8 @@ class DrugSetting:
 
     @cached_property
     def measure(self) -> str:
-        """ "whole_syringes" (the adult protocol) or "partial" (measured doses)."""
+        """ "whole_syringes" (the adult protocol, also when the key is absent) or "partial"
+        (measured doses)."""
         return str(self.raw["drug"].get("measure", "whole_syringes"))
 
     @cached_property
@@ -459,49 +481,51 @@ class DrugSetting:
 
     @cached_property
     def dose_forms(self) -> str:
-        """Order forms accepted: mg_per_day, mg_per_kg_per_day or both."""
+        """Order forms accepted: mg_per_day, mg_per_kg_per_day or both (no ``[dosing]``
+        table: mg_per_day only, the narrower choice)."""
         return str(self.raw.get("dosing", {}).get("dose_forms", "mg_per_day"))
 
     def overfill_ml(self, bag_ml: int) -> Decimal:
-        """Manufacturer's overfill of a bag size (0 if the setting gives none)."""
-        table = self.raw["build"].get("overfill_ml", {})
-        return Decimal(str(table.get(str(bag_ml), 0)))
+        """Manufacturer's overfill of a bag size: its ``build.overfill_ml`` entry (the table
+        has one for every bag size); a setting without the table has no overfill at all."""
+        table = self.raw["build"].get("overfill_ml")
+        return Decimal(0) if table is None else Decimal(str(table[str(bag_ml)]))
 
     @cached_property
     def max_deviation_pct(self) -> Decimal:
         """Largest build deviation from the order accepted without confirmation."""
-        return Decimal(str(self.raw["build"].get("max_deviation_pct", 10)))
+        return self._d("build", "max_deviation_pct")
 
     @cached_property
     def compounding_target_min(self) -> float:
         """Pharmacy aims to finish compounding this long before the hang."""
-        return float(self.raw["handling"].get("compounding_target_min", 60))
+        return float(self.raw["handling"]["compounding_target_min"])
 
     @cached_property
     def beyond_use_h(self) -> float:
         """Beyond-use time of a compounded bag (USP <797> Category 1, room temperature)."""
-        return float(self.raw["handling"].get("beyond_use_h", 12))
+        return float(self.raw["handling"]["beyond_use_h"])
 
     @cached_property
     def titration_mode(self) -> str:
         """ "now" (rate change or STAT bag) or "next_bag" (the old behaviour)."""
-        return str(self.raw.get("titration", {}).get("mode", "now"))
+        return str(self.raw["titration"]["mode"])
 
     @cached_property
     def titration_margin_min(self) -> float:
         """A rate change must leave the bag this much longer than the pharmacy lead."""
-        return float(self.raw.get("titration", {}).get("rate_change_margin_min", 30))
+        return float(self.raw["titration"]["rate_change_margin_min"])
 
     @property
     def plan(self) -> dict[str, float]:
         """How the watchdog plans its leads from observed staff times."""
         w = self.raw["watchdog"]
         return {
-            "percentile": float(w.get("plan_percentile", 95)),
-            "margin_min": float(w.get("plan_margin_min", 15)),
-            "pharmacy_seed_min": float(w.get("pharmacy_turnaround_seed_min", 45)),
-            "nurse_seed_min": float(w.get("nurse_response_seed_min", 5)),
-            "min_observations": float(w.get("plan_min_observations", 5)),
+            "percentile": float(w["plan_percentile"]),
+            "margin_min": float(w["plan_margin_min"]),
+            "pharmacy_seed_min": float(w["pharmacy_turnaround_seed_min"]),
+            "nurse_seed_min": float(w["nurse_response_seed_min"]),
+            "min_observations": float(w["plan_min_observations"]),
         }
 
     @cached_property
@@ -679,21 +703,30 @@ def _check_drug(raw: dict[str, Any]) -> None:
     measure = raw["drug"].get("measure", "whole_syringes")
     if measure == "partial":
         if "dose_resolution_mg" not in raw["drug"]:
-            raise InputError("missing key 'drug.dose_resolution_mg' (needed by measure 'partial')")
+            raise InputError(
+                "missing key 'drug.dose_resolution_mg' (needed by measure 'partial'); allowed: "
+                + _DOSE_RESOLUTION.allowed()
+            )
         syringe_mg = Decimal(str(raw["drug"]["dose_resolution_mg"]))
-    over = b.get("overfill_ml", {})
-    if not isinstance(over, dict):
+    over = b.get("overfill_ml")  # absent: no bag size has any overfill
+    if over is not None and not isinstance(over, dict):
         raise InputError(
             f"key 'build.overfill_ml' = {over!r} has the wrong type; allowed: a table of "
             "bag size = overfill mL"
         )
-    for key, value in over.items():
+    for key, value in (over or {}).items():
         if not key.isdigit() or int(key) not in b["bag_sizes_ml"]:
             raise InputError(
                 f"key 'build.overfill_ml.{key}' is not one of build.bag_sizes_ml; allowed: "
                 + ", ".join(str(x) for x in b["bag_sizes_ml"])
             )
         Num(0, 1000).check(value, f"build.overfill_ml.{key}")
+    for bag in b["bag_sizes_ml"]:
+        if over is not None and str(bag) not in over:
+            raise InputError(
+                f"missing key 'build.overfill_ml.{bag}'; allowed: {Num(0, 1000).allowed()} "
+                "(the table has an entry for every bag size)"
+            )
     for bag in b["bag_sizes_ml"]:
         k = max(1, -(-(cmin * bag) // syringe_mg))  # fewest syringes reaching cmin
         if k * syringe_mg / bag > cmax:
@@ -729,7 +762,7 @@ def _check_drug(raw: dict[str, Any]) -> None:
                 "; allowed: one unit per limit"
             )
         by_level[level] = (key, value)
-    for needed in ("upper_soft", "upper_hard"):
+    for needed in LIMIT_LEVELS:
         if needed not in by_level:
             raise InputError(
                 f"missing key 'limits.{needed}_<unit>'; allowed units: {', '.join(LIMIT_UNITS)}"
@@ -753,7 +786,7 @@ def _check_drug(raw: dict[str, Any]) -> None:
             )
     # Hang-by rule: a bag requested at the pharmacy lead (at most the lead plus the longest
     # planned turnaround before the hang) must end its infusion inside its beyond-use time.
-    bud_min = float(h.get("beyond_use_h", 12)) * 60.0
+    bud_min = float(h["beyond_use_h"]) * 60.0
     iv_max = max(b["intervals_h"]) * 60.0
     if w["pharmacy_request_min"] + iv_max > bud_min:
         raise InputError(
@@ -864,9 +897,12 @@ def _pump_from_raw(raw: dict[str, Any], path: Path) -> PumpModel:
                 f"battery.capacity_min = {bat['capacity_min']}"
             )
         if raw["serial"]["protocol"] == "newera":
-            for key in ("baud", "address", "safe_timeout_s"):
+            for key in ("baud", "address", "syringe_diameter_mm", "safe_timeout_s"):
                 if key not in raw["serial"]:
-                    raise InputError(f"missing key 'serial.{key}' (needed by protocol 'newera')")
+                    raise InputError(
+                        f"missing key 'serial.{key}' (needed by protocol 'newera'); allowed: "
+                        + _SERIAL.fields[key].allowed()
+                    )
             if raw["serial"]["baud"] not in (300, 1200, 2400, 9600, 19200):
                 raise InputError(
                     f"key 'serial.baud' = {raw['serial']['baud']} is not allowed; allowed: "
@@ -893,8 +929,8 @@ def _pump_from_raw(raw: dict[str, Any], path: Path) -> PumpModel:
         startup_tau_s=float(a["startup_tau_min"]) * 60.0,
         reservoir_change=res["change"],
         buffer_ml=float(res["buffer_ml"]),
-        reservoir_capacity_ml=float(res.get("capacity_ml", 100000)),
-        prime_ml=float(raw.get("line", {}).get("prime_ml", 0)),
+        reservoir_capacity_ml=float(res["capacity_ml"]),
+        prime_ml=float(raw["line"]["prime_ml"]),
         vtbi_action=raw["vtbi_complete"]["action"],
         kvo_ml_per_h=float(raw["vtbi_complete"]["kvo_ml_per_h"]),
         occlusion_time_to_alarm_s=float(occ["time_to_alarm_s"]),
@@ -906,12 +942,50 @@ def _pump_from_raw(raw: dict[str, Any], path: Path) -> PumpModel:
     )
 
 
+def programmable_vtbi_ml(
+    content_ml: float, prime_ml: float, stated_pct: float, step_ml: float
+) -> float:
+    """The most a pump may be told to infuse from a bag holding ``content_ml``: what is left
+    after priming the line (``prime_ml``: the first bag of a line; 0 for the others), at
+    the pump's worst stated over-delivery (``stated_pct``, e.g. 5 for +/-5 %), rounded down
+    to the pump's step. Zero or less: the bag cannot start the line."""
+    usable = (content_ml - prime_ml) / (1.0 + stated_pct / 100.0)
+    return math.floor(usable / step_ml + 1e-9) * step_ml
+
+
+def smallest_content_ml(setting: DrugSetting, bag_ml: int) -> Decimal:
+    """The least a bag of this size can hold: the bag, its overfill and the fewest dose
+    steps (syringes, or measured ``dose_resolution_mg``) that reach the lowest concentration."""
+    step = setting.dose_resolution_mg
+    k = max(Decimal(1), -(-(setting.conc_min_mg_per_ml * bag_ml) // step))
+    drug_ml = k * step / setting.syringe_mg * setting.syringe_ml
+    return Decimal(bag_ml) + setting.overfill_ml(bag_ml) + drug_ml
+
+
 def check_fits(setting: DrugSetting, model: PumpModel) -> None:
-    """Every bag of the setting (with overfill and drug) must fit the pump's reservoir."""
-    fits = ("fits_reservoir_ml", model.reservoir_capacity_ml)  # all the check depends on
+    """Every bag of the setting (with overfill and drug) must fit the pump's reservoir, and
+    even its smallest content must prime the pump's line and leave a volume to infuse."""
+    step = model.limits.resolution_ml_per_h
+    fits = (  # all the check depends on
+        "fits_pump",
+        model.reservoir_capacity_ml,
+        model.prime_ml,
+        model.stated_accuracy_pct,
+        step,
+    )
     if setting.memo.get(fits):
         return
     for bag in setting.bag_sizes_ml:
+        least = smallest_content_ml(setting, bag)
+        if programmable_vtbi_ml(float(least), model.prime_ml, model.stated_accuracy_pct, step) <= 0:
+            need = model.prime_ml + step * (1.0 + model.stated_accuracy_pct / 100.0)
+            raise InputError(
+                f"{setting.path}: a {bag} mL bag may hold only {least.normalize():f} mL, which "
+                f"cannot prime the {model.prime_ml:g} mL line of pump '{model.name}' "
+                f"({model.path}) and leave a volume to infuse at its +/-"
+                f"{model.stated_accuracy_pct:g} % accuracy; allowed: bag sizes that always "
+                f"hold at least {need:g} mL"
+            )
         most_mg = setting.conc_max_mg_per_ml * bag
         drug_ml = most_mg / setting.syringe_mg * setting.syringe_ml
         full = Decimal(bag) + setting.overfill_ml(bag) + drug_ml
@@ -933,6 +1007,8 @@ def load_any(path: str | Path) -> DrugSetting | PumpModel:
         return load_pump(p)
     if kind == "drug_setting":
         return load_setting(p)
+    if "kind" not in raw:
+        raise InputError(f"{p}: missing key 'kind'; allowed: 'drug_setting' or 'pump_model'")
     raise InputError(
         f"{p}: key 'kind' = {kind!r} is not allowed; allowed: 'drug_setting' or 'pump_model'"
     )

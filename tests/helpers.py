@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from pumpctl import signing
 from pumpctl.cli import main
@@ -164,3 +166,28 @@ class FakePort:
 
     def close(self) -> None:
         self.closed = True
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f'"{k}" = {_toml_value(x)}' for k, x in v.items()) + "}"
+    raise TypeError(type(v))
+
+
+def dump_toml(doc: dict[str, Any]) -> str:
+    """A tiny TOML writer (inline tables), enough for the documents these tests make."""
+    return "".join(f'"{k}" = {_toml_value(v)}\n' for k, v in doc.items())

@@ -23,6 +23,7 @@ from pumpctl.errors import InputError
 from pumpctl.setting import load_any, load_pump, load_setting, profiles_dir
 from pumpctl.sim.scenario import load_scenario
 from pumpctl.trumpet import read_gravimetric_csv
+from tests.helpers import dump_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = profiles_dir() / "anakinra_continuous.toml"
@@ -547,31 +548,6 @@ def test_as_a_subprocess(argv, files):
 
 
 # -- fuzzed files: TOML loaders and the CSV reader ----------------------------------
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f'"{k}" = {_toml_value(x)}' for k, x in v.items()) + "}"
-    raise TypeError(type(v))
-
-
-def dump_toml(doc: dict[str, Any]) -> str:
-    """A tiny TOML writer (inline tables), enough for the documents these tests make."""
-    return "".join(f'"{k}" = {_toml_value(v)}\n' for k, v in doc.items())
 
 
 def _leaves(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

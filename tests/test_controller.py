@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 
 import pytest
 from hypothesis import given, settings
@@ -10,7 +11,8 @@ from hypothesis import strategies as st
 
 from pumpctl.events import fold
 from pumpctl.machine import State, mermaid
-from pumpctl.order import build
+from pumpctl.order import Order, build
+from pumpctl.setting import load_setting
 from pumpctl.sim.runner import run_scenario
 from pumpctl.sim.scenario import load_scenario
 from tests.helpers import Rig, write_scenario
@@ -390,3 +392,49 @@ def test_the_beyond_use_alarm_goes_when_the_dose_goes_back_up(setting, lvp):
     assert alarm.cleared_s is not None and rig.ctl.s.change_by_s is None
     end = rig.ctl.s.projected_end_s
     assert rig.ctl.watchdog.projected_end_s == pytest.approx(end, abs=1e-3)
+
+
+def _ped_rig_at_start(lvp):
+    """Pediatric 2.5 kg, 30 mg/day in 10 mL bags on the LVP (15 mL prime), bypassing the
+    setting-vs-pump check (defence in depth), primed and ready to start."""
+    ped = load_setting("anakinra_continuous_pediatric")
+    rig = Rig(ped, lvp)
+    assert rig.ctl.program(Order(Decimal("30"), Decimal("2.5"), bag_ml=10), "md1") is None
+    rig.deliver_next()
+    rig.connect_next()
+    assert rig.ctl.prime("rn1", light_protected=True) is None
+    assert rig.ctl.primed("rn1") is None
+    return rig
+
+
+def test_a_bag_that_cannot_prime_the_line_is_refused_with_a_high_alarm(lvp):
+    rig = _ped_rig_at_start(lvp)
+    why = rig.ctl.start("rn1")
+    assert why is not None and "\n" not in why
+    assert "bag 1 holds 10.067 mL" in why and "15 mL line" in why
+    assert "the line cannot start" in why and "VTBI -4.7 mL" in why
+    assert rig.ctl.state is State.IDLE
+    assert rig.events("pump_command") == []  # nothing sent for the pump to refuse
+    (alarm,) = rig.ctl.alarms.active()
+    assert alarm.kind == "line_cannot_start" and alarm.priority == "high"
+    assert "cannot prime the line" in alarm.text and "10.067 mL" in alarm.text
+    assert rig.ctl.start("rn1") == why  # still refused; one alarm, not one per try
+    assert len(rig.ctl.alarms.active()) == 1
+
+
+def test_simulated_nurse_does_not_retry_a_start_that_cannot_work(monkeypatch, tmp_path):
+    """Before: the pump refused a -4.7 mL VTBI every 5 minutes for 24 h, and the only alarm
+    was a medium bag_past_hang_by. Now: one refusal and a high line_cannot_start alarm."""
+    import pumpctl.sim.runner as runner
+
+    monkeypatch.setattr(runner, "check_fits", lambda setting, model: None)
+    sc = write_scenario(tmp_path, duration_h=24, dose=30)
+    text = sc.read_text().replace('"anakinra_continuous"', '"anakinra_continuous_pediatric"')
+    sc.write_text(text.replace("bag_ml = 100", "bag_ml = 10").replace("= 70\n", "= 2.5\n"))
+    run = runner.run_scenario(load_scenario(sc))
+    events = run.log.events()
+    starts = [e for e in events if e.event == "refused" and e.detail["request"] == "start"]
+    assert len(starts) == 1 and "the line cannot start" in starts[0].detail["reason"]
+    alarms = [e.detail for e in events if e.event == "alarm"]
+    assert alarms[0]["kind"] == "line_cannot_start" and alarms[0]["priority"] == "high"
+    assert not [e for e in events if e.event == "pump_refused"]

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import re
+import tomllib
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pumpctl.cli import main
 from pumpctl.errors import InputError
 from pumpctl.setting import load_pump, load_setting, profiles_dir
+from tests.helpers import dump_toml
 
 SETTING = profiles_dir() / "anakinra_continuous.toml"
 LVP = profiles_dir() / "pumps" / "generic_lvp.toml"
@@ -129,3 +135,113 @@ def test_check_json_lists_every_file_and_the_reservoir_problem(capsys):
     assert doc["schema_version"] == 1 and doc["ok"] is False
     assert [f["kind"] for f in doc["files"]] == ["setting", "pump"]
     assert len(doc["problems"]) == 1 and "reservoir" in doc["problems"][0]
+
+
+# -- every key the product reads is required ------------------------------------------
+NE1000 = profiles_dir() / "pumps" / "newera_ne1000.toml"
+#: Keys of the shipped files that docs/settings.md documents as optional (with what their
+#: absence means); every other key, and every table, is required.
+OPTIONAL = {"care_area", "build.overfill_ml"}
+
+
+def _paths(node: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key, value in node.items():
+        out.append(prefix + key)
+        if isinstance(value, dict):
+            out += _paths(value, f"{prefix}{key}.")
+    return out
+
+
+def _without(doc: dict[str, Any], dotted: str) -> dict[str, Any]:
+    new = copy.deepcopy(doc)
+    node = new
+    *parents, last = dotted.split(".")
+    for k in parents:
+        node = node[k]
+    del node[last]
+    return new
+
+
+def _required(src: Path) -> list[tuple[Path, str]]:
+    raw = tomllib.loads(src.read_text())
+    return [(src, p) for p in _paths(raw) if p not in OPTIONAL]
+
+
+@pytest.mark.parametrize(
+    ("src", "key"),
+    _required(SETTING) + _required(LVP) + _required(NE1000),
+    ids=lambda v: v.stem if isinstance(v, Path) else v,
+)
+def test_every_missing_key_is_one_line_naming_it(tmp_path, capsys, src, key):
+    """No key is silently defaulted: removing any one is exit 2 and one line naming it."""
+    bad = tmp_path / src.name
+    bad.write_text(dump_toml(_without(tomllib.loads(src.read_text()), key)))
+    assert main(["setting", "check", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    named = key.split("_mg_per")[0] if key.startswith("limits.") else key  # LEVEL_<unit>
+    assert len(err) == 1, err
+    assert f"missing key '{named}" in err[0] and "allowed" in err[0], err[0]
+
+
+def test_optional_keys_mean_what_the_docs_say(tmp_path):
+    """The few optional keys: no overfill table is no overfill; no care area, no
+    [dosing], no measure are a label left out, mg/day orders only, whole syringes."""
+    raw = tomllib.loads(SETTING.read_text())
+    f = tmp_path / "s.toml"
+    f.write_text(dump_toml(_without(_without(raw, "build.overfill_ml"), "care_area")))
+    s = load_setting(f)
+    assert all(s.overfill_ml(bag) == 0 for bag in s.bag_sizes_ml)
+    assert s.dose_forms == "mg_per_day" and s.measure == "whole_syringes"
+    shipped = load_setting(SETTING)
+    assert [shipped.overfill_ml(b) for b in shipped.bag_sizes_ml] == [5, 8, 15]
+
+
+def test_missing_watchdog_plan_key_is_not_replaced_by_a_weaker_default(tmp_path):
+    """The tester's case: no plan_percentile used to plan at the 95th percentile (99.9
+    shipped) without a word."""
+    bad = mutate(tmp_path, SETTING, r"^plan_percentile = 99.9\n", "")
+    with pytest.raises(InputError) as exc:
+        load_setting(bad)
+    assert str(exc.value) == (
+        f"{bad}: missing key 'watchdog.plan_percentile'; allowed: a number >= 50 and <= 100"
+    )
+
+
+# -- a bag must be able to prime the pump's line ------------------------------------
+PEDIATRIC = profiles_dir() / "anakinra_continuous_pediatric.toml"
+
+
+def test_check_refuses_a_bag_that_cannot_prime_the_line(capsys):
+    """Pediatric 10 mL bags (10.067 mL at the least) on the LVP's 15 mL line: the first
+    bag's VTBI would be (10.067 - 15) / 1.05 < 0. Refused by `setting check SETTING PUMP`."""
+    assert main(["setting", "check", str(PEDIATRIC), str(LVP)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "a 10 mL bag may hold only 10.067 mL" in err[0]
+    assert "15 mL line of pump 'Generic LVP'" in err[0]
+    assert "allowed: bag sizes that always hold at least 15.105 mL" in err[0]
+
+
+def test_prime_check_uses_the_controllers_vtbi_figures(setting, lvp):
+    """The smallest adult bag (50 mL + 5 overfill + one 0.67 mL syringe = 55.67 mL) at
+    +/-5 % and a 0.1 mL step: a 55.5 mL prime leaves 0.1 mL to infuse, 55.6 mL nothing."""
+    from pumpctl.setting import check_fits, programmable_vtbi_ml, smallest_content_ml
+
+    assert smallest_content_ml(setting, 50) == Decimal("55.67")
+    assert programmable_vtbi_ml(55.67, 55.5, 5.0, 0.1) == pytest.approx(0.1)
+    check_fits(setting, dataclasses.replace(lvp, prime_ml=55.5))
+    with pytest.raises(InputError, match="a 50 mL bag may hold only 55.67 mL"):
+        check_fits(setting, dataclasses.replace(lvp, prime_ml=55.6))
+
+
+def test_scenario_whose_bag_cannot_prime_the_line_is_bad_input(tmp_path, capsys):
+    """The tester's scenario: 2.5 kg, 30 mg/day in 10 mL bags, pediatric setting, LVP."""
+    from tests.helpers import write_scenario
+
+    sc = write_scenario(tmp_path, duration_h=24, dose=30)
+    text = sc.read_text().replace('"anakinra_continuous"', '"anakinra_continuous_pediatric"')
+    sc.write_text(text.replace("bag_ml = 100", "bag_ml = 10").replace("= 70\n", "= 2.5\n"))
+    assert main(["simulate", str(sc), "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot prime the 15 mL line" in err[0], err

@@ -135,10 +135,6 @@ def order_from_json(o: dict[str, Any]) -> Order:
     )
 
 
-def _floor(value: float, step: float) -> float:
-    return math.floor(value / step + 1e-9) * step
-
-
 def _round_half_up(value: float, step: float) -> float:
     return round(math.floor(value / step + 0.5 + 1e-9) * step, 6)
 

@@ -10,11 +10,11 @@ from pumpctl.channel.base import (
     _STAGE_ALARMS,
     ChannelBase,
     E,
-    _floor,
 )
 from pumpctl.errors import PumpError
 from pumpctl.events import GapCause
 from pumpctl.machine import State
+from pumpctl.setting import programmable_vtbi_ml
 
 
 class Bedside(ChannelBase):
@@ -42,9 +42,23 @@ class Bedside(ChannelBase):
 
     def _vtbi_for(self, bag: Bag, first: bool) -> float:
         """The recipe's VTBI, never more than the bag can give at the pump's worst flow."""
-        content = bag.recipe.content_ml - (self.prime_ml if first else 0.0)
-        safe = _floor(content / (1.0 + self.stated_pct / 100.0), self.rate_step)
+        prime = self.prime_ml if first else 0.0
+        safe = programmable_vtbi_ml(bag.recipe.content_ml, prime, self.stated_pct, self.rate_step)
         return round(min(bag.recipe.vtbi_ml, safe), 6)
+
+    def _why_no_vtbi(self, bag: Bag, vtbi: float, first: bool) -> str | None:
+        """A bag that leaves nothing to infuse (it cannot even prime the line) is refused
+        with a high-priority alarm, not sent to a pump that refuses it again and again."""
+        if vtbi > 0:
+            return None
+        prime = f" after priming the {self.prime_ml:g} mL line" if first else ""
+        why = (
+            f"bag {bag.n} holds {bag.recipe.content_ml:g} mL, which leaves nothing to "
+            f"infuse{prime} (VTBI {vtbi:g} mL at +/-{self.stated_pct:g} %): the line cannot "
+            "start; allowed: a bag that holds more than the priming volume"
+        )
+        self._raise(AlarmKind.LINE_CANNOT_START, why)
+        return why
 
     def start(self, operator: str) -> str | None:
         """Program the pump from the first bag and start the continuous infusion."""
@@ -55,12 +69,16 @@ class Bedside(ChannelBase):
         nb = self.s.next_bag
         assert nb is not None
         rate, vtbi = self._bag_rate(nb), self._vtbi_for(nb, first=True)
+        why = self._why_no_vtbi(nb, vtbi, first=True)
+        if why is not None:
+            return self._refuse("start", why, operator)
         err = self._pump(
             operator,
             [("set_rate", rate), ("clear_volume", None), ("set_vtbi", vtbi), ("start", None)],
         )
         if err is not None:
             return self._refuse("start", err, operator)
+        self._clear(AlarmKind.LINE_CANNOT_START)
         self._go("start", operator, {"bag": nb.n, "rate_ml_per_h": rate})
         self._hang_record(nb, operator, rate, vtbi)
         return None
@@ -123,6 +141,9 @@ class Bedside(ChannelBase):
         assert nb is not None
         old = self.s.current_bag
         rate, vtbi = self._bag_rate(nb), self._vtbi_for(nb, first=False)
+        why = self._why_no_vtbi(nb, vtbi, first=False)
+        if why is not None:
+            return self._refuse("hang_bag", why, operator)
         if not from_alarm and self._relay is not None and self.reservoir_change == "stopped":
             return self._arm_relay(nb, rate, vtbi, operator)
         commands: list[tuple[str, float | None]] = [("clear_volume", None), ("set_vtbi", vtbi)]

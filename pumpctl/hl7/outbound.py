@@ -83,6 +83,7 @@ ALARM_CODES: dict[str, tuple[list[str], str]] = {
     "pump_reset": (["9202", "PCTL_EVT_PUMP_RESET", LOCAL], "ST"),
     "power_loss": (["9203", "PCTL_EVT_MAINS_LOST", LOCAL], "ST"),
     "comm_loss": (["9204", "PCTL_EVT_PUMP_COMM_LOST", LOCAL], "ST"),
+    "line_cannot_start": (["9205", "PCTL_EVT_LINE_CANNOT_START", LOCAL], "ST"),
     "pharmacy_request": (["9211", "PCTL_EVT_WD_PHARMACY_REQUEST", LOCAL], "SA"),
     "next_bag_not_at_bedside": (["9212", "PCTL_EVT_WD_BAG_NOT_AT_BEDSIDE", LOCAL], "SA"),
     "prepare_bag_change": (["9213", "PCTL_EVT_WD_PREPARE_BAG_CHANGE", LOCAL], "SA"),

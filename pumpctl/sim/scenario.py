@@ -82,6 +82,9 @@ class DistSpec(Spec):
         self.required = required
         self.lo, self.hi = lo, hi
 
+    def allowed(self) -> str:
+        return f"{self.num.allowed()}, or a distribution table"
+
     def check(self, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             self.num.check(value, where)
