@@ -245,3 +245,18 @@ def test_scenario_whose_bag_cannot_prime_the_line_is_bad_input(tmp_path, capsys)
     assert main(["simulate", str(sc), "--no-plots"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot prime the 15 mL line" in err[0], err
+
+
+def test_the_pediatric_setting_has_a_shipped_pump_whose_line_its_bags_can_prime(capsys):
+    """The standard 15 mL set is refused for the pediatric setting's 10 mL bags; the
+    microbore profile, otherwise the same pump, takes every bag size."""
+    from pumpctl.setting import check_fits
+
+    ped = load_setting(profiles_dir() / "anakinra_continuous_pediatric.toml")
+    micro = load_pump(profiles_dir() / "pumps" / "generic_lvp_microbore.toml")
+    std = load_pump(profiles_dir() / "pumps" / "generic_lvp.toml")
+    check_fits(ped, micro)  # no refusal
+    with pytest.raises(InputError, match="10 mL bag"):
+        check_fits(ped, std)
+    assert micro.prime_ml < float(min(ped.bag_sizes_ml)) < std.prime_ml
+    assert micro.limits == std.limits and micro.bias_pct == std.bias_pct
