@@ -155,8 +155,7 @@ class Build:
             "  handling    protect from light (bag AND amber tubing); hand delivery only, "
             "no pneumatic tube",
             f"  use by      beyond use {_num(self.beyond_use_h)} h after compounding; hang within "
-            f"{_duration(self.hang_within_h)} of compounding (beyond use - the bag's "
-            f"{_duration(self.bag_duration_h)})",
+            f"{_duration(self.hang_within_h)} of compounding",
         ]
         if self.override_reason:
             lines.append(f"  override    by {self.operator}: {self.override_reason}")
