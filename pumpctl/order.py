@@ -65,10 +65,12 @@ class Order:
 class Build:
     """The pharmacy build of an order: one bag recipe and the program for the pump.
 
-    ``achieved_mg_per_day`` is what really infuses: mg per bag times the share of the bag's
-    content the VTBI delivers (overfill and drug volume dilute it), times bags per day.
-    ``nominal_mg_per_day`` is bags per day times mg per bag; ``deviation_pct`` compares
-    the nominal dose with the order (the rounding the pharmacist accepts).
+    ``achieved_mg_per_day`` is what really infuses: the pump's rate times 24 h times the
+    bag's real concentration (overfill and drug volume dilute it; bags are changed as they
+    empty, so a rounded rate changes the daily dose). ``dose_mg_per_kg_per_h`` is rate x
+    real concentration / weight. ``nominal_mg_per_day`` is bags per day times mg per bag;
+    ``deviation_pct`` compares the nominal dose with the order, ``real_deviation_pct`` the
+    real one; either beyond ``max_deviation_pct`` needs the pharmacist's confirmation.
     """
 
     ordered_mg_per_day: Decimal
@@ -104,6 +106,14 @@ class Build:
     setting_name: str
     setting_version: str
     messages: tuple[str, ...] = field(default_factory=tuple)
+    #: The setting's beyond-use time, for the label's hang-by rule (not in the JSON: its
+    #: readers have the setting, and the hang-by time of each bag is in the log).
+    beyond_use_h: Decimal = Decimal(12)
+
+    @property
+    def hang_within_h(self) -> Decimal:
+        """How long after compounding a bag may still be hung: beyond-use - real duration."""
+        return self.beyond_use_h - self.bag_duration_h
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict; decimals become numbers at a sensible precision."""
@@ -144,19 +154,22 @@ class Build:
             f"  limit       {self.limit}: {self.limit_detail}",
             "  handling    protect from light (bag AND amber tubing); hand delivery only, "
             "no pneumatic tube",
+            f"  use by      beyond use {_num(self.beyond_use_h)} h after compounding; hang within "
+            f"{_duration(self.hang_within_h)} of compounding",
         ]
         if self.override_reason:
             lines.append(f"  override    by {self.operator}: {self.override_reason}")
         if self.deviation_confirmation:
             lines.append(
-                f"  deviation   {_signed(self.deviation_pct)}% confirmed by {self.operator}: "
+                f"  deviation   {_signed(self.deviation_pct)}% nominal, "
+                f"{_signed(self.real_deviation_pct)}% real confirmed by {self.operator}: "
                 f"{self.deviation_confirmation} (tell the prescriber)"
             )
         lines += [f"  note        {m}" for m in self.messages]
         return "\n".join(lines)
 
 
-_BUILD_FIELDS = tuple(f.name for f in fields(Build))
+_BUILD_FIELDS = tuple(f.name for f in fields(Build) if f.name != "beyond_use_h")
 
 
 @lru_cache(maxsize=4096)
@@ -176,9 +189,14 @@ def _signed(value: Decimal) -> str:
     return f"+{v}" if v > 0 else f"{v}"
 
 
-def _hours(hours: Decimal) -> str:
+def _duration(hours: Decimal) -> str:
+    """Hours as "7 h 56 min" (to the minute, half up)."""
     total_min = int(round_half_up(hours * 60))
-    return f"{total_min // 60} h {total_min % 60:02d} min ({_num(hours)} h)"
+    return f"{total_min // 60} h {total_min % 60:02d} min"
+
+
+def _hours(hours: Decimal) -> str:
+    return f"{_duration(hours)} ({_num(hours)} h)"
 
 
 def mg_per_bag_for(dose_mg_per_day: Decimal, bags_per_day: int, step_mg: Decimal) -> Decimal:
@@ -236,7 +254,8 @@ def validate_order(order: Order, setting: DrugSetting) -> None:
         if text is not None and not text.strip():
             raise InputError(f"{what} is empty; allowed: a non-empty reason")
         if text and not (order.operator and order.operator.strip()):
-            raise InputError(f"a {what} needs an operator id (--operator)")
+            article = "an" if what[0] in "aeiou" else "a"
+            raise InputError(f"{article} {what} needs an operator id (--operator)")
 
 
 @dataclass(frozen=True)
@@ -269,13 +288,21 @@ def _tie_key(c: _Candidate, dose: Decimal, ordered_ml: int, default_iv: int) -> 
 
 
 def _real(c: _Candidate, setting: DrugSetting) -> dict[str, Decimal]:
-    """Real figures of a candidate bag: drug volume, content, concentration, dose."""
+    """Real figures of a candidate bag: drug volume, content, concentration, rate, dose.
+
+    The real daily dose is what the pump really runs: rate x 24 h x real concentration,
+    computed as (rate x interval) x concentration x bags per day, which is the same figure
+    and, when rate x interval is the bag's volume, bit for bit the VTBI's drug x bags/day.
+    """
     drug_ml = c.mg / setting.syringe_mg * setting.syringe_ml
     overfill = setting.overfill_ml(c.bag_ml)
     content = Decimal(c.bag_ml) + overfill + drug_ml
     conc = c.mg / content
     vtbi = Decimal(c.bag_ml)
     infused = vtbi * conc
+    rate, raised = setting.rate_for(c.bag_ml, c.interval_h)
+    ml_per_interval = rate * c.interval_h
+    real = infused * c.n if ml_per_interval == vtbi else ml_per_interval * conc * c.n
     return {
         "drug_ml": drug_ml,
         "overfill": overfill,
@@ -283,7 +310,9 @@ def _real(c: _Candidate, setting: DrugSetting) -> dict[str, Decimal]:
         "conc": conc,
         "vtbi": vtbi,
         "infused": infused,
-        "real": infused * c.n,
+        "rate": rate,
+        "raised": Decimal(raised),
+        "real": real,
     }
 
 
@@ -322,6 +351,25 @@ def _achievable(setting: DrugSetting, ordered_ml: int, intervals: list[int]) -> 
                     best[c.nominal] = c
             k += 1
     return [best[d] for d in sorted(best)]
+
+
+def _deviations(c: _Candidate, dose: Decimal, setting: DrugSetting) -> tuple[Decimal, Decimal]:
+    """(nominal, real) deviation of a candidate from the ordered daily dose, %."""
+    return (c.nominal - dose) / dose * 100, (_real(c, setting)["real"] - dose) / dose * 100
+
+
+def _within(c: _Candidate, dose: Decimal, setting: DrugSetting) -> bool:
+    """Both the nominal and the real daily dose within ``max_deviation_pct`` of the order."""
+    return all(abs(d) <= setting.max_deviation_pct for d in _deviations(c, dose, setting))
+
+
+def _alt_text(a: dict[str, Any], dose: Decimal) -> str:
+    real_dev = (Decimal(str(a["real_mg_per_day"])) - dose) / dose * 100
+    over = ", over the hard limit" if a["limit"] == "hard" else ""
+    return (
+        f"{a['mg_per_day']} mg/day nominal ({a['deviation_pct']:+}%), "
+        f"{a['real_mg_per_day']} real ({_signed(real_dev)}%{over})"
+    )
 
 
 def _alternative(c: _Candidate, dose: Decimal, setting: DrugSetting, w: Decimal) -> dict[str, Any]:
@@ -403,9 +451,9 @@ def _build(order: Order, setting: DrugSetting) -> Build:
     chosen = ranked[0]
     if len(ranked) > 1:
         other = ranked[1]
-        if (
-            abs(other.nominal - dose) == abs(chosen.nominal - dose)
-            and other.nominal != chosen.nominal
+        tie = abs(other.nominal - dose) == abs(chosen.nominal - dose)
+        if tie and (
+            other.nominal != chosen.nominal or chosen.interval_h != setting.default_interval_h
         ):
             why = (
                 "it keeps the ordered bag size"
@@ -421,7 +469,9 @@ def _build(order: Order, setting: DrugSetting) -> Build:
                 f"q{chosen.interval_h}h "
                 f"chosen because {why}"
             )
-        elif chosen.interval_h != setting.default_interval_h and order.interval_h is None:
+        elif (
+            not tie and chosen.interval_h != setting.default_interval_h and order.interval_h is None
+        ):
             messages.append(
                 f"q{chosen.interval_h}h chosen: {_num(chosen.nominal)} mg/day is nearer the "
                 f"ordered {_num(dose)} mg/day than q{other.interval_h}h"
@@ -439,9 +489,17 @@ def _build(order: Order, setting: DrugSetting) -> Build:
         ]
         if below:
             lower = below[-1]
+            dev_n, dev_r = _deviations(lower, dose, setting)
+            if _within(lower, dose, setting):
+                how = f"within {_num(max_dev)}% of the order"
+            else:
+                how = (
+                    f"nominal {_signed(dev_n)}%, real {_signed(dev_r)}% from the order: "
+                    "the pharmacist confirms"
+                )
             messages.append(
                 f"{_num(chosen.nominal)} mg/day would cross the hard limit; rounded down to "
-                f"{_num(lower.nominal)} mg/day (within {_num(max_dev)}% of the order)"
+                f"{_num(lower.nominal)} mg/day ({how})"
             )
             chosen = lower
 
@@ -453,8 +511,16 @@ def _build(order: Order, setting: DrugSetting) -> Build:
             f"using {bag} mL"
         )
     nominal = chosen.nominal
+    real = _real(chosen, setting)
+    achieved = real["real"]
     deviation = (nominal - dose) / dose * 100
-    needs_confirmation = abs(deviation) > max_dev
+    real_deviation = (achieved - dose) / dose * 100
+    off = [
+        f"the {what} dose ({_num1(mg)} mg/day) is {_signed(dev)}%"
+        for what, mg, dev in (("nominal", nominal, deviation), ("real", achieved, real_deviation))
+        if abs(dev) > max_dev
+    ]
+    needs_confirmation = bool(off)
     alternatives: list[dict[str, Any]] = []
     below_opts = [c for c in options if c.nominal <= dose]
     above_opts = [c for c in options if c.nominal >= dose]
@@ -464,15 +530,25 @@ def _build(order: Order, setting: DrugSetting) -> Build:
         alternatives.append(_alternative(above_opts[0], dose, setting, weight))
 
     # Rate, real duration, final volume (overfill and drug), real concentration and dose.
-    real = _real(chosen, setting)
-    rate = round_half_up(Decimal(bag) / Decimal(iv), setting.rate_resolution_ml_per_h)
+    rate = real["rate"]
     vtbi = real["vtbi"]
     duration_h = vtbi / rate
-    if rate * iv != Decimal(bag):
+    max_h = setting.bag_change_interval_max_h
+    if duration_h > max_h:  # pragma: no cover - rate_for rounds up to prevent it
+        raise RefusedError(
+            f"no rate lets {bag} mL last at most {_num(max_h)} h at q{iv}h; "
+            f"{_num(rate)} mL/h gives {_hours(duration_h)}"
+        )
+    if real["raised"]:
+        messages.append(
+            f"rate rounded up to {_num(rate)} mL/h (half up, {bag} mL would last more than "
+            f"the {_num(max_h)} h maximum bag interval); each bag really lasts "
+            f"{_hours(duration_h)}"
+        )
+    elif rate * iv != Decimal(bag):
         messages.append(
             f"rate rounded to {_num(rate)} mL/h; each bag really lasts {_hours(duration_h)}"
         )
-    achieved = real["real"]
     mg_kg_h = achieved / HOURS_PER_DAY / weight
     limit, detail = check_limits(achieved, weight, setting)
     if limit == "ok" and low_kind == "soft":
@@ -481,11 +557,11 @@ def _build(order: Order, setting: DrugSetting) -> Build:
         messages.append("override reason given but no soft limit is exceeded; not needed")
     if needs_confirmation:
         messages.append(
-            f"the build is {_signed(deviation)}% from the order (more than {_num(max_dev)}%): "
+            f"{' and '.join(off)} from the order (more than {_num(max_dev)}%): "
             "the pharmacist confirms and the prescriber is told; nearest achievable: "
             + "; ".join(
-                f"{a['mg_per_day']} mg/day (q{a['interval_h']}h, {a['mg_per_bag']} mg in "
-                f"{a['bag_ml']} mL, {a['deviation_pct']:+}%)"
+                f"{_alt_text(a, dose)} (q{a['interval_h']}h, {a['mg_per_bag']} mg in "
+                f"{a['bag_ml']} mL)"
                 for a in alternatives
             )
         )
@@ -494,7 +570,7 @@ def _build(order: Order, setting: DrugSetting) -> Build:
         nominal_mg_per_day=nominal,
         achieved_mg_per_day=achieved,
         deviation_pct=deviation,
-        real_deviation_pct=(achieved - dose) / dose * 100,
+        real_deviation_pct=real_deviation,
         needs_confirmation=needs_confirmation,
         alternatives=tuple(alternatives),
         interval_h=iv,
@@ -523,6 +599,7 @@ def _build(order: Order, setting: DrugSetting) -> Build:
         setting_name=setting.name,
         setting_version=setting.version,
         messages=tuple(messages),
+        beyond_use_h=Decimal(str(setting.beyond_use_h)),
     )
     exc: PumpctlError | None = None
     needs: list[str] = []
@@ -532,13 +609,10 @@ def _build(order: Order, setting: DrugSetting) -> Build:
         if limit == "soft" and not order.override_reason:
             needs.append(f"soft limit exceeded: {detail}; give --override-reason TEXT")
         if needs_confirmation and not order.confirm_deviation:
-            alts = "; ".join(
-                f"{a['mg_per_day']} mg/day ({a['deviation_pct']:+}%)" for a in alternatives
-            )
+            alts = "; ".join(_alt_text(a, dose) for a in alternatives)
             needs.append(
-                f"the build ({_num(nominal)} mg/day) is {_signed(deviation)}% from the ordered "
-                f"{_num(dose)} mg/day, more than {_num(max_dev)}%; nearest achievable: {alts}; "
-                "give --confirm-deviation REASON"
+                f"{' and '.join(off)} from the ordered {_num(dose)} mg/day, more than "
+                f"{_num(max_dev)}%; nearest achievable: {alts}; give --confirm-deviation REASON"
             )
         if needs:
             exc = OverrideRequiredError("; ".join(needs) + " and --operator ID")

@@ -13,7 +13,7 @@ import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -441,6 +441,31 @@ class DrugSetting:
         return self._d("build", "rate_resolution_ml_per_h")
 
     @cached_property
+    def bag_change_interval_max_h(self) -> Decimal:
+        """The longest a bag may hang (``handling.bag_change_interval_max_h``)."""
+        return self._d("handling", "bag_change_interval_max_h")
+
+    def rate_for(self, bag_ml: int, interval_h: int) -> tuple[Decimal, bool]:
+        """The pump rate of a bag: (rate mL/h, whether it was rounded up for the cap).
+
+        Diluent mL / interval h rounded half up to the rate resolution; if that makes the
+        bag last longer than ``bag_change_interval_max_h``, the next resolution step up
+        instead (the bag then ends sooner, never later than the maximum interval).
+        """
+        key = ("rate_for", bag_ml, interval_h)
+        hit = self.memo.get(key)
+        if hit is None:
+            res = self.rate_resolution_ml_per_h
+            steps = Decimal(bag_ml) / Decimal(interval_h) / res
+            rate = steps.quantize(Decimal(1), rounding=ROUND_HALF_UP) * res
+            raised = False
+            if rate <= 0 or Decimal(bag_ml) / rate > self.bag_change_interval_max_h:
+                rate = steps.quantize(Decimal(1), rounding=ROUND_CEILING) * res
+                raised = True
+            hit = self.memo[key] = (rate, raised)
+        return hit
+
+    @cached_property
     def weight_min_kg(self) -> Decimal:
         return self._d("patient", "weight_min_kg")
 
@@ -545,12 +570,10 @@ class DrugSetting:
         return hit
 
     def _max_bag_duration_h(self) -> Decimal:
-        res = self.rate_resolution_ml_per_h
         worst = Decimal(0)
         for bag in self.bag_sizes_ml:
             for iv in self.intervals_h:
-                rate = (Decimal(bag) / iv / res).quantize(Decimal(1), rounding="ROUND_HALF_UP")
-                worst = max(worst, Decimal(bag) / (rate * res))
+                worst = max(worst, Decimal(bag) / self.rate_for(bag, iv)[0])
         return worst
 
 

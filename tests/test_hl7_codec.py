@@ -172,11 +172,12 @@ def test_soft_limit_order_needs_an_override(setting) -> None:
 
 
 def test_rate_differing_from_the_build_is_a_mismatch(setting) -> None:
-    o = rgv(order_text(("|12.5|", "|13|")))  # 13 mL/h of 2 mg/mL = 624 mg/day
+    # 12 mL/h of 2 mg/mL = 576 mg/day: builds 600 (+4.2 %, real 548.7 -4.7 %) at 12.5
+    o = rgv(order_text(("|12.5|", "|12|")))
     with pytest.raises(pcd03.Rejected) as exc:
         pcd03.check_order(o, setting, "ehr")
     assert exc.value.rule.name == "build_mismatch"
-    assert "rate 13 mL/h vs build 12.5 mL/h" in exc.value.text
+    assert "rate 12 mL/h vs build 12.5 mL/h" in exc.value.text
 
 
 def test_vtbi_differing_from_the_build_is_a_mismatch(setting) -> None:

@@ -95,13 +95,21 @@ def test_large_deviation_needs_confirmation_and_lists_alternatives(setting, dose
 
 
 def test_small_deviation_is_silent(setting):
-    b = build(order("1700", bag_ml=100), setting)  # 1600 (q6h) or 1800: -5.9 %
+    b = build(order("560", bag_ml=100), setting)  # 600: nominal +7.1 %, real 548.7 -2.0 %
     assert not b.needs_confirmation and abs(b.deviation_pct) < 10
+    assert abs(b.real_deviation_pct) < 10
+
+
+def test_small_nominal_but_large_real_deviation_needs_confirmation(setting):
+    # 1700 in 100 mL: q6h 1600 nominal (-5.9 %) but 400 mg in 110.68 mL at 16.7 mL/h
+    # really gives 1448.5 mg/day (-14.8 %): not silent.
+    with pytest.raises(OverrideRequiredError, match=r"real dose \(1448.5 mg/day\) is -14.8%"):
+        build(order("1700", bag_ml=100), setting)
 
 
 def test_tie_keeps_the_ordered_bag_and_says_why(setting):
     # 1700 in 100 mL: q8h 600 mg needs 250 mL (1800/day); q6h 400 mg fits 100 mL (1600).
-    b = build(order("1700", bag_ml=100), setting)
+    b = build(order("1700", bag_ml=100, confirm_deviation="x", operator="ph"), setting)
     assert (b.interval_h, b.mg_per_bag, b.bag_ml) == (6, 400, 100)
     assert any("keeps the ordered bag size" in m for m in b.messages)
 
@@ -112,12 +120,19 @@ def test_tie_same_bag_prefers_less_fluid(setting):
 
 
 def test_never_rounds_up_across_the_hard_limit(setting):
-    # 1650 mg/day at 33 kg, q8h forced: 1650/3 = 550 -> 600 mg (1800 nominal, 1664 real
-    # = 2.10 mg/kg/h, over the hard limit) while 500 x 3 = 1500 is -9.1 %: within the
-    # deviation limit, so it rounds down.
-    b = build(order("1650", weight="33", bag_ml=250, interval_h=8), setting)
+    # 1650 mg/day at 33 kg, q8h forced: 1650/3 = 550 -> 600 mg (1800 nominal, 1675 real
+    # = 2.12 mg/kg/h, over the hard limit) while 500 x 3 = 1500 is -9.1 %: within the
+    # deviation limit by its nominal figure, so it rounds down. Its real dose (1399.7
+    # mg/day, 31.3 mL/h) is -15.2 %: the message does not claim "within", and the
+    # pharmacist confirms.
+    with pytest.raises(OverrideRequiredError, match="real dose"):
+        build(order("1650", weight="33", bag_ml=250, interval_h=8), setting)
+    o = order("1650", weight="33", bag_ml=250, interval_h=8, confirm_deviation="x", operator="p")
+    b = build(o, setting)
     assert b.nominal_mg_per_day == 1500 and b.limit == "ok"
-    assert any("would cross the hard limit" in m for m in b.messages)
+    cross = [m for m in b.messages if "would cross the hard limit" in m]
+    assert cross and "within" not in cross[0] and "real -15.2%" in cross[0]
+    assert b.needs_confirmation
 
 
 def test_real_figures_by_hand(setting):
@@ -179,7 +194,14 @@ def test_large_dose_falls_back_to_bigger_bag(setting):
 
 def test_other_interval_when_no_size_fits(setting):
     # 4500 mg/day: q8h 1500 mg/bag needs 300 mL at 5 mg/mL; q6h 1100 mg fits 250 mL.
-    o = order("4500", weight="150", bag_ml=250, override_reason="MAS refractory", operator="rn1")
+    o = order(
+        "4500",
+        weight="150",
+        bag_ml=250,
+        override_reason="MAS refractory",
+        confirm_deviation="confirmed",
+        operator="rn1",
+    )
     b = build(o, setting)
     assert (b.interval_h, b.mg_per_bag, b.bag_ml) == (6, Decimal(1100), 250)
     assert any("tried q6h" in m for m in b.messages)
@@ -260,8 +282,8 @@ def test_build_invariants(setting, dose, weight, bag):
     assert b.mg_per_bag % 100 == 0 and b.mg_per_bag >= 100
     assert 1 <= b.mg_per_bag / b.bag_ml <= 5
     assert b.nominal_mg_per_day == b.bags_per_day * b.mg_per_bag
-    assert b.needs_confirmation == (abs(b.deviation_pct) > 10)
-    real = b.mg_per_bag * b.vtbi_ml / b.final_volume_ml * b.bags_per_day
+    assert b.needs_confirmation == (abs(b.deviation_pct) > 10 or abs(b.real_deviation_pct) > 10)
+    real = b.rate_ml_per_h * 24 * b.mg_per_bag / b.final_volume_ml
     assert abs(b.achieved_mg_per_day - real) < Decimal("0.000001")
     assert abs(b.rate_ml_per_h - Decimal(b.bag_ml) / b.interval_h) <= Decimal("0.05")
     other = 6 if b.interval_h == 8 else 8
