@@ -300,3 +300,60 @@ def test_report_names_what_was_left_in_the_bags_beside_the_wasted_vtbi():
     row = next(line for line in markdown(r).splitlines() if line.startswith("| drug wasted"))
     assert f"{r['wasted_mg']:.1f} mg of the programmed VTBI" in row
     assert f"left in the bags taken down {left:.1f} mg" in row
+
+
+@pytest.mark.parametrize(
+    ("dose", "extra", "why"),
+    [
+        (3000, "", 'give override_reason = "..." and operator = "..." in the [[titrations]]'),
+        (5000, 'override_reason = "x"\noperator = "md1"\n', "no bag size fits"),
+        (100, "", 'give confirm_deviation = "..." and operator = "..." in the [[titrations]]'),
+    ],
+)
+def test_a_titration_the_build_refuses_is_bad_input(tmp_path, capsys, dose, extra, why):
+    """Built before the run like the first order: a refusal or a missing override is one
+    line naming the file and the titration (exit 2), not a silently dropped order."""
+    extra = "\n[[titrations]]\nat_h = 1\ndose_mg_per_day = 600\n" + (
+        f"\n[[titrations]]\nat_h = 10\ndose_mg_per_day = {dose}\n{extra}"
+    )
+    path = write_scenario(tmp_path, extra)
+    assert main(["simulate", str(path), "--no-plots", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    (line,) = err.strip().splitlines()
+    assert str(path) in line and f"titrations[1] (at_h 10, {dose} mg/day)" in line
+    assert why in line
+
+
+def test_a_titration_with_its_override_and_confirmation_runs(tmp_path):
+    extra = (
+        "\n[[titrations]]\nat_h = 10\ndose_mg_per_day = 3000\n"
+        'override_reason = "severe flare"\noperator = "md1"\n'
+        "\n[[titrations]]\nat_h = 20\ndose_mg_per_day = 100\n"
+        'confirm_deviation = "nearest achievable"\noperator = "ph1"\n'
+    )
+    run = run_scenario(load_scenario(write_scenario(tmp_path, extra, duration_h=30)), trace=False)
+    modes = [t["mode"] for t in run.result["titrations"]]
+    assert len(modes) == 2 and "refused" not in modes
+
+
+def test_a_titration_refused_when_it_fires_fails_the_run(tmp_path, capsys, monkeypatch):
+    """Defence in depth: should the controller refuse a titration at run time, the run
+    fails and the report says so (JSON and Markdown)."""
+    import pumpctl.sim.runner as runner
+    from pumpctl.report import markdown
+
+    monkeypatch.setattr(runner, "check_titrations", lambda sc, setting: None)
+    path = write_scenario(
+        tmp_path, "\n[[titrations]]\nat_h = 10\ndose_mg_per_day = 3000\n", duration_h=24
+    )
+    r = run_scenario(load_scenario(path), trace=False).result
+    assert r["verdict"] == "fail"
+    (t,) = r["titrations"]
+    assert t["t_h"] == 10.0 and t["dose_mg_per_day"] == 3000 and t["mode"] == "refused"
+    assert "soft limit exceeded" in t["why"]
+    (line,) = [f for f in r["failed_expectations"] if "titration" in f]
+    assert line.startswith("titration at 10.00 h (3000 mg/day) refused: soft limit exceeded")
+    assert "| 10.00 | 3000 | refused |" in markdown(r)
+    assert main(["simulate", str(path), "--no-plots", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["titrations"][0]["mode"] == "refused"
