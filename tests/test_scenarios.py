@@ -357,3 +357,56 @@ def test_a_titration_refused_when_it_fires_fails_the_run(tmp_path, capsys, monke
     assert "| 10.00 | 3000 | refused |" in markdown(r)
     assert main(["simulate", str(path), "--no-plots", "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["titrations"][0]["mode"] == "refused"
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "need"),
+    [
+        ("\n[nurse]\nswap_s = 60\n", "nurse.response_min", "response_min and swap_s are"),
+        ("\n[nurse]\nresponse_min = 2\n", "nurse.swap_s", "response_min and swap_s are"),
+        (
+            "\n[pharmacy]\ndeliver_min = 15\n",
+            "pharmacy.compound_min",
+            "compound_min and deliver_min are",
+        ),
+        (
+            "\n[pharmacy]\ncompound_min = 10\n",
+            "pharmacy.deliver_min",
+            "compound_min and deliver_min are",
+        ),
+        ("\n[charge_nurse]\n", "charge_nurse.response_min", "response_min is"),
+    ],
+)
+def test_a_staff_table_given_must_state_its_times(tmp_path, capsys, extra, key, need):
+    """A staff table that is given has no silent defaults inside it; the line says which
+    keys the table needs and what applies without the table."""
+    path = write_scenario(tmp_path, extra)
+    assert main(["simulate", str(path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert str(path) in line and f"missing key '{key}'" in line
+    table = key.split(".")[0]
+    assert f"{need} required when [{table}] is given; without [{table}]" in line
+
+
+def test_staff_tables_left_out_take_the_documented_defaults(tmp_path):
+    from pumpctl.sim.scenario import STAFF_DEFAULTS
+
+    sc = load_scenario(write_scenario(tmp_path))
+    got = {
+        "compound_min": sc.compound_min.a,
+        "deliver_min": sc.deliver_min.a,
+        "response_min": sc.response_min.a,
+        "swap_s": sc.swap_s.a,
+        "prime_min": sc.prime_min.a,
+        "hang_lead_s": sc.hang_lead_s,
+    }
+    want = {**STAFF_DEFAULTS["pharmacy"], **STAFF_DEFAULTS["nurse"]}
+    assert got == want and sc.charge_response_min is None
+    doc = Path("docs/scenarios.md").read_text()
+    for table in ("pharmacy", "nurse"):
+        for k in (
+            ("compound_min", "deliver_min") if table == "pharmacy" else ("response_min", "swap_s")
+        ):
+            v = STAFF_DEFAULTS[table][k]
+            assert f"| `{k}` |" in doc or f"| | `{k}` |" in doc
+            assert f"required in the table; {v:g} without `[{table}]` |" in doc

@@ -30,6 +30,12 @@ _Z95 = 1.6448536269514722
 #: The simulated nurse finishes a bag change this long before the bag's end: before the
 #: watchdog's T-10 escalation, which fires whenever the change has not started.
 DEFAULT_HANG_LEAD_S = 720.0
+#: Staff times used when the whole table is left out of a scenario (docs/scenarios.md).
+#: A table that is given must state its required keys: no silent default inside it.
+STAFF_DEFAULTS: dict[str, dict[str, float]] = {
+    "pharmacy": {"compound_min": 10, "deliver_min": 15},
+    "nurse": {"response_min": 2, "swap_s": 60, "prime_min": 2, "hang_lead_s": DEFAULT_HANG_LEAD_S},
+}
 #: Causes an interruption can have in a report.
 GAP_CAUSES = tuple(c.value for c in GapCause)
 
@@ -113,6 +119,34 @@ class DistSpec(Spec):
         return value
 
 
+class StaffTable(Table):
+    """A staff table: optional as a whole (the defaults apply), but once given, its
+    required keys must be there; the missing-key line says so and what is allowed."""
+
+    def __init__(self, name: str, fields: dict[str, Spec]) -> None:
+        super().__init__(fields, required=False)
+        self.name = name
+
+    def check(self, value: Any, where: str) -> Any:
+        if isinstance(value, dict):
+            for key, spec in self.fields.items():
+                if spec.required and key not in value:
+                    need = [k for k, f in self.fields.items() if f.required]
+                    defaults = STAFF_DEFAULTS.get(self.name)
+                    absent = (
+                        f"without [{self.name}] the defaults apply: "
+                        + ", ".join(f"{k} {defaults[k]:g}" for k in need)
+                        if defaults
+                        else f"without [{self.name}] there is no {self.name.replace('_', ' ')}"
+                    )
+                    raise InputError(
+                        f"missing key '{where}.{key}'; allowed: {spec.allowed()} "
+                        f"({' and '.join(need)} {'are' if len(need) > 1 else 'is'} required "
+                        f"when [{self.name}] is given; {absent})"
+                    )
+        return super().check(value, where)
+
+
 def to_dist(value: Any) -> Dist:
     """A checked TOML value as a ``Dist``."""
     if not isinstance(value, dict):
@@ -152,20 +186,20 @@ SCENARIO_SCHEMA = Table(
             }
         ),
         "titrations": Anything(required=False),  # checked item by item below
-        "pharmacy": Table(
+        "pharmacy": StaffTable(
+            "pharmacy",
             {"compound_min": DistSpec(0, 24 * 60), "deliver_min": DistSpec(0, 24 * 60)},
-            required=False,
         ),
-        "nurse": Table(
+        "nurse": StaffTable(
+            "nurse",
             {
                 "response_min": DistSpec(0, 24 * 60),
                 "swap_s": DistSpec(0, 3600),
                 "prime_min": DistSpec(0, 120, required=False),
                 "hang_lead_s": Num(0, 3600, required=False),
             },
-            required=False,
         ),
-        "charge_nurse": Table({"response_min": DistSpec(0, 24 * 60)}, required=False),
+        "charge_nurse": StaffTable("charge_nurse", {"response_min": DistSpec(0, 24 * 60)}),
         "faults": Anything(required=False),
         "expect": Table(
             {
@@ -380,6 +414,7 @@ def scenario_from_raw(raw: dict[str, Any], path: str | Path) -> Scenario:
         raise InputError(f"{p}: {exc}") from None
     sc, ph, nu = raw["scenario"], raw.get("pharmacy", {}), raw.get("nurse", {})
     o = raw["order"]
+    pd, nd = STAFF_DEFAULTS["pharmacy"], STAFF_DEFAULTS["nurse"]
     return Scenario(
         path=str(p),
         name=sc.get("name", p.stem),
@@ -404,12 +439,12 @@ def scenario_from_raw(raw: dict[str, Any], path: str | Path) -> Scenario:
             )
             for t in titrations
         ),
-        compound_min=to_dist(ph.get("compound_min", 10)),
-        deliver_min=to_dist(ph.get("deliver_min", 15)),
-        response_min=to_dist(nu.get("response_min", 2)),
-        swap_s=to_dist(nu.get("swap_s", 60)),
-        prime_min=to_dist(nu.get("prime_min", 2)),
-        hang_lead_s=float(nu.get("hang_lead_s", DEFAULT_HANG_LEAD_S)),
+        compound_min=to_dist(ph.get("compound_min", pd["compound_min"])),
+        deliver_min=to_dist(ph.get("deliver_min", pd["deliver_min"])),
+        response_min=to_dist(nu.get("response_min", nd["response_min"])),
+        swap_s=to_dist(nu.get("swap_s", nd["swap_s"])),
+        prime_min=to_dist(nu.get("prime_min", nd["prime_min"])),
+        hang_lead_s=float(nu.get("hang_lead_s", nd["hang_lead_s"])),
         faults=tuple(
             Fault(f["kind"], to_dist(f["at_h"]), to_dist(f["duration_min"])) for f in faults
         ),
