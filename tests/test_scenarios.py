@@ -97,6 +97,21 @@ def test_syringe_pump_changes_are_measured_gaps():
             '\n[pharmacy]\ncompound_min = { dist = "lognormal", median = 5 }\ndeliver_min = 1\n',
             "pharmacy.compound_min.p95",
         ),
+        (
+            '\n[[faults]]\nat_h = { dist = "uniform", min = 70, max = 100 }\nkind = "occlusion"\n'
+            "duration_min = 1\n",
+            "faults[0].at_h.max",
+        ),
+        (
+            '\n[[faults]]\nat_h = { dist = "triangular", min = 1, mode = 2, max = 73 }\n'
+            'kind = "occlusion"\nduration_min = 1\n',
+            "faults[0].at_h.max",
+        ),
+        (
+            '\n[[faults]]\nat_h = { dist = "normal", mean = 30, sd = 1 }\nkind = "occlusion"\n'
+            "duration_min = 1\n",
+            "faults[0].at_h.dist",
+        ),
         ('\n[expect]\nalarms = ["bag_gone"]\n', "expect.alarms[0]"),
         ('\n[expect]\nmax_interrupted_s = "none"\n', "expect.max_interrupted_s"),
     ],
@@ -410,3 +425,12 @@ def test_staff_tables_left_out_take_the_documented_defaults(tmp_path):
             v = STAFF_DEFAULTS[table][k]
             assert f"| `{k}` |" in doc or f"| | `{k}` |" in doc
             assert f"required in the table; {v:g} without `[{table}]` |" in doc
+
+
+def test_a_fault_time_distribution_within_the_run_is_accepted(tmp_path):
+    extra = (
+        '\n[[faults]]\nat_h = { dist = "uniform", min = 70, max = 72 }\nkind = "occlusion"\n'
+        "duration_min = 1\n"
+    )
+    sc = load_scenario(write_scenario(tmp_path, extra))
+    assert sc.faults[0].at_h.b == 72

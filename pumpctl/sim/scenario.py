@@ -36,6 +36,8 @@ STAFF_DEFAULTS: dict[str, dict[str, float]] = {
     "pharmacy": {"compound_min": 10, "deliver_min": 15},
     "nurse": {"response_min": 2, "swap_s": 60, "prime_min": 2, "hang_lead_s": DEFAULT_HANG_LEAD_S},
 }
+#: Distributions whose draws stay within [min, max]: the only ones a fault's time may use.
+BOUNDED_DISTS = ("uniform", "triangular")
 #: Causes an interruption can have in a report.
 GAP_CAUSES = tuple(c.value for c in GapCause)
 
@@ -405,10 +407,23 @@ def scenario_from_raw(raw: dict[str, Any], path: str | Path) -> Scenario:
                 )
         for i, f in enumerate(faults):
             at = f["at_h"]
-            if not isinstance(at, dict) and at > dur:
+            if not isinstance(at, dict):
+                if at > dur:
+                    raise InputError(
+                        f"key 'faults[{i}].at_h' = {at} is after the end of the scenario; "
+                        f"allowed: 0-{dur} h"
+                    )
+            elif at["dist"] not in BOUNDED_DISTS:
+                # A normal or lognormal draw has no upper bound: it could fall past the end.
                 raise InputError(
-                    f"key 'faults[{i}].at_h' = {at} is after the end of the scenario; "
-                    f"allowed: 0-{dur} h"
+                    f"key 'faults[{i}].at_h.dist' = {at['dist']!r} is not allowed for a "
+                    f"fault's time (its draws have no upper bound); allowed: a number 0-{dur}, "
+                    "or a uniform or triangular distribution within the scenario"
+                )
+            elif at["max"] > dur:
+                raise InputError(
+                    f"key 'faults[{i}].at_h.max' = {at['max']} is after the end of the "
+                    f"scenario; allowed: 0-{dur} h (a draw may be the max)"
                 )
     except InputError as exc:
         raise InputError(f"{p}: {exc}") from None
