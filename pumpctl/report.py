@@ -316,6 +316,12 @@ def build_result(
         failed.append(f"{len(bags)} bags hung, expected {exp['bags']}")
     if exp.get("min_interruptions") is not None and len(gaps) < exp["min_interruptions"]:
         failed.append(f"{len(gaps)} interruptions, expected at least {exp['min_interruptions']}")
+    max_start = exp.get("max_start_h")
+    if max_start is not None and start_s is not None and start_s / 3600.0 > max_start + 1e-9:
+        failed.append(
+            f"the infusion started at {start_s / 3600.0:.2f} h, later than allowed "
+            f"{float(max_start):g} h"
+        )
     refused = meta.get("titrations_refused") or []
     failed += [
         f"titration at {float(t['t_s']) / 3600.0:.2f} h ({float(t['dose_mg_per_day']):g} "

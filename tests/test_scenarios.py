@@ -112,6 +112,7 @@ def test_syringe_pump_changes_are_measured_gaps():
             "duration_min = 1\n",
             "faults[0].at_h.dist",
         ),
+        ("\n[expect]\nmax_start_h = 100\n", "expect.max_start_h"),
         ('\n[expect]\nalarms = ["bag_gone"]\n', "expect.alarms[0]"),
         ('\n[expect]\nmax_interrupted_s = "none"\n', "expect.max_interrupted_s"),
     ],
@@ -434,3 +435,22 @@ def test_a_fault_time_distribution_within_the_run_is_accepted(tmp_path):
     )
     sc = load_scenario(write_scenario(tmp_path, extra))
     assert sc.faults[0].at_h.b == 72
+
+
+def test_a_late_start_fails_max_start_h(tmp_path, capsys):
+    """A first bag 10 h late gives no gap (the infusion had not started): only
+    ``expect.max_start_h`` bounds the start."""
+    extra = '\n[[faults]]\nat_h = 0\nkind = "pharmacy_late"\nduration_min = 600\n'
+    path = write_scenario(tmp_path, extra + "\n[expect]\nmax_start_h = 1\n", duration_h=24)
+    r = run_scenario(load_scenario(path), trace=False).result
+    assert r["start_h"] > 10 and r["interrupted_s"] == 0
+    assert r["verdict"] == "fail"
+    assert (
+        f"the infusion started at {r['start_h']:.2f} h, later than allowed 1 h"
+        in (r["failed_expectations"])
+    )
+    ok = write_scenario(tmp_path, "\n[expect]\nmax_start_h = 1\n", duration_h=24, name="ok.toml")
+    r = run_scenario(load_scenario(ok), trace=False).result
+    assert r["start_h"] < 1 and r["verdict"] == "pass"
+    assert main(["simulate", str(path), "--no-plots", "--json"]) == 1
+    capsys.readouterr()

@@ -310,7 +310,9 @@ def run_meta(
             "min_interruptions": sc.expect_min_interruptions,
         },
     }
-    # Only when given, so the run_end event of a scenario without it is unchanged.
+    # Only when given, so the run_end event of a scenario without them is unchanged.
+    if sc.expect_max_start_h is not None:
+        meta["expect"]["max_start_h"] = sc.expect_max_start_h
     if refused:
         meta["titrations_refused"] = list(refused)
     return meta

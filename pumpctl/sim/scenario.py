@@ -212,6 +212,7 @@ SCENARIO_SCHEMA = Table(
                 "causes": Anything(required=False),
                 "bags": Num(0, 10000, integer=True, required=False),
                 "min_interruptions": Num(0, 10000, integer=True, required=False),
+                "max_start_h": Num(0, 24 * 30, required=False),
             },
             required=False,
         ),
@@ -293,6 +294,7 @@ class Scenario:
     confirm_deviation: str | None = None
     charge_response_min: Dist | None = None
     relay: bool = False
+    expect_max_start_h: float | None = None
 
     @property
     def has_distributions(self) -> bool:
@@ -425,6 +427,12 @@ def scenario_from_raw(raw: dict[str, Any], path: str | Path) -> Scenario:
                     f"key 'faults[{i}].at_h.max' = {at['max']} is after the end of the "
                     f"scenario; allowed: 0-{dur} h (a draw may be the max)"
                 )
+        max_start = exp.get("max_start_h")
+        if max_start is not None and max_start > dur:
+            raise InputError(
+                f"key 'expect.max_start_h' = {max_start} is after the end of the scenario; "
+                f"allowed: 0-{dur} h"
+            )
     except InputError as exc:
         raise InputError(f"{p}: {exc}") from None
     sc, ph, nu = raw["scenario"], raw.get("pharmacy", {}), raw.get("nurse", {})
@@ -476,6 +484,7 @@ def scenario_from_raw(raw: dict[str, Any], path: str | Path) -> Scenario:
         if "charge_nurse" not in raw
         else to_dist(raw["charge_nurse"]["response_min"]),
         relay=bool(sc.get("relay", False)),
+        expect_max_start_h=None if max_start is None else float(max_start),
     )
 
 
