@@ -316,6 +316,18 @@ def build_result(
         failed.append(f"{len(bags)} bags hung, expected {exp['bags']}")
     if exp.get("min_interruptions") is not None and len(gaps) < exp["min_interruptions"]:
         failed.append(f"{len(gaps)} interruptions, expected at least {exp['min_interruptions']}")
+    max_start = exp.get("max_start_h")
+    if max_start is not None and start_s is not None and start_s / 3600.0 > max_start + 1e-9:
+        failed.append(
+            f"the infusion started at {start_s / 3600.0:.2f} h, later than allowed "
+            f"{float(max_start):g} h"
+        )
+    refused = meta.get("titrations_refused") or []
+    failed += [
+        f"titration at {float(t['t_s']) / 3600.0:.2f} h ({float(t['dose_mg_per_day']):g} "
+        f"mg/day) refused: {t['why']}"
+        for t in refused
+    ]
     if start_s is None:
         failed.append("the infusion never started")
     return {
@@ -350,16 +362,7 @@ def build_result(
         "line_residual_mg": round(line_mg, 3),
         "alarms": alarms,
         "alarms_by_priority": by_priority,
-        "titrations": [
-            {
-                "t_h": _h(e.t_s),
-                "dose_mg_per_day": e.detail["order"]["dose_mg_per_day"],
-                "mode": e.detail.get("mode"),
-                "why": (e.detail.get("plan") or {}).get("why"),
-            }
-            for e in doses
-            if e.event == E.TITRATION
-        ],
+        "titrations": _titrations(doses, refused),
         "setting": meta.get("setting"),
         "setting_version": meta.get("setting_version", install),
         "pump": meta.get("pump"),
@@ -416,6 +419,37 @@ def _delivered_from_events(
         ml += rate * dt_h
         mg += rate * conc * dt_h
     return mg, ml
+
+
+def _titrations(doses: Sequence[EventLike], refused: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The titrations in time order; one the controller refused has ``mode`` "refused"."""
+    rows = [
+        (
+            e.t_s,
+            {
+                "t_h": _h(e.t_s),
+                "dose_mg_per_day": e.detail["order"]["dose_mg_per_day"],
+                "mode": e.detail.get("mode"),
+                "why": (e.detail.get("plan") or {}).get("why"),
+            },
+        )
+        for e in doses
+        if e.event == E.TITRATION
+    ]
+    rows += [
+        (
+            float(t["t_s"]),
+            {
+                "t_h": _h(float(t["t_s"])),
+                "dose_mg_per_day": t["dose_mg_per_day"],
+                "mode": "refused",
+                "why": t["why"],
+            },
+        )
+        for t in refused
+    ]
+    rows.sort(key=lambda r: r[0])  # stable: same-time rows keep their order
+    return [r for _t, r in rows]
 
 
 def _hms(seconds: float) -> str:

@@ -97,6 +97,22 @@ def test_syringe_pump_changes_are_measured_gaps():
             '\n[pharmacy]\ncompound_min = { dist = "lognormal", median = 5 }\ndeliver_min = 1\n',
             "pharmacy.compound_min.p95",
         ),
+        (
+            '\n[[faults]]\nat_h = { dist = "uniform", min = 70, max = 100 }\nkind = "occlusion"\n'
+            "duration_min = 1\n",
+            "faults[0].at_h.max",
+        ),
+        (
+            '\n[[faults]]\nat_h = { dist = "triangular", min = 1, mode = 2, max = 73 }\n'
+            'kind = "occlusion"\nduration_min = 1\n',
+            "faults[0].at_h.max",
+        ),
+        (
+            '\n[[faults]]\nat_h = { dist = "normal", mean = 30, sd = 1 }\nkind = "occlusion"\n'
+            "duration_min = 1\n",
+            "faults[0].at_h.dist",
+        ),
+        ("\n[expect]\nmax_start_h = 100\n", "expect.max_start_h"),
         ('\n[expect]\nalarms = ["bag_gone"]\n', "expect.alarms[0]"),
         ('\n[expect]\nmax_interrupted_s = "none"\n', "expect.max_interrupted_s"),
     ],
@@ -300,3 +316,141 @@ def test_report_names_what_was_left_in_the_bags_beside_the_wasted_vtbi():
     row = next(line for line in markdown(r).splitlines() if line.startswith("| drug wasted"))
     assert f"{r['wasted_mg']:.1f} mg of the programmed VTBI" in row
     assert f"left in the bags taken down {left:.1f} mg" in row
+
+
+@pytest.mark.parametrize(
+    ("dose", "extra", "why"),
+    [
+        (3000, "", 'give override_reason = "..." and operator = "..." in the [[titrations]]'),
+        (5000, 'override_reason = "x"\noperator = "md1"\n', "no bag size fits"),
+        (100, "", 'give confirm_deviation = "..." and operator = "..." in the [[titrations]]'),
+    ],
+)
+def test_a_titration_the_build_refuses_is_bad_input(tmp_path, capsys, dose, extra, why):
+    """Built before the run like the first order: a refusal or a missing override is one
+    line naming the file and the titration (exit 2), not a silently dropped order."""
+    extra = "\n[[titrations]]\nat_h = 1\ndose_mg_per_day = 600\n" + (
+        f"\n[[titrations]]\nat_h = 10\ndose_mg_per_day = {dose}\n{extra}"
+    )
+    path = write_scenario(tmp_path, extra)
+    assert main(["simulate", str(path), "--no-plots", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    (line,) = err.strip().splitlines()
+    assert str(path) in line and f"titrations[1] (at_h 10, {dose} mg/day)" in line
+    assert why in line
+
+
+def test_a_titration_with_its_override_and_confirmation_runs(tmp_path):
+    extra = (
+        "\n[[titrations]]\nat_h = 10\ndose_mg_per_day = 3000\n"
+        'override_reason = "severe flare"\noperator = "md1"\n'
+        "\n[[titrations]]\nat_h = 20\ndose_mg_per_day = 100\n"
+        'confirm_deviation = "nearest achievable"\noperator = "ph1"\n'
+    )
+    run = run_scenario(load_scenario(write_scenario(tmp_path, extra, duration_h=30)), trace=False)
+    modes = [t["mode"] for t in run.result["titrations"]]
+    assert len(modes) == 2 and "refused" not in modes
+
+
+def test_a_titration_refused_when_it_fires_fails_the_run(tmp_path, capsys, monkeypatch):
+    """Defence in depth: should the controller refuse a titration at run time, the run
+    fails and the report says so (JSON and Markdown)."""
+    import pumpctl.sim.runner as runner
+    from pumpctl.report import markdown
+
+    monkeypatch.setattr(runner, "check_titrations", lambda sc, setting: None)
+    path = write_scenario(
+        tmp_path, "\n[[titrations]]\nat_h = 10\ndose_mg_per_day = 3000\n", duration_h=24
+    )
+    r = run_scenario(load_scenario(path), trace=False).result
+    assert r["verdict"] == "fail"
+    (t,) = r["titrations"]
+    assert t["t_h"] == 10.0 and t["dose_mg_per_day"] == 3000 and t["mode"] == "refused"
+    assert "soft limit exceeded" in t["why"]
+    (line,) = [f for f in r["failed_expectations"] if "titration" in f]
+    assert line.startswith("titration at 10.00 h (3000 mg/day) refused: soft limit exceeded")
+    assert "| 10.00 | 3000 | refused |" in markdown(r)
+    assert main(["simulate", str(path), "--no-plots", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["titrations"][0]["mode"] == "refused"
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "need"),
+    [
+        ("\n[nurse]\nswap_s = 60\n", "nurse.response_min", "response_min and swap_s are"),
+        ("\n[nurse]\nresponse_min = 2\n", "nurse.swap_s", "response_min and swap_s are"),
+        (
+            "\n[pharmacy]\ndeliver_min = 15\n",
+            "pharmacy.compound_min",
+            "compound_min and deliver_min are",
+        ),
+        (
+            "\n[pharmacy]\ncompound_min = 10\n",
+            "pharmacy.deliver_min",
+            "compound_min and deliver_min are",
+        ),
+        ("\n[charge_nurse]\n", "charge_nurse.response_min", "response_min is"),
+    ],
+)
+def test_a_staff_table_given_must_state_its_times(tmp_path, capsys, extra, key, need):
+    """A staff table that is given has no silent defaults inside it; the line says which
+    keys the table needs and what applies without the table."""
+    path = write_scenario(tmp_path, extra)
+    assert main(["simulate", str(path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert str(path) in line and f"missing key '{key}'" in line
+    table = key.split(".")[0]
+    assert f"{need} required when [{table}] is given; without [{table}]" in line
+
+
+def test_staff_tables_left_out_take_the_documented_defaults(tmp_path):
+    from pumpctl.sim.scenario import STAFF_DEFAULTS
+
+    sc = load_scenario(write_scenario(tmp_path))
+    got = {
+        "compound_min": sc.compound_min.a,
+        "deliver_min": sc.deliver_min.a,
+        "response_min": sc.response_min.a,
+        "swap_s": sc.swap_s.a,
+        "prime_min": sc.prime_min.a,
+        "hang_lead_s": sc.hang_lead_s,
+    }
+    want = {**STAFF_DEFAULTS["pharmacy"], **STAFF_DEFAULTS["nurse"]}
+    assert got == want and sc.charge_response_min is None
+    doc = Path("docs/scenarios.md").read_text()
+    for table in ("pharmacy", "nurse"):
+        for k in (
+            ("compound_min", "deliver_min") if table == "pharmacy" else ("response_min", "swap_s")
+        ):
+            v = STAFF_DEFAULTS[table][k]
+            assert f"| `{k}` |" in doc or f"| | `{k}` |" in doc
+            assert f"required in the table; {v:g} without `[{table}]` |" in doc
+
+
+def test_a_fault_time_distribution_within_the_run_is_accepted(tmp_path):
+    extra = (
+        '\n[[faults]]\nat_h = { dist = "uniform", min = 70, max = 72 }\nkind = "occlusion"\n'
+        "duration_min = 1\n"
+    )
+    sc = load_scenario(write_scenario(tmp_path, extra))
+    assert sc.faults[0].at_h.b == 72
+
+
+def test_a_late_start_fails_max_start_h(tmp_path, capsys):
+    """A first bag 10 h late gives no gap (the infusion had not started): only
+    ``expect.max_start_h`` bounds the start."""
+    extra = '\n[[faults]]\nat_h = 0\nkind = "pharmacy_late"\nduration_min = 600\n'
+    path = write_scenario(tmp_path, extra + "\n[expect]\nmax_start_h = 1\n", duration_h=24)
+    r = run_scenario(load_scenario(path), trace=False).result
+    assert r["start_h"] > 10 and r["interrupted_s"] == 0
+    assert r["verdict"] == "fail"
+    assert (
+        f"the infusion started at {r['start_h']:.2f} h, later than allowed 1 h"
+        in (r["failed_expectations"])
+    )
+    ok = write_scenario(tmp_path, "\n[expect]\nmax_start_h = 1\n", duration_h=24, name="ok.toml")
+    r = run_scenario(load_scenario(ok), trace=False).result
+    assert r["start_h"] < 1 and r["verdict"] == "pass"
+    assert main(["simulate", str(path), "--no-plots", "--json"]) == 1
+    capsys.readouterr()

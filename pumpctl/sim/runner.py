@@ -17,13 +17,13 @@ from pumpctl.clock import SimClock
 from pumpctl.controller import Controller
 from pumpctl.drivers.relay import RelayPair
 from pumpctl.drivers.sim import SimDriver
-from pumpctl.errors import InputError
+from pumpctl.errors import InputError, PumpctlError
 from pumpctl.eventlog import MemoryEventLog
 from pumpctl.events import EventKind
-from pumpctl.order import Order
+from pumpctl.order import Order, build
 from pumpctl.report import build_result
 from pumpctl.setting import DrugSetting, PumpModel, check_fits, load_pump, load_setting
-from pumpctl.sim.scenario import Scenario
+from pumpctl.sim.scenario import Scenario, Titration
 from pumpctl.sim.staff import Nurse, Pharmacy, World
 
 SAMPLE_S = 30.0  # IEC 60601-2-24 sample interval
@@ -66,6 +66,44 @@ def _order(
     )
 
 
+def _titration_order(sc: Scenario, t: Titration) -> Order:
+    return _order(
+        sc,
+        t.dose_mg_per_day,
+        t.bag_ml or sc.bag_ml,
+        t.override_reason,
+        t.operator,
+        t.confirm_deviation,
+    )
+
+
+#: The build's hints name the CLI options; a scenario gives the [[titrations]] keys.
+_SCENARIO_KEYS = (
+    ("--override-reason TEXT", "override_reason"),
+    ("--confirm-deviation REASON", "confirm_deviation"),
+    ("--operator ID", "operator"),
+)
+
+
+def check_titrations(sc: Scenario, setting: DrugSetting) -> None:
+    """Build every titration's order against the setting before the run, as the
+    controller will when it fires: a refusal, or an override or deviation confirmation
+    the ``[[titrations]]`` entry does not give, is bad input (one line, exit 2)."""
+    for i, t in enumerate(sc.titrations):
+        try:
+            build(_titration_order(sc, t), setting)
+        except PumpctlError as exc:
+            why = str(exc)
+            for flag, key in _SCENARIO_KEYS:
+                why = why.replace(flag, f'{key} = "..."')
+            if why != str(exc):
+                why += " in the [[titrations]] entry"
+            raise InputError(
+                f"{sc.path}: titrations[{i}] (at_h {t.at_h:g}, {t.dose_mg_per_day:g} mg/day) "
+                f"cannot be programmed: {why}"
+            ) from None
+
+
 def run_scenario(
     sc: Scenario,
     seed: int | None = None,
@@ -90,6 +128,7 @@ def run_scenario(
         check_fits(setting, model)
     except InputError as exc:
         raise InputError(f"{sc.path}: {exc}") from None
+    check_titrations(sc, setting)
     rng = random.Random(seed)
     clock = SimClock()
     log = MemoryEventLog()
@@ -122,16 +161,9 @@ def run_scenario(
     for f in sc.faults:
         at_s = f.at_h.sample(rng) * 3600.0
         world.schedule(f.kind, min(at_s, end_s), f.duration_min.sample(rng) * 60.0)
+    refused: list[dict[str, Any]] = []  # titrations the controller refused when they fired
     for t in sc.titrations:
-        o = _order(
-            sc,
-            t.dose_mg_per_day,
-            t.bag_ml or sc.bag_ml,
-            t.override_reason,
-            t.operator,
-            t.confirm_deviation,
-        )
-        clock.call_at(t.at_h * 3600.0, _titrate_at(ctl, o))
+        clock.call_at(t.at_h * 3600.0, _titrate_at(ctl, _titration_order(sc, t), t, refused))
 
     if trace:  # IEC samples every 30 s for 2 h from the start, read off the physics' steps
 
@@ -170,7 +202,7 @@ def run_scenario(
         ctl.pump_name,
         ctl.state.value,
         EventKind.RUN_END,
-        run_meta(sc, seed, setting, model, end_s),
+        run_meta(sc, seed, setting, model, end_s, refused),
     )
     run = SimRun(sc, seed, setting, model, ctl, driver, log, start, end_s, {}, samples)
     # The live controller's state is the fold of exactly these events (the events logged
@@ -190,9 +222,15 @@ def _probe_totals(per_pump: list[list[tuple[float, float]]]) -> list[tuple[float
     return out
 
 
-def _titrate_at(ctl: Controller, order: Order) -> Callable[[], None]:
+def _titrate_at(
+    ctl: Controller, order: Order, t: Titration, refused: list[dict[str, Any]]
+) -> Callable[[], None]:
     def go() -> None:
-        ctl.titrate(order, "md1")
+        err = ctl.titrate(order, "md1")
+        if err is not None:  # never silent: the report lists it and the run fails
+            refused.append(
+                {"t_s": t.at_h * 3600.0, "dose_mg_per_day": t.dose_mg_per_day, "why": err}
+            )
 
     return go
 
@@ -243,10 +281,16 @@ def record_physics(
 
 
 def run_meta(
-    sc: Scenario, seed: int, setting: DrugSetting, model: PumpModel, end_s: float
+    sc: Scenario,
+    seed: int,
+    setting: DrugSetting,
+    model: PumpModel,
+    end_s: float,
+    refused: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """What a report needs to know about how the run was set up."""
-    return {
+    """What a report needs to know about how the run was set up (and titrations the
+    controller refused, which fail the run)."""
+    meta: dict[str, Any] = {
         "scenario": sc.name,
         "scenario_path": sc.path,
         "seed": seed,
@@ -266,3 +310,9 @@ def run_meta(
             "min_interruptions": sc.expect_min_interruptions,
         },
     }
+    # Only when given, so the run_end event of a scenario without them is unchanged.
+    if sc.expect_max_start_h is not None:
+        meta["expect"]["max_start_h"] = sc.expect_max_start_h
+    if refused:
+        meta["titrations_refused"] = list(refused)
+    return meta

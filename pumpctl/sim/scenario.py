@@ -30,6 +30,14 @@ _Z95 = 1.6448536269514722
 #: The simulated nurse finishes a bag change this long before the bag's end: before the
 #: watchdog's T-10 escalation, which fires whenever the change has not started.
 DEFAULT_HANG_LEAD_S = 720.0
+#: Staff times used when the whole table is left out of a scenario (docs/scenarios.md).
+#: A table that is given must state its required keys: no silent default inside it.
+STAFF_DEFAULTS: dict[str, dict[str, float]] = {
+    "pharmacy": {"compound_min": 10, "deliver_min": 15},
+    "nurse": {"response_min": 2, "swap_s": 60, "prime_min": 2, "hang_lead_s": DEFAULT_HANG_LEAD_S},
+}
+#: Distributions whose draws stay within [min, max]: the only ones a fault's time may use.
+BOUNDED_DISTS = ("uniform", "triangular")
 #: Causes an interruption can have in a report.
 GAP_CAUSES = tuple(c.value for c in GapCause)
 
@@ -113,6 +121,34 @@ class DistSpec(Spec):
         return value
 
 
+class StaffTable(Table):
+    """A staff table: optional as a whole (the defaults apply), but once given, its
+    required keys must be there; the missing-key line says so and what is allowed."""
+
+    def __init__(self, name: str, fields: dict[str, Spec]) -> None:
+        super().__init__(fields, required=False)
+        self.name = name
+
+    def check(self, value: Any, where: str) -> Any:
+        if isinstance(value, dict):
+            for key, spec in self.fields.items():
+                if spec.required and key not in value:
+                    need = [k for k, f in self.fields.items() if f.required]
+                    defaults = STAFF_DEFAULTS.get(self.name)
+                    absent = (
+                        f"without [{self.name}] the defaults apply: "
+                        + ", ".join(f"{k} {defaults[k]:g}" for k in need)
+                        if defaults
+                        else f"without [{self.name}] there is no {self.name.replace('_', ' ')}"
+                    )
+                    raise InputError(
+                        f"missing key '{where}.{key}'; allowed: {spec.allowed()} "
+                        f"({' and '.join(need)} {'are' if len(need) > 1 else 'is'} required "
+                        f"when [{self.name}] is given; {absent})"
+                    )
+        return super().check(value, where)
+
+
 def to_dist(value: Any) -> Dist:
     """A checked TOML value as a ``Dist``."""
     if not isinstance(value, dict):
@@ -152,20 +188,20 @@ SCENARIO_SCHEMA = Table(
             }
         ),
         "titrations": Anything(required=False),  # checked item by item below
-        "pharmacy": Table(
+        "pharmacy": StaffTable(
+            "pharmacy",
             {"compound_min": DistSpec(0, 24 * 60), "deliver_min": DistSpec(0, 24 * 60)},
-            required=False,
         ),
-        "nurse": Table(
+        "nurse": StaffTable(
+            "nurse",
             {
                 "response_min": DistSpec(0, 24 * 60),
                 "swap_s": DistSpec(0, 3600),
                 "prime_min": DistSpec(0, 120, required=False),
                 "hang_lead_s": Num(0, 3600, required=False),
             },
-            required=False,
         ),
-        "charge_nurse": Table({"response_min": DistSpec(0, 24 * 60)}, required=False),
+        "charge_nurse": StaffTable("charge_nurse", {"response_min": DistSpec(0, 24 * 60)}),
         "faults": Anything(required=False),
         "expect": Table(
             {
@@ -176,6 +212,7 @@ SCENARIO_SCHEMA = Table(
                 "causes": Anything(required=False),
                 "bags": Num(0, 10000, integer=True, required=False),
                 "min_interruptions": Num(0, 10000, integer=True, required=False),
+                "max_start_h": Num(0, 24 * 30, required=False),
             },
             required=False,
         ),
@@ -257,6 +294,7 @@ class Scenario:
     confirm_deviation: str | None = None
     charge_response_min: Dist | None = None
     relay: bool = False
+    expect_max_start_h: float | None = None
 
     @property
     def has_distributions(self) -> bool:
@@ -371,15 +409,35 @@ def scenario_from_raw(raw: dict[str, Any], path: str | Path) -> Scenario:
                 )
         for i, f in enumerate(faults):
             at = f["at_h"]
-            if not isinstance(at, dict) and at > dur:
+            if not isinstance(at, dict):
+                if at > dur:
+                    raise InputError(
+                        f"key 'faults[{i}].at_h' = {at} is after the end of the scenario; "
+                        f"allowed: 0-{dur} h"
+                    )
+            elif at["dist"] not in BOUNDED_DISTS:
+                # A normal or lognormal draw has no upper bound: it could fall past the end.
                 raise InputError(
-                    f"key 'faults[{i}].at_h' = {at} is after the end of the scenario; "
-                    f"allowed: 0-{dur} h"
+                    f"key 'faults[{i}].at_h.dist' = {at['dist']!r} is not allowed for a "
+                    f"fault's time (its draws have no upper bound); allowed: a number 0-{dur}, "
+                    "or a uniform or triangular distribution within the scenario"
                 )
+            elif at["max"] > dur:
+                raise InputError(
+                    f"key 'faults[{i}].at_h.max' = {at['max']} is after the end of the "
+                    f"scenario; allowed: 0-{dur} h (a draw may be the max)"
+                )
+        max_start = exp.get("max_start_h")
+        if max_start is not None and max_start > dur:
+            raise InputError(
+                f"key 'expect.max_start_h' = {max_start} is after the end of the scenario; "
+                f"allowed: 0-{dur} h"
+            )
     except InputError as exc:
         raise InputError(f"{p}: {exc}") from None
     sc, ph, nu = raw["scenario"], raw.get("pharmacy", {}), raw.get("nurse", {})
     o = raw["order"]
+    pd, nd = STAFF_DEFAULTS["pharmacy"], STAFF_DEFAULTS["nurse"]
     return Scenario(
         path=str(p),
         name=sc.get("name", p.stem),
@@ -404,12 +462,12 @@ def scenario_from_raw(raw: dict[str, Any], path: str | Path) -> Scenario:
             )
             for t in titrations
         ),
-        compound_min=to_dist(ph.get("compound_min", 10)),
-        deliver_min=to_dist(ph.get("deliver_min", 15)),
-        response_min=to_dist(nu.get("response_min", 2)),
-        swap_s=to_dist(nu.get("swap_s", 60)),
-        prime_min=to_dist(nu.get("prime_min", 2)),
-        hang_lead_s=float(nu.get("hang_lead_s", DEFAULT_HANG_LEAD_S)),
+        compound_min=to_dist(ph.get("compound_min", pd["compound_min"])),
+        deliver_min=to_dist(ph.get("deliver_min", pd["deliver_min"])),
+        response_min=to_dist(nu.get("response_min", nd["response_min"])),
+        swap_s=to_dist(nu.get("swap_s", nd["swap_s"])),
+        prime_min=to_dist(nu.get("prime_min", nd["prime_min"])),
+        hang_lead_s=float(nu.get("hang_lead_s", nd["hang_lead_s"])),
         faults=tuple(
             Fault(f["kind"], to_dist(f["at_h"]), to_dist(f["duration_min"])) for f in faults
         ),
@@ -426,6 +484,7 @@ def scenario_from_raw(raw: dict[str, Any], path: str | Path) -> Scenario:
         if "charge_nurse" not in raw
         else to_dist(raw["charge_nurse"]["response_min"]),
         relay=bool(sc.get("relay", False)),
+        expect_max_start_h=None if max_start is None else float(max_start),
     )
 
 
