@@ -761,7 +761,7 @@ def markdown(result: dict[str, Any]) -> str:
     head = (
         "**Expectations met.**"
         if met
-        else "**Expectations NOT met:** " + "; ".join(r["failed_expectations"])
+        else "**Expectations NOT met:** " + "; ".join(r["failed_expectations"]) + "."
     )
     if gaps:
         head += (

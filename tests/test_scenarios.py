@@ -454,3 +454,13 @@ def test_a_late_start_fails_max_start_h(tmp_path, capsys):
     assert r["start_h"] < 1 and r["verdict"] == "pass"
     assert main(["simulate", str(path), "--no-plots", "--json"]) == 1
     capsys.readouterr()
+
+
+def test_a_failed_run_headline_ends_its_list_before_the_flow_sentence(tmp_path):
+    from pumpctl.report import markdown
+
+    path = write_scenario(tmp_path, "\n[expect]\nbags = 99\n")
+    r = run_scenario(load_scenario(path), trace=False).result
+    head = markdown(r).splitlines()[2]
+    assert r["verdict"] == "fail" and head.startswith("**Expectations NOT met:** ")
+    assert ". No interruption" in head or ". Interrupted" in head
