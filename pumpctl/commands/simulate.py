@@ -54,12 +54,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     """Simulate, print, write; the exit code is the verdict."""
-    from pumpctl.report import markdown, with_flow_accuracy, write_report
+    from pumpctl.report import check_out_dir, markdown, with_flow_accuracy, write_report
     from pumpctl.sim.runner import run_scenario
     from pumpctl.sim.scenario import load_scenario
 
     if args.seed is not None and not 0 <= args.seed < 2**63:
         raise InputError(f"--seed {args.seed} is not allowed; allowed: 0 to 2**63-1")
+    if args.out:
+        check_out_dir(Path(args.out))  # before the run, not after it
     sc = load_scenario(args.scenario)
     recorder = None
     if args.hl7_out:
