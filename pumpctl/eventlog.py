@@ -697,6 +697,8 @@ def read_events(path: str | Path) -> list[Event]:
     naming the row, never a traceback, and the file is never changed.
     """
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{path}: is a directory; allowed: a pumpctl event log file (SQLite)")
     if not p.is_file():
         raise InputError(f"{path}: no such event log; allowed: a pumpctl event log (SQLite)")
     log = EventLog(p, readonly=True)

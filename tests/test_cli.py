@@ -313,3 +313,9 @@ def test_report_out_keeps_other_files_and_the_log_it_reads(tmp_path: Path, capsy
     assert cli.main(["report", str(db), "--out", str(tmp_path / "rep"), "--no-plots"]) == 0
     assert cli.main(["report", str(db), "--out", str(tmp_path / "rep"), "--no-plots"]) == 0
     assert (tmp_path / "rep" / "report.json").is_file()
+
+
+def test_report_of_a_directory_says_it_is_a_directory(tmp_path: Path, capsys: Any) -> None:
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a directory" in err
