@@ -19,7 +19,7 @@ import json
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -284,6 +284,27 @@ class MemoryEventLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class UnreadableLogError(InputError):
+    """A stored page of the log cannot be read (a damaged file): one line, exit 2."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(
+            f"{path}: the event log cannot be read ({reason}); allowed: an undamaged pumpctl "
+            "event log (restore it from a copy)"
+        )
+        self.path, self.reason = path, reason
+
+
+@contextlib.contextmanager
+def _reading(path: str) -> Iterator[None]:
+    """Turn SQLite's errors on reading rows (``database disk image is malformed``) into
+    ``UnreadableLogError``, as opening a damaged file already is."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        raise UnreadableLogError(path, str(exc)) from None
 
 
 def _tables(db: sqlite3.Connection) -> dict[str, set[str]]:
@@ -565,14 +586,15 @@ class EventLog:
     def raw_rows(self) -> list[tuple[Any, ...]]:
         """Stored rows as they are: id, t_s, wall_utc, pump, state, event, detail, operator,
         prev_hash, row_hash."""
-        cols = _tables(self.db).get("events", set())
-        sel = "prev_hash, row_hash" if "row_hash" in cols else "NULL, NULL"
-        return list(
-            self.db.execute(
-                "SELECT id, t_s, wall_utc, pump, state, event, detail, operator, "
-                f"{sel} FROM events ORDER BY id"
+        with _reading(self.path):
+            cols = _tables(self.db).get("events", set())
+            sel = "prev_hash, row_hash" if "row_hash" in cols else "NULL, NULL"
+            return list(
+                self.db.execute(
+                    "SELECT id, t_s, wall_utc, pump, state, event, detail, operator, "
+                    f"{sel} FROM events ORDER BY id"
+                )
             )
-        )
 
     def events(self) -> list[Event]:
         """All events in order (stored rows, then any not yet written); never raises on a
@@ -638,13 +660,15 @@ class EventLog:
 
     def is_installed(self, version: str) -> bool:
         """Was this setting version installed?"""
-        row = self.db.execute("SELECT 1 FROM settings WHERE version = ?", (version,)).fetchone()
+        with _reading(self.path):
+            row = self.db.execute("SELECT 1 FROM settings WHERE version = ?", (version,)).fetchone()
         return row is not None
 
     # -- small key/value store for run metadata -----------------------------
     def meta_get(self, key: str) -> str | None:
         """A stored run parameter, or None."""
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with _reading(self.path):
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
     def meta_set(self, key: str, value: str) -> None:
@@ -673,6 +697,8 @@ def read_events(path: str | Path) -> list[Event]:
     naming the row, never a traceback, and the file is never changed.
     """
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{path}: is a directory; allowed: a pumpctl event log file (SQLite)")
     if not p.is_file():
         raise InputError(f"{path}: no such event log; allowed: a pumpctl event log (SQLite)")
     log = EventLog(p, readonly=True)
@@ -767,5 +793,6 @@ def known_event_names(log: Any = None) -> list[str]:
     """Event names pumpctl writes, plus any found in ``log``."""
     names = set(KNOWN_EVENTS)
     if isinstance(log, EventLog):
-        names |= {str(r[0]) for r in log.db.execute("SELECT DISTINCT event FROM events")}
+        with _reading(log.path):
+            names |= {str(r[0]) for r in log.db.execute("SELECT DISTINCT event FROM events")}
     return sorted(names)

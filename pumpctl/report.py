@@ -910,6 +910,55 @@ def with_flow_accuracy(result: dict[str, Any], events: Sequence[EventLike]) -> d
     return out
 
 
+#: Every file ``simulate --out`` and ``report --out`` write. A directory holding only these
+#: (a previous report) may be replaced; anything else in it is never deleted.
+OUTPUT_FILES = (
+    "report.json",
+    "report.md",
+    "events.db",
+    "events.db.key",
+    "delivery.png",
+    "bags.png",
+    "alarms.png",
+    "flow_accuracy.png",
+)
+_OUT_ALLOWED = "allowed: an empty or new directory, or a previous pumpctl report output"
+
+
+def check_out_dir(out: Path) -> None:
+    """Raise ``InputError`` unless ``--out`` may be written: absent, an empty directory, or
+    one that holds only the files a pumpctl report writes (``OUTPUT_FILES``).
+
+    The working directory and its parents are refused (they cannot be replaced), and so is
+    a directory holding anything pumpctl did not write: it is named, nothing is deleted.
+    """
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a directory; {_OUT_ALLOWED}")
+    try:
+        here = Path.cwd().resolve()
+        inside = here == out.resolve() or out.resolve() in here.parents
+    except OSError:
+        inside = False
+    if inside:
+        raise InputError(
+            f"--out {out}: is the current directory or one of its parents, which the report "
+            f"would replace; {_OUT_ALLOWED}"
+        )
+    try:
+        names = sorted(os.listdir(out))
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot read the directory ({exc.strerror})") from None
+    for name in names:
+        if name not in OUTPUT_FILES or not (out / name).is_file() or (out / name).is_symlink():
+            raise InputError(
+                f"--out {out}: holds {name!r}, which pumpctl did not write; nothing was "
+                f"changed; {_OUT_ALLOWED} ({', '.join(OUTPUT_FILES)})"
+            )
+
+
 def write_report(
     result: dict[str, Any],
     events: Sequence[EventLike],
@@ -921,12 +970,12 @@ def write_report(
     """Write report.json, report.md, events.db (``write_db(path)``) and plots into ``out``.
 
     Everything is written to a temporary directory beside ``out`` and renamed when
-    complete, so a crash never leaves a half-written report.
+    complete, so a crash never leaves a half-written report. An existing ``out`` is
+    replaced only when it holds nothing but a previous report (``check_out_dir``).
     """
     out = Path(out)
     parent = out.parent if str(out.parent) else Path(".")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a directory; allowed: a directory")
+    check_out_dir(out)
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
@@ -940,13 +989,28 @@ def write_report(
         (tmp / "report.md").write_text(markdown(result))
         if write_db is not None:
             write_db(tmp / "events.db")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
-            os.rename(out, old / "x")
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        check_out_dir(out)  # again: something may have been put there during the run
+        try:
+            if out.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
+                try:
+                    os.rename(out, old / "x")
+                except OSError:
+                    old.rmdir()
+                    raise
+                try:
+                    os.rename(tmp, out)
+                except OSError:
+                    os.rename(old / "x", out)  # put the previous report back
+                    old.rmdir()
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, out)
+        except OSError as exc:
+            raise InputError(
+                f"--out {out}: cannot replace the directory ({exc.strerror}); nothing was changed"
+            ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -327,6 +327,19 @@ def test_cli_out_under_a_file_or_taken_directory(short, tmp_path, capsys, monkey
     assert "already holds a campaign" in capsys.readouterr().err
 
 
+def test_cli_resume_with_nothing_to_resume_is_refused(short, tmp_path, capsys, monkeypatch):
+    _no_runs(monkeypatch)
+    for out in (tmp_path / "new", tmp_path / "empty"):
+        if out.name == "empty":
+            out.mkdir()
+        argv = ["campaign", str(short), "--runs", "5", "--resume", "--out", str(out)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"nothing to resume in {out}" in err
+        assert "leave out --resume" in err
+    assert not (tmp_path / "new").exists() and list((tmp_path / "empty").iterdir()) == []
+
+
 def test_cli_dask_missing_says_how_to_install(short, capsys, monkeypatch):
     import pumpctl.commands.campaign_run as cmd
 

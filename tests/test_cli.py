@@ -245,3 +245,77 @@ def test_a_module_missing_from_the_table_still_lists_and_runs(
     assert cli.main(["extra", "--quiet"]) == 0
     assert capsys.readouterr().err == ""
     assert cli.main(["diagram"]) == 0
+
+
+# -- --out never deletes what pumpctl did not write ------------------------------------
+
+
+def _simulate_out(tmp_path: Path, out: Path | str, capsys: Any) -> tuple[int, str]:
+    from tests.helpers import write_scenario
+
+    sc = write_scenario(tmp_path, duration_h=2)
+    code = cli.main(["simulate", str(sc), "--out", str(out), "--no-plots"])
+    return code, capsys.readouterr().err
+
+
+def test_simulate_out_refuses_a_directory_with_other_files_and_keeps_them(
+    tmp_path: Path, capsys: Any
+) -> None:
+    out = tmp_path / "sub"
+    (out / "inner").mkdir(parents=True)
+    (out / "a.txt").write_text("x")
+    code, err = _simulate_out(tmp_path, out, capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "'a.txt'" in err and "pumpctl did not write" in err and "allowed:" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "inner"]
+    assert (out / "a.txt").read_text() == "x"
+    assert [p.name for p in tmp_path.iterdir() if ".old." in p.name] == []
+
+
+def test_simulate_out_replaces_a_previous_report(tmp_path: Path, capsys: Any) -> None:
+    out = tmp_path / "out"
+    assert _simulate_out(tmp_path, out, capsys)[0] == 0
+    (out / "report.md").write_text("old")
+    assert _simulate_out(tmp_path, out, capsys)[0] == 0
+    assert (out / "report.md").read_text() != "old"
+    assert {"report.json", "report.md", "events.db"} <= {p.name for p in out.iterdir()}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_simulate_out_dot_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for out in (".", ".."):
+        code, err = _simulate_out(tmp_path, out, capsys)
+        assert code == 2 and err.count("\n") == 1 and "current directory" in err, err
+    assert list(work.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "s.toml",
+        "work",
+    ]
+
+
+def test_report_out_keeps_other_files_and_the_log_it_reads(tmp_path: Path, capsys: Any) -> None:
+    run = tmp_path / "run"
+    assert _simulate_out(tmp_path, run, capsys)[0] == 0
+    db = run / "events.db"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    assert cli.main(["report", str(db), "--out", str(other), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'notes.txt'" in err
+    assert (other / "notes.txt").read_text() == "keep"
+    assert cli.main(["report", str(db), "--out", str(run), "--no-plots"]) == 2
+    assert "holds the event log" in capsys.readouterr().err and db.is_file()
+    assert cli.main(["report", str(db), "--out", str(tmp_path / "rep"), "--no-plots"]) == 0
+    assert cli.main(["report", str(db), "--out", str(tmp_path / "rep"), "--no-plots"]) == 0
+    assert (tmp_path / "rep" / "report.json").is_file()
+
+
+def test_report_of_a_directory_says_it_is_a_directory(tmp_path: Path, capsys: Any) -> None:
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a directory" in err

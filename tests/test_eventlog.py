@@ -144,3 +144,36 @@ def test_kill_9_then_resume_loses_nothing_and_never_restarts_pump(tmp_path):
     start_t = next(e.t_s for e in after if e.event == "bag_hung")
     expected = 12.5 * (resumes[0].t_s - start_t) / 3600  # it kept pumping while we were dead
     assert vol == pytest.approx(expected, rel=0.02, abs=0.05)
+
+
+@pytest.fixture
+def corrupt_db(tmp_path):
+    """The 72 h example's events.db (and key) with 256 bytes in the middle overwritten
+    (there, an events page: the open succeeds, reading the rows does not)."""
+    assert main(["simulate", "anakinra_72h", "--out", str(tmp_path / "x"), "--no-plots"]) == 0
+    db = tmp_path / "corrupt.db"
+    data = bytearray((tmp_path / "x" / "events.db").read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 256] = bytes((i * 37 + 11) % 256 for i in range(256))
+    db.write_bytes(bytes(data))
+    (tmp_path / "corrupt.db.key").write_bytes((tmp_path / "x" / "events.db.key").read_bytes())
+    return db
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["log", "--db", "DB", "--verify"], ["log", "--db", "DB"], ["report", "DB", "--out", "Y"]],
+    ids=["log-verify", "log", "report"],
+)
+def test_a_corrupted_page_is_one_line_exit_2(corrupt_db, argv, capsys):
+    capsys.readouterr()
+    argv = [str(corrupt_db) if a == "DB" else a for a in argv]
+    argv = [str(corrupt_db.parent / "Y") if a == "Y" else a for a in argv]
+    before = corrupt_db.read_bytes()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert "malformed" in err and "allowed:" in err
+    if "--verify" in argv:
+        assert "cannot be verified" in err
+    assert corrupt_db.read_bytes() == before and not (corrupt_db.parent / "Y").exists()

@@ -432,6 +432,43 @@ def test_simulate_cli_writes_the_stream(tmp_path, capsys) -> None:
     assert main([*args[:4], "--hl7-status-period-s", "0"]) == 2
 
 
+def test_simulate_hl7_options_are_checked_before_the_run(tmp_path, capsys, monkeypatch) -> None:
+    import pumpctl.sim.runner as runner
+    from pumpctl.cli import main
+    from tests.helpers import write_scenario
+
+    def no_run(*_a: object, **_k: object) -> None:
+        raise AssertionError("the simulation ran")
+
+    monkeypatch.setattr(runner, "run_scenario", no_run)
+    sc = str(write_scenario(tmp_path, duration_h=2))
+    out = str(tmp_path / "s.hl7")
+    cases = [
+        (["--hl7-out", str(tmp_path / "no" / "dir" / "x.hl7")], "does not exist"),
+        (["--hl7-out", str(tmp_path)], "is a directory"),
+        (["--hl7-out", out, "--hl7-status-period-s", "0.001"], "allowed: 1 s or more"),
+        (["--hl7-out", out, "--hl7-status-period-s", "0.999"], "allowed: 1 s or more"),
+        (["--hl7-status-period-s", "-5"], "allowed: 1 s or more"),
+        (["--hl7-status-period-s", "60"], "--hl7-status-period-s needs --hl7-out"),
+        (["--hl7-start", "2026-01-01T00:00Z"], "--hl7-start needs --hl7-out"),
+        (["--hl7-out", str(tmp_path / "o" / "x.hl7"), "--out", str(tmp_path / "o")], "inside"),
+    ]
+    for extra, says in cases:
+        assert main(["simulate", sc, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err and "Traceback" not in err, (extra, err)
+    assert not (tmp_path / "s.hl7").exists() and not (tmp_path / "o").exists()
+
+
+def test_simulate_help_and_docs_state_the_status_period_floor(capsys) -> None:
+    from pumpctl.cli import main
+
+    assert main(["simulate", "--help"]) == 0
+    assert "at least 1 s" in " ".join(capsys.readouterr().out.split())
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "hl7.md").read_text()
+    assert "at least 1 s" in " ".join(doc.split())
+
+
 def test_a_reporter_failure_never_breaks_the_controller(setting, lvp, capsys) -> None:
     p = _Pump(setting, lvp)
     n = len(p.out)

@@ -117,6 +117,10 @@ def _workers(args: argparse.Namespace) -> int:
     return wanted
 
 
+#: What a campaign (or a sweep: ``points/``) leaves in its --out directory to resume from.
+CAMPAIGN_FILES = ("runs.parquet", "runs.csv", ".runs.parts", "points", "sweep.json")
+
+
 def _check_out(out: str | None, resume: bool) -> Path | None:
     """The --out directory, created and proven writable before any run starts."""
     if out is None:
@@ -127,6 +131,11 @@ def _check_out(out: str | None, resume: bool) -> Path | None:
     for parent in [p, *p.parents]:
         if parent.exists() and not parent.is_dir():
             raise InputError(f"--out {out}: {parent} is a file; allowed: a directory path")
+    if resume and not any((p / n).exists() for n in CAMPAIGN_FILES):
+        raise InputError(
+            f"--resume: nothing to resume in {out}; allowed: a directory with an unfinished "
+            "campaign, or leave out --resume"
+        )
     try:
         p.mkdir(parents=True, exist_ok=True)
         probe = p / ".pumpctl-write-test"
@@ -137,11 +146,7 @@ def _check_out(out: str | None, resume: bool) -> Path | None:
             f"--out {out}: not writable ({exc.strerror}); allowed: a writable directory"
         ) from None
     if not resume:
-        taken = [
-            n
-            for n in ("runs.parquet", "runs.csv", ".runs.parts", "points", "sweep.json")
-            if (p / n).exists()
-        ]
+        taken = [n for n in CAMPAIGN_FILES if (p / n).exists()]
         if taken:
             raise InputError(
                 f"--out {out} already holds a campaign ({taken[0]}); allowed: --resume to "

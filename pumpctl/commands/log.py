@@ -40,11 +40,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     """Print the events in order, or the chain check."""
-    from pumpctl.eventlog import EventLog, is_demo, known_event_names, verify_chain
+    from pumpctl.eventlog import (
+        EventLog,
+        UnreadableLogError,
+        is_demo,
+        known_event_names,
+        verify_chain,
+    )
 
     with EventLog(args.db, readonly=True) as log:
         if args.verify:
-            ok, bad, why = verify_chain(log)
+            try:
+                ok, bad, why = verify_chain(log)
+            except UnreadableLogError as exc:
+                raise InputError(
+                    f"{args.db}: cannot be read, so cannot be verified ({exc.reason}); "
+                    "allowed: an undamaged pumpctl event log (restore it from a copy)"
+                ) from None
             if not ok:
                 raise ChainError(f"{args.db}: FAILED at row {bad}: {why}")
             print(f"{args.db}: OK: {why}{' [DEMO]' if is_demo(log) else ''}")

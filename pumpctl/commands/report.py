@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from pumpctl.errors import InputError
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``report`` sub-command."""
@@ -27,8 +29,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     """Read the log (read-only), build the report, print and write it."""
     from pumpctl.eventlog import EventLog, is_demo, read_events
-    from pumpctl.report import build_result, markdown, with_flow_accuracy, write_report
+    from pumpctl.report import (
+        build_result,
+        check_out_dir,
+        markdown,
+        with_flow_accuracy,
+        write_report,
+    )
 
+    if args.out:
+        out = Path(args.out)
+        if out.resolve() in Path(args.db).resolve().parents:
+            raise InputError(
+                f"--out {args.out}: holds the event log {args.db}, which the report would "
+                "replace; allowed: a directory that does not hold the log"
+            )
+        check_out_dir(out)
     events = read_events(args.db)
     with EventLog(args.db, readonly=True) as log:
         demo = is_demo(log)

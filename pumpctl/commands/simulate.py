@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 from pumpctl.argtypes import SEED
 from pumpctl.errors import InputError
 
 log = logging.getLogger("pumpctl.simulate")
+
+#: The ``--hl7-status-period-s`` default and floor (a shorter period makes a stream of
+#: hundreds of MB for a 72 h run and takes many minutes).
+DEFAULT_STATUS_PERIOD_S = 300.0
+MIN_STATUS_PERIOD_S = 1.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -39,9 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--hl7-status-period-s",
         type=float,
-        default=300.0,
+        default=None,
         metavar="S",
-        help="PCD-01 status period in the --hl7-out stream (default 300)",
+        help=f"PCD-01 status period in the --hl7-out stream, at least {MIN_STATUS_PERIOD_S:g} s "
+        f"(default {DEFAULT_STATUS_PERIOD_S:g})",
     )
     p.add_argument(
         "--hl7-start",
@@ -54,24 +61,34 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     """Simulate, print, write; the exit code is the verdict."""
-    from pumpctl.report import markdown, with_flow_accuracy, write_report
+    from pumpctl.report import check_out_dir, markdown, with_flow_accuracy, write_report
     from pumpctl.sim.runner import run_scenario
     from pumpctl.sim.scenario import load_scenario
 
     if args.seed is not None and not 0 <= args.seed < 2**63:
         raise InputError(f"--seed {args.seed} is not allowed; allowed: 0 to 2**63-1")
+    period = _status_period(args)
+    epoch = _start_epoch(args.hl7_start)
+    if epoch is not None and not args.hl7_out:
+        raise InputError(
+            "--hl7-start needs --hl7-out; allowed: give --hl7-out FILE, or leave out --hl7-start"
+        )
+    if args.hl7_out:
+        _check_hl7_out(args.hl7_out, args.out)
+    if args.out:
+        check_out_dir(Path(args.out))  # before the run, not after it
     sc = load_scenario(args.scenario)
     recorder = None
     if args.hl7_out:
         from pumpctl.hl7.stream import StreamRecorder
 
-        period = args.hl7_status_period_s
-        if not period > 0 or period == float("inf"):
-            raise InputError(f"--hl7-status-period-s {period:g} is not allowed; allowed: > 0")
-        recorder = StreamRecorder(status_period_s=period, epoch_s=_start_epoch(args.hl7_start))
+        recorder = StreamRecorder(status_period_s=period, epoch_s=epoch)
     sim = run_scenario(sc, args.seed, observers=[recorder] if recorder else [])
     if recorder is not None:
-        n = recorder.write(args.hl7_out)
+        try:
+            n = recorder.write(args.hl7_out)
+        except OSError as exc:
+            raise InputError(f"--hl7-out {args.hl7_out}: cannot write ({exc.strerror})") from None
         print(f"{n} HL7 messages written to {args.hl7_out}")
     events = sim.log.events()
     if args.out:
@@ -91,6 +108,48 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         log.info("report written to %s/", args.out)
     return 0 if result["verdict"] == "pass" else 1
+
+
+def _status_period(args: argparse.Namespace) -> float:
+    """``--hl7-status-period-s``: at least the floor, and only with ``--hl7-out``."""
+    period = args.hl7_status_period_s
+    if period is None:
+        return DEFAULT_STATUS_PERIOD_S
+    if not MIN_STATUS_PERIOD_S <= period < float("inf"):
+        raise InputError(
+            f"--hl7-status-period-s {period:g} is not allowed; allowed: "
+            f"{MIN_STATUS_PERIOD_S:g} s or more (default {DEFAULT_STATUS_PERIOD_S:g})"
+        )
+    if not args.hl7_out:
+        raise InputError(
+            "--hl7-status-period-s needs --hl7-out; allowed: give --hl7-out FILE, or leave "
+            "out --hl7-status-period-s"
+        )
+    return float(period)
+
+
+def _check_hl7_out(path: str, out: str | None) -> None:
+    """Refuse an ``--hl7-out`` that cannot be written before the run, not after it."""
+    p = Path(path)
+    where = p.parent if str(p.parent) else Path(".")
+    if out:
+        base, here = Path(out).resolve(), where.resolve()
+        if base == here or base in here.parents:
+            raise InputError(
+                f"--hl7-out {path}: is inside --out {out}, which the report replaces; "
+                "allowed: a file outside the --out directory"
+            )
+    if p.is_dir():
+        raise InputError(f"--hl7-out {path}: is a directory; allowed: a file path")
+    if not where.is_dir():
+        what = "is not a directory" if where.exists() else "does not exist"
+        raise InputError(
+            f"--hl7-out {path}: {where} {what}; allowed: a file in an existing, writable directory"
+        )
+    if not os.access(where, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise InputError(
+            f"--hl7-out {path}: not writable; allowed: a file in an existing, writable directory"
+        )
 
 
 def _start_epoch(text: str | None) -> float | None:
