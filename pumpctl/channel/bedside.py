@@ -62,7 +62,8 @@ class Bedside(ChannelBase):
 
     def start(self, operator: str) -> str | None:
         """Program the pump from the first bag and start the continuous infusion."""
-        self._light_pending = self._light_pending or not self.setting.light_protection
+        # The confirmation given at the prime, as logged (a restart in between keeps it).
+        self._light_pending = self.s.prime_light_protected or not self.setting.light_protection
         reason = self.machine.check("start")
         if reason is not None:
             return self._refuse("start", reason, operator)
