@@ -303,6 +303,17 @@ class Bedside(ChannelBase):
         commands.append(("start", None))
         err = self._pump(operator, commands)
         if err is not None:
+            if self._pump_empty and bag is not None:
+                # The bag ran dry before its VTBI (e.g. it was part-used): restarting
+                # cannot work. A bag-empty alarm asks for the next bag, and the guard
+                # refuses further resumes without sending the pump a start it refuses.
+                self._raise(
+                    AlarmKind.BAG_EMPTY,
+                    f"bag {bag.n} ran dry before its VTBI: the pump refused to start (no "
+                    "fluid in the reservoir); hang the next bag",
+                )
+                if self.s.plan is not None and self.s.next_bag is None:
+                    self._request_bag(stat=True, why=f"bag {bag.n} ran dry before its VTBI")
             return self._refuse("resume", err, operator)
         for a in self.s.alarms.active():
             if a.spec.flow_stopping:
