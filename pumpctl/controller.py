@@ -63,6 +63,7 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
         self.listeners = Listeners()
         self.last_status: PumpStatus | None = None
         self._light_pending = False
+        self._pump_empty = False  # the last pump refusal was "no fluid in the reservoir"
         self._builds: dict[int, Build] = {}
         #: bag -> beyond-use hours of the library it was compounded under, for bags made
         #: before a newer library was accepted (they stay as built; a resume fills it from

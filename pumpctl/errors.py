@@ -39,3 +39,7 @@ class CommunicationError(PumpError, IOError):
 
 class PumpCommandError(PumpError, ValueError):
     """The pump refused a command (unknown, not applicable, out of range, bad packet)."""
+
+
+class ReservoirEmptyError(PumpCommandError):
+    """The pump refused to start: its reservoir (the bag) has no fluid left."""

@@ -60,6 +60,9 @@ class ChannelState:
     override_logged: bool = False
     titration_mode: str | None = None
     line_primed: bool = False
+    #: The light protection (bag and amber tubing) the nurse confirmed at the prime, for
+    #: the first bag, until it is hung: logged with the ``prime``, so a restart keeps it.
+    prime_light_protected: bool = False
     fault_from: str | None = None  # the state an alarm interrupted
     relay_armed: int | None = None  # bag loaded on the idle pump of a relay, waiting
     relay_hang: dict[str, Any] | None = None  # how it was loaded: rate, vtbi, light, pump
@@ -202,6 +205,7 @@ def _hung(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
     b.vtbi_ml = float(d["vtbi_ml"])
     b.rate_ml_per_h = float(d["rate_ml_per_h"])
     b.light_protected = bool(d.get("light_protected", False))
+    s.prime_light_protected = False
     s._bags_changed()
 
 
@@ -224,6 +228,8 @@ def _state(s: ChannelState, d: dict[str, Any], t: float, op: str) -> None:
     s.state = str(d["to"])
     if d.get("trigger") == "primed":
         s.line_primed = True
+    elif d.get("trigger") == "prime":
+        s.prime_light_protected = bool(d.get("light_protected", False))
     if s.state in ("idle", "alarm") or (s.state == "bag_change" and d.get("stops_flow")):
         s.projected_end_s = s.change_by_s = None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -438,3 +439,70 @@ def test_simulated_nurse_does_not_retry_a_start_that_cannot_work(monkeypatch, tm
     alarms = [e.detail for e in events if e.event == "alarm"]
     assert alarms[0]["kind"] == "line_cannot_start" and alarms[0]["priority"] == "high"
     assert not [e for e in events if e.event == "pump_refused"]
+
+
+def test_a_bag_that_runs_dry_before_its_vtbi_asks_for_the_next_bag(setting, lvp):
+    """A part-used bag runs the line dry (air in line) before its VTBI: the pump refuses to
+    start with no fluid in its reservoir. Before: the nurse's resume sent a start the pump
+    refused, again and again, with no alarm but the acknowledged air_in_line. Now: a high
+    bag_empty alarm asks for the next bag (requested STAT if none is coming) and further
+    resumes are refused without a pump command."""
+    rig = Rig(setting, lvp)
+    ctl = rig.ctl
+    assert ctl.program(rig.order(), "md1") is None
+    rig.deliver_next()
+    nb = ctl.next_bag
+    rig.driver.world("connect_bag", 20.0, nb.real_conc_mg_per_ml, "bag 1, part-used")
+    assert ctl.prime("rn1", light_protected=True) is None and ctl.primed("rn1") is None
+    assert ctl.start("rn1") is None
+    rig.clock.advance(3 * 3600)  # 20 mL minus the prime at 12.5 mL/h: dry well before 8 h
+    assert ctl.state is State.ALARM
+    air = ctl.alarms.find_active("air_in_line")
+    assert air is not None
+    assert ctl.acknowledge(air.id, "rn1") is None
+    assert ctl.next_bag is None
+
+    why = ctl.resume("rn1")
+    assert why is not None and "no fluid in the reservoir" in why
+    empty = ctl.alarms.find_active("bag_empty")
+    assert empty is not None and empty.priority == "high"
+    assert "bag 1 ran dry before its VTBI" in empty.detail
+    assert ctl.next_bag is not None and ctl.next_bag.stat  # the next bag, STAT
+    sent = len(rig.events("pump_command"))
+    assert ctl.resume("rn1") == "acknowledge the bag_empty alarm first"
+    assert ctl.acknowledge(empty.id, "rn1") is None
+    for _ in range(5):
+        assert ctl.resume("rn1") == "the bag is empty: hang the next bag"
+    assert len(rig.events("pump_command")) == sent  # no more blind restarts
+    assert len(rig.events("pump_refused")) == 1
+    assert len([e for e in rig.events("alarm") if e.detail["kind"] == "bag_empty"]) == 1
+
+    rig.deliver_next()  # the next bag comes and is hung: the infusion goes on
+    rig.connect_next()
+    assert ctl.hang_bag("rn1", light_protected=True) is None
+    assert ctl.state is State.INFUSING and not ctl.alarms.find_active("bag_empty")
+    assert fold(rig.log.events()) == ctl.s
+
+
+def test_a_comm_loss_across_a_bag_change_does_not_leave_the_pump_dry(tmp_path):
+    """QA finding: a 15 h comm loss across a bag change; the part-used bag hung at its end
+    ran dry (air in line) and the nurse's resumes were refused ("no fluid in the reservoir")
+    for an hour, then nothing for 44 h. Now the bag-empty alarm gets the next bag hung."""
+    text = (Path(__file__).resolve().parent.parent / "examples/anakinra_72h.toml").read_text()
+    sc = tmp_path / "s.toml"
+    sc.write_text(text + '\n[[faults]]\nat_h = 5\nkind = "comm_loss"\nduration_min = 900\n')
+    run = run_scenario(load_scenario(sc), trace=False)
+    events = run.log.events()
+    refused = [e for e in events if e.event == "pump_refused"]
+    assert len(refused) <= 1
+    air = [e for e in events if e.event == "alarm" and e.detail["kind"] == "air_in_line"]
+    (dry,) = [
+        e
+        for e in events
+        if e.event == "alarm" and e.detail["kind"] == "bag_empty" and e.t_s > air[0].t_s
+    ]
+    assert dry.detail["priority"] == "high"
+    gaps = run.result["interruptions"]
+    after = [g for g in gaps if g["cause"] == "air_in_line"]
+    assert after and all(g["length_s"] < 3600 for g in after)
+    assert run.controller.state is State.INFUSING

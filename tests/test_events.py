@@ -180,3 +180,39 @@ def test_fold_is_the_live_state_after_a_whole_simulation():
     run = run_scenario(load_scenario(EXAMPLES / "pharmacy_late.toml"), trace=False)
     live = [e for e in run.log.events() if e.event not in ("delivery_segment", "run_end")]
     assert fold(live) == run.controller.s
+
+
+@pytest.mark.parametrize("killed_in", ["priming", "idle"])
+def test_light_protection_confirmed_at_the_prime_survives_a_restart(
+    tmp_path, setting, lvp, killed_in
+):
+    """Killed (SIGKILL: no close) while priming, or primed and not yet started: the
+    resumed controller hangs bag 1 as light-protected, as the nurse confirmed at the prime."""
+    db = tmp_path / "run.db"
+    log = EventLog(db)
+    log.install_setting(setting, "biomed")
+    rig = Rig(setting, lvp)
+    clock, driver = rig.clock, rig.driver
+    ctl = Controller(clock, driver, log, setting, model=lvp)
+    assert ctl.program(rig.order(), "md1") is None
+    assert ctl.bag_compounded("ph") is None and ctl.bag_delivered("tech") is None
+    driver.world("connect_bag", ctl.next_bag.content_ml, ctl.next_bag.real_conc_mg_per_ml, "b1")
+    assert ctl.prime("rn1", light_protected=True) is None
+    (prime,) = [e for e in log.events() if e.detail.get("trigger") == "prime"]
+    assert prime.detail["light_protected"] is True
+    if killed_in == "idle":
+        assert ctl.primed("rn1") is None
+    clock.advance(27)
+
+    ctl2 = Controller(clock, driver, EventLog(db), setting, model=lvp)  # the old one is gone
+    assert restore(ctl2)["state"] == killed_in
+    assert ctl2.s == fold(ctl2.log.events())
+    if killed_in == "priming":
+        assert ctl2.primed("rn1") is None
+    assert ctl2.start("rn1") is None
+    (hung,) = [e for e in ctl2.log.events() if e.event == EventKind.BAG_HUNG]
+    assert hung.detail["bag"] == 1
+    assert hung.detail["light_protected"] is True
+    assert ctl2.s.bags[1].light_protected is True
+    assert ctl2.s.prime_light_protected is False  # used up by the hang
+    assert build_result(ctl2.log.events())["bags"][0]["light_protected"] is True

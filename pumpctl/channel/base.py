@@ -160,6 +160,7 @@ class ChannelBase:
     listeners: Listeners
     last_status: PumpStatus | None
     _light_pending: bool
+    _pump_empty: bool
     _builds: dict[int, Build]
     _timers: dict[str, TimerHandle]
     _silence_timers: dict[int, TimerHandle]

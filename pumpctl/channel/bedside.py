@@ -62,7 +62,8 @@ class Bedside(ChannelBase):
 
     def start(self, operator: str) -> str | None:
         """Program the pump from the first bag and start the continuous infusion."""
-        self._light_pending = self._light_pending or not self.setting.light_protection
+        # The confirmation given at the prime, as logged (a restart in between keeps it).
+        self._light_pending = self.s.prime_light_protected or not self.setting.light_protection
         reason = self.machine.check("start")
         if reason is not None:
             return self._refuse("start", reason, operator)
@@ -302,6 +303,17 @@ class Bedside(ChannelBase):
         commands.append(("start", None))
         err = self._pump(operator, commands)
         if err is not None:
+            if self._pump_empty and bag is not None:
+                # The bag ran dry before its VTBI (e.g. it was part-used): restarting
+                # cannot work. A bag-empty alarm asks for the next bag, and the guard
+                # refuses further resumes without sending the pump a start it refuses.
+                self._raise(
+                    AlarmKind.BAG_EMPTY,
+                    f"bag {bag.n} ran dry before its VTBI: the pump refused to start (no "
+                    "fluid in the reservoir); hang the next bag",
+                )
+                if self.s.plan is not None and self.s.next_bag is None:
+                    self._request_bag(stat=True, why=f"bag {bag.n} ran dry before its VTBI")
             return self._refuse("resume", err, operator)
         for a in self.s.alarms.active():
             if a.spec.flow_stopping:

@@ -11,7 +11,7 @@ from pumpctl.channel.base import (
     E,
 )
 from pumpctl.drivers.base import FLOW_STOPPING_ALARMS, PumpAlarm, PumpStatus
-from pumpctl.errors import CommunicationError, PumpError
+from pumpctl.errors import CommunicationError, PumpError, ReservoirEmptyError
 from pumpctl.events import GapCause
 from pumpctl.machine import State
 
@@ -20,7 +20,9 @@ class PumpLink(ChannelBase):
     """Talks to the pump through its driver; turns what it reports into alarms and gaps."""
 
     def _pump(self, operator: str, commands: list[tuple[str, float | None]]) -> str | None:
-        """Log the pump commands, then send them; return the pump's refusal if any."""
+        """Log the pump commands, then send them; return the pump's refusal if any
+        (``_pump_empty`` tells whether it refused because its reservoir is empty)."""
+        self._pump_empty = False
         self._emit(E.PUMP_COMMAND, {"commands": [[c, v] for c, v in commands]}, operator)
         try:
             for name, value in commands:
@@ -30,6 +32,7 @@ class PumpLink(ChannelBase):
             self._comm_lost(str(exc))
             return f"pump did not answer: {exc}"
         except PumpError as exc:
+            self._pump_empty = isinstance(exc, ReservoirEmptyError)
             self._emit(E.PUMP_REFUSED, {"reason": str(exc)}, operator)
             return f"pump refused: {exc}"
         self._refresh_status()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from pumpctl.errors import PumpCommandError
+from pumpctl.errors import PumpCommandError, ReservoirEmptyError
 from pumpctl.pumpstatus import FLOW_STOPPING_ALARMS, PumpAlarm, PumpStatus, RunState
 from pumpctl.setting import PumpModel
 
@@ -417,7 +417,7 @@ class PumpPhysics:
         if not self.mains_on and self.model.battery_capacity_min <= 0:
             raise PumpCommandError("cannot start: no power")
         if self._source_ml() <= _EPS_ML:
-            raise PumpCommandError("cannot start: no fluid in the reservoir")
+            raise ReservoirEmptyError("cannot start: no fluid in the reservoir")
         if not self.mains_on and self.battery_min_left <= 0:
             raise PumpCommandError("cannot start: battery depleted and no mains power")
         if self.vtbi_ml is not None and self.counted_ml >= self.vtbi_ml - _EPS_ML:
