@@ -65,6 +65,7 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
         self._light_pending = False
         self._pump_empty = False  # the last pump refusal was "no fluid in the reservoir"
         self._builds: dict[int, Build] = {}
+        self.settings_by_version: dict[str, DrugSetting] = {setting.version: setting}
         #: bag -> beyond-use hours of the library it was compounded under, for bags made
         #: before a newer library was accepted (they stay as built; a resume fills it from
         #: the log, ``pumpctl.library.beyond_use_by_bag``)
@@ -234,6 +235,7 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
             for seconds in seen_s:
                 planner.observe(stage, seconds)
         self.setting = setting
+        self.settings_by_version[setting.version] = setting
         self.planner = self.watchdog.planner = planner
         cur, end_s = self.s.current_bag, self.watchdog.projected_end_s
         if cur is not None and end_s is not None:  # the same end, the new leads

@@ -148,11 +148,39 @@ def beyond_use_by_bag(log: EventLog) -> dict[int, float]:
     for bag_n, version in made_under.items():
         if version is None or version == active:
             continue
-        try:
-            out[bag_n] = _stored(log, version)[0].beyond_use_h
-        except InputError:  # not stored any more: the active library's dating applies
-            continue
+        # A library that cannot be read back is one line (InputError), never a silent
+        # fall-back to the active library's dating, which may be longer.
+        out[bag_n] = _stored(log, version)[0].beyond_use_h
     return out
+
+
+def run_versions(log: EventLog) -> list[str]:
+    """Every version that was active in this database, in order (installed without
+    ``pending``, or accepted), from the sealed events."""
+    out: list[str] = []
+    rows = log.db.execute(
+        "SELECT event, detail FROM events WHERE event IN ('setting_install', 'setting_accept') "
+        "ORDER BY id"
+    )
+    for event, detail in rows:
+        try:
+            d = json.loads(detail)
+            version = str(d["version"])
+        except (ValueError, TypeError, KeyError, RecursionError):
+            continue
+        if event == "setting_install" and d.get("pending"):
+            continue
+        if version not in out:
+            out.append(version)
+    return out
+
+
+def stored_setting(log: EventLog, version: str) -> DrugSetting:
+    """A version stored in the database (one the controller ran or runs), re-validated and
+    re-checked against the trusted keys, as at every start."""
+    setting, sigs = _stored(log, version)
+    _check_stored_signatures(log, setting, sigs)
+    return setting
 
 
 def active_version(log: EventLog) -> str | None:
@@ -194,7 +222,8 @@ def accept_pending(
 
     The caller authenticates the operator; this checks their role, then ``why_not`` (the
     controller's check of the order in force against the new limits): a reason refuses
-    the acceptance (``RefusedError``) and nothing is logged. ``emit(kind, detail,
+    the acceptance (``RefusedError``) and no ``setting_accept`` is logged (the caller logs
+    the refusal). ``emit(kind, detail,
     operator)`` logs the event (the controller's, so its listeners see it; default: a
     plain append). The controller calls it, then switches to the returned setting.
     """

@@ -226,3 +226,38 @@ def test_the_report_names_the_active_library_not_a_pending_one(tmp_path: Path) -
         assert build_result(sess.log.events())["setting_version"] == new.version
     finally:
         sess.close()
+
+
+def test_a_restart_keeps_the_build_in_force_as_made_under_the_old_library(
+    tmp_path: Path,
+) -> None:
+    """The pump runs the logged recipe: after a restart the build in force is still the one
+    made under the library it was made with, not one recomputed under the accepted one."""
+    overfill_30 = ("\n100 = 8\n", "\n100 = 30\n")  # dilutes the same 200 mg: a lower real dose
+    db, new = db_with_pending_library(tmp_path, SOFT_500, overfill_30, run_h=0.6)
+    sess = open_session(db, speed=3600)
+    try:
+        ctl = sess.controller
+        made = ctl.build
+        assert made is not None and made.setting_version != new.version
+        accepted, review = sess.accept_setting("rn-demo")
+        assert review is not None and "above the upper soft limit 500 mg/day" in review
+        assert ctl.build is made
+        from pumpctl.order import build as build_order
+
+        with pytest.raises(OverrideRequiredError) as rebuilt:  # -23.9 % real under the new one
+            build_order(ctl.order, new)
+        assert rebuilt.value.build.achieved_mg_per_day < 500  # type: ignore[attr-defined]
+    finally:
+        sess.close()
+    again = open_session(db, speed=3600)
+    try:
+        ctl2 = again.controller
+        assert ctl2.setting.version == new.version
+        assert ctl2.build is not None
+        assert ctl2.build.achieved_mg_per_day == made.achieved_mg_per_day
+        assert ctl2.build.setting_version == made.setting_version
+        kind, detail = ctl2.order_against(ctl2.setting)
+        assert kind == "soft" and "upper soft limit 500 mg/day" in detail
+    finally:
+        again.close()

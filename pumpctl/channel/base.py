@@ -162,6 +162,9 @@ class ChannelBase:
     _light_pending: bool
     _pump_empty: bool
     _builds: dict[int, Build]
+    #: every library this controller ran, by version (builds keep the one they were made
+    #: under; a restart fills it from the database)
+    settings_by_version: dict[str, DrugSetting]
     _timers: dict[str, TimerHandle]
     _silence_timers: dict[int, TimerHandle]
     _poll_timer: TimerHandle | None
@@ -213,8 +216,14 @@ class ChannelBase:
         if plan is None or self.s.order is None:
             return None
         if plan.plan not in self._builds:
+            # The build as made: under the library it was made with, not one accepted since
+            # (the pump runs the logged recipe until someone titrates).
+            made_under = (self.s.build or {}).get("setting_version", self.setting.version)
+            setting = self.settings_by_version.get(made_under)
+            if setting is None:
+                return None  # a library this controller cannot read: the log has the figures
             try:
-                self._builds[plan.plan] = build(order_from_json(self.s.order), self.setting)
+                self._builds[plan.plan] = build(order_from_json(self.s.order), setting)
             except PumpctlError as exc:  # an overridden or confirmed build still shows
                 b = getattr(exc, "build", None)
                 if b is None:
