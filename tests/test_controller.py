@@ -494,15 +494,33 @@ def test_a_comm_loss_across_a_bag_change_does_not_leave_the_pump_dry(tmp_path):
     run = run_scenario(load_scenario(sc), trace=False)
     events = run.log.events()
     refused = [e for e in events if e.event == "pump_refused"]
-    assert len(refused) <= 1
     air = [e for e in events if e.event == "alarm" and e.detail["kind"] == "air_in_line"]
     (dry,) = [
         e
         for e in events
         if e.event == "alarm" and e.detail["kind"] == "bag_empty" and e.t_s > air[0].t_s
     ]
+    (once,) = [e for e in refused if e.t_s >= air[0].t_s]  # one refused resume, then the alarm
+    assert once.seq < dry.seq and "no fluid" in str(once.detail)
     assert dry.detail["priority"] == "high"
     gaps = run.result["interruptions"]
     after = [g for g in gaps if g["cause"] == "air_in_line"]
     assert after and all(g["length_s"] < 3600 for g in after)
     assert run.controller.state is State.INFUSING
+
+
+def test_line_cannot_start_is_cleared_once_a_bag_is_hung(setting, lvp):
+    """The alarm raised for a bag that could not start the line does not outlive the next
+    successful hang (it used to be cleared only by a start)."""
+    from pumpctl.alarms import AlarmKind
+
+    rig = Rig(setting, lvp)
+    rig.start_infusion()
+    rig.ctl._raise(AlarmKind.LINE_CANNOT_START, "bag 2 leaves nothing to infuse")
+    assert rig.ctl.alarms.find_active(AlarmKind.LINE_CANNOT_START) is not None
+    assert rig.ctl._request_bag(stat=True, why="test") is not None
+    rig.deliver_next()
+    assert rig.ctl.begin_bag_change("rn1") is None
+    rig.connect_next()
+    assert rig.ctl.hang_bag("rn1", light_protected=True) is None
+    assert rig.ctl.alarms.find_active(AlarmKind.LINE_CANNOT_START) is None

@@ -452,6 +452,7 @@ def test_simulate_hl7_options_are_checked_before_the_run(tmp_path, capsys, monke
         (["--hl7-status-period-s", "60"], "--hl7-status-period-s needs --hl7-out"),
         (["--hl7-start", "2026-01-01T00:00Z"], "--hl7-start needs --hl7-out"),
         (["--hl7-out", str(tmp_path / "o" / "x.hl7"), "--out", str(tmp_path / "o")], "inside"),
+        (["--hl7-out", str(tmp_path / "o"), "--out", str(tmp_path / "o")], "--out directory"),
     ]
     for extra, says in cases:
         assert main(["simulate", sc, *extra]) == 2, extra

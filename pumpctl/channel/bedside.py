@@ -209,7 +209,12 @@ class Bedside(ChannelBase):
         if t is not None:
             t.cancel()
         active = self.s.alarms.active_by_kind
-        for kind in (*_STAGE_ALARMS, AlarmKind.BAG_PAST_HANG_BY, AlarmKind.BAG_BEYOND_USE):
+        for kind in (
+            *_STAGE_ALARMS,
+            AlarmKind.BAG_PAST_HANG_BY,
+            AlarmKind.BAG_BEYOND_USE,
+            AlarmKind.LINE_CANNOT_START,  # a bag is on a running line now
+        ):
             if kind in active:
                 self._clear(kind)
         self._project()

@@ -134,6 +134,10 @@ def _check_hl7_out(path: str, out: str | None) -> None:
     where = p.parent if str(p.parent) else Path(".")
     if out:
         base, here = Path(out).resolve(), where.resolve()
+        if base == p.resolve():
+            raise InputError(
+                f"--hl7-out {path}: is the --out directory itself; allowed: a file outside it"
+            )
         if base == here or base in here.parents:
             raise InputError(
                 f"--hl7-out {path}: is inside --out {out}, which the report replaces; "
