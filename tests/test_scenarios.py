@@ -464,3 +464,13 @@ def test_a_failed_run_headline_ends_its_list_before_the_flow_sentence(tmp_path):
     head = markdown(r).splitlines()[2]
     assert r["verdict"] == "fail" and head.startswith("**Expectations NOT met:** ")
     assert ". No interruption" in head or ". Interrupted" in head
+
+
+def test_a_scenario_order_needing_an_override_names_the_order_keys(tmp_path, capsys):
+    """The first order's refusal names the [order] keys, as a titration's names its own."""
+    path = write_scenario(tmp_path, dose=3000)
+    assert main(["simulate", str(path), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert 'override_reason = "..."' in err and "in the [order] table" in err
+    assert "--override-reason" not in err

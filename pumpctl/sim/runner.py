@@ -85,6 +85,14 @@ _SCENARIO_KEYS = (
 )
 
 
+def _in_scenario_terms(why: str, where: str) -> str:
+    """A build's refusal, its CLI options named as the scenario keys that give them."""
+    out = why
+    for flag, key in _SCENARIO_KEYS:
+        out = out.replace(flag, f'{key} = "..."')
+    return out if out == why else f"{out} in {where}"
+
+
 def check_titrations(sc: Scenario, setting: DrugSetting) -> None:
     """Build every titration's order against the setting before the run, as the
     controller will when it fires: a refusal, or an override or deviation confirmation
@@ -93,11 +101,7 @@ def check_titrations(sc: Scenario, setting: DrugSetting) -> None:
         try:
             build(_titration_order(sc, t), setting)
         except PumpctlError as exc:
-            why = str(exc)
-            for flag, key in _SCENARIO_KEYS:
-                why = why.replace(flag, f'{key} = "..."')
-            if why != str(exc):
-                why += " in the [[titrations]] entry"
+            why = _in_scenario_terms(str(exc), "the [[titrations]] entry")
             raise InputError(
                 f"{sc.path}: titrations[{i}] (at_h {t.at_h:g}, {t.dose_mg_per_day:g} mg/day) "
                 f"cannot be programmed: {why}"
@@ -185,7 +189,8 @@ def run_scenario(
         "md1",
     )
     if err is not None:
-        raise InputError(f"{sc.path}: the scenario's order cannot be programmed: {err}")
+        why = _in_scenario_terms(err, "the [order] table")
+        raise InputError(f"{sc.path}: the scenario's order cannot be programmed: {why}")
     clock.run(end_s)
     for p in pumps.values():
         p.physics.advance(end_s)
