@@ -763,7 +763,10 @@ def markdown(result: dict[str, Any]) -> str:
         if met
         else "**Expectations NOT met:** " + "; ".join(r["failed_expectations"]) + "."
     )
-    if gaps:
+    never = r["start_h"] is None  # no bag ever ran: no flow to be interrupted, no dose
+    if never:
+        head += " The infusion never started: nothing reached the patient."
+    elif gaps:
         head += (
             f" Interrupted {_hms(r['interrupted_s'])} in {len(gaps)} gap"
             f"{'s' if len(gaps) != 1 else ''} ("
@@ -774,10 +777,11 @@ def markdown(result: dict[str, Any]) -> str:
     else:
         head += " No interruption: flow to the patient never stopped."
     # The dose is a separate question from the flow: say how far it is from the order.
-    head += (
-        f" Delivered {r['delivered_mg']:.1f} mg, {r['dose_error_pct']:+.2f}% vs ordered "
-        f"({r['delivery_error_pct']:+.2f}% vs the real dose of the builds)."
-    )
+    if not never:
+        head += (
+            f" Delivered {r['delivered_mg']:.1f} mg, {r['dose_error_pct']:+.2f}% vs ordered "
+            f"({r['delivery_error_pct']:+.2f}% vs the real dose of the builds)."
+        )
     bp = r["alarms_by_priority"]
     lines = [
         f"# Infusion report: {r['scenario']}{' [DEMO database]' if r.get('demo') else ''}",
@@ -791,9 +795,15 @@ def markdown(result: dict[str, Any]) -> str:
         f"| pump | {r['pump'] or '-'} |",
         f"| duration | {r['duration_h']:.2f} h (infusion started at "
         f"{_opt(r['start_h'], '{:.2f}')} h) |",
-        f"| ordered | {r['ordered_mg']:.1f} mg |",
-        f"| planned (real dose of the builds) | {r['planned_mg']:.1f} mg |",
-        f"| delivered | {r['delivered_mg']:.1f} mg ({r['dose_error_pct']:+.2f}% vs ordered, "
+        "| ordered | - (counted from the start of the infusion, which never came) |"
+        if never
+        else f"| ordered | {r['ordered_mg']:.1f} mg |",
+        "| planned (real dose of the builds) | - |"
+        if never
+        else f"| planned (real dose of the builds) | {r['planned_mg']:.1f} mg |",
+        f"| delivered | {r['delivered_mg']:.1f} mg |"
+        if never
+        else f"| delivered | {r['delivered_mg']:.1f} mg ({r['dose_error_pct']:+.2f}% vs ordered, "
         f"{r['delivery_error_pct']:+.2f}% vs planned) |",
         f"| interrupted | {_hms(r['interrupted_s'])} in {len(gaps)} gap(s) |",
         f"| bags | {len(r['bags'])} hung, {len(r['discarded_bags'])} discarded |",

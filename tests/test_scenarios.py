@@ -474,3 +474,21 @@ def test_a_scenario_order_needing_an_override_names_the_order_keys(tmp_path, cap
     assert err.count("\n") == 1 and "Traceback" not in err
     assert 'override_reason = "..."' in err and "in the [order] table" in err
     assert "--override-reason" not in err
+
+
+def test_a_run_that_never_started_says_so_instead_of_no_interruption(tmp_path, monkeypatch):
+    """A line that could never start has no gap to measure: the report must not say that
+    flow never stopped, nor give an "ordered 0.0 mg"."""
+    import pumpctl.sim.runner as runner
+    from pumpctl.report import markdown
+
+    monkeypatch.setattr(runner, "check_fits", lambda setting, model: None)  # let it through
+    sc = write_scenario(tmp_path, duration_h=6, dose=30)
+    text = sc.read_text().replace('"anakinra_continuous"', '"anakinra_continuous_pediatric"')
+    sc.write_text(text.replace("bag_ml = 100", "bag_ml = 10").replace("= 70\n", "= 2.5\n"))
+    r = runner.run_scenario(load_scenario(sc), trace=False).result
+    assert r["start_h"] is None and r["delivered_mg"] == 0
+    md = markdown(r)
+    head = md.splitlines()[2]
+    assert "never started" in head and "No interruption" not in head
+    assert "| ordered | 0.0 mg |" not in md and "| ordered | - " in md
