@@ -286,7 +286,28 @@ class ConfirmScreen(ModalScreen[bool]):
             self.action_cancel()
 
 
-class EntryScreen(ModalScreen[str | None]):
+class _SubmitOnEnter:
+    """Enter or the OK button submits, any other button cancels (the dialogs below)."""
+
+    def submit(self) -> None:
+        raise NotImplementedError
+
+    def action_cancel(self) -> None:
+        raise NotImplementedError
+
+    def on_input_submitted(self, _event: Input.Submitted) -> None:
+        """Enter submits."""
+        self.submit()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        """OK submits; the other button cancels."""
+        if event.button.id == "ok":
+            self.submit()
+        else:
+            self.action_cancel()
+
+
+class EntryScreen(_SubmitOnEnter, ModalScreen[str | None]):
     """Ask for one line (operator id, stop reason, silence minutes); checked before closing."""
 
     BINDINGS = [Binding("escape", "cancel", "cancel")]
@@ -324,7 +345,8 @@ class EntryScreen(ModalScreen[str | None]):
         """Focus the entry."""
         self.query_one("#entry", Input).focus()
 
-    def _submit(self) -> None:
+    def submit(self) -> None:
+        """Close with the value once it passes its check."""
         value = self.query_one("#entry", Input).value.strip()
         why = self.check(value)
         if why is not None:
@@ -332,24 +354,13 @@ class EntryScreen(ModalScreen[str | None]):
             return
         self.dismiss(value)
 
-    def on_input_submitted(self, _event: Input.Submitted) -> None:
-        """Enter submits."""
-        self._submit()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        """OK or cancel."""
-        if event.button.id == "ok":
-            self._submit()
-        else:
-            self.action_cancel()
-
     def action_cancel(self) -> None:
         """Close without a value (unless cancelling is not allowed)."""
         if self.can_cancel:
             self.dismiss(None)
 
 
-class OrderScreen(ModalScreen[None]):
+class OrderScreen(_SubmitOnEnter, ModalScreen[None]):
     """Program from an order, or titrate: shows the pharmacy build and its limit check.
 
     A soft limit asks for an override reason and an operator id; a hard limit (or no bag
@@ -496,17 +507,6 @@ class OrderScreen(ModalScreen[None]):
         self._preview()
         self.query_one("#msg", Static).update("")
 
-    def on_input_submitted(self, _event: Input.Submitted) -> None:
-        """Enter submits."""
-        self.submit()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        """OK or cancel."""
-        if event.button.id == "ok":
-            self.submit()
-        else:
-            self.action_cancel()
-
     def action_cancel(self) -> None:
         """Close; nothing is sent."""
         self.dismiss(None)
@@ -541,7 +541,7 @@ class OrderScreen(ModalScreen[None]):
             self.console.say(f"refused: {reason}", ok=False)
 
 
-class AcceptLibraryScreen(ModalScreen[None]):
+class AcceptLibraryScreen(_SubmitOnEnter, ModalScreen[None]):
     """Accept the drug library installed during the run: what changes (limits first) and
     how the order in force stands against it, then the nurse's operator id and secret
     (checked against the roster for the ``accept_setting`` act) before anything is sent.
@@ -624,17 +624,6 @@ class AcceptLibraryScreen(ModalScreen[None]):
         done = f"library {short_version(new.version)} accepted by {op}; the infusion runs on"
         console.say(done if review is None else f"{done}; {review}", ok=review is None)
         self.dismiss(None)
-
-    def on_input_submitted(self, _event: Input.Submitted) -> None:
-        """Enter submits."""
-        self.submit()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        """Accept or cancel."""
-        if event.button.id == "ok":
-            self.submit()
-        else:
-            self.action_cancel()
 
     def action_cancel(self) -> None:
         """Close; nothing is sent and the library stays pending."""
