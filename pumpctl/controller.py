@@ -68,7 +68,7 @@ class Controller(Bedside, PharmacyDesk, Guards, PumpLink, AlarmDesk):
         self.settings_by_version: dict[str, DrugSetting] = {setting.version: setting}
         #: bag -> beyond-use hours of the library it was compounded under, for bags made
         #: before a newer library was accepted (they stay as built; a resume fills it from
-        #: the log, ``pumpctl.library.beyond_use_by_bag``)
+        #: the log, ``pumpctl.library.earlier_libraries``)
         self.beyond_use_h_by_bag: dict[int, float] = {}
         self._timers: dict[str, TimerHandle] = {}
         self._silence_timers: dict[int, TimerHandle] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from pumpctl import roster, signing
 from pumpctl.errors import InputError, RefusedError
@@ -108,16 +108,26 @@ def _check_stored_signatures(log: EventLog, setting: DrugSetting, sigs: list[Any
         )
 
 
+class _History(NamedTuple):
+    """What the sealed ``setting_install``/``setting_accept`` events say (a table or meta
+    row edited outside pumpctl cannot change them)."""
+
+    active: str | None
+    pending: str | None
+    made_under: dict[int, str | None]  # bag -> the version active when it was compounded
+    ran: list[str]  # every version that was active, in order
+
+
 def _versions(log: EventLog) -> tuple[str | None, str | None]:
-    """(active, pending) versions, from the sealed ``setting_install``/``setting_accept``
-    events (a table or meta row edited outside pumpctl cannot change them)."""
-    return _walk(log)[:2]
+    """(active, pending) versions."""
+    h = _walk(log)
+    return h.active, h.pending
 
 
-def _walk(log: EventLog) -> tuple[str | None, str | None, dict[int, str | None]]:
-    """(active, pending, bag -> the version active when it was compounded)."""
+def _walk(log: EventLog) -> _History:
     active = pending = None
     made_under: dict[int, str | None] = {}
+    ran: list[str] = []
     rows = log.db.execute(
         "SELECT event, detail FROM events WHERE event IN "
         "('setting_install', 'setting_accept', 'bag_compounded') ORDER BY id"
@@ -135,44 +145,29 @@ def _walk(log: EventLog) -> tuple[str | None, str | None, dict[int, str | None]]
             pending = version
         else:
             active = version
+            if version not in ran:
+                ran.append(version)
             if version == pending or event == "setting_install":
                 pending = None
-    return active, pending, made_under
+    return _History(active, pending, made_under, ran)
 
 
-def beyond_use_by_bag(log: EventLog) -> dict[int, float]:
-    """Bag -> beyond-use hours, for the bags compounded under a library that was since
-    replaced by an accepted one: they keep that library's dating (as built)."""
-    active, _pending, made_under = _walk(log)
-    out: dict[int, float] = {}
-    for bag_n, version in made_under.items():
-        if version is None or version == active:
-            continue
-        # A library that cannot be read back is one line (InputError), never a silent
-        # fall-back to the active library's dating, which may be longer.
-        out[bag_n] = _stored(log, version)[0].beyond_use_h
-    return out
+def earlier_libraries(log: EventLog) -> tuple[dict[str, DrugSetting], dict[int, float]]:
+    """The libraries this run ran before the active one (by version, read back and
+    re-checked as at every start), and the beyond-use hours of the bags compounded under
+    one of them: builds and bags keep the library they were made under.
 
-
-def run_versions(log: EventLog) -> list[str]:
-    """Every version that was active in this database, in order (installed without
-    ``pending``, or accepted), from the sealed events."""
-    out: list[str] = []
-    rows = log.db.execute(
-        "SELECT event, detail FROM events WHERE event IN ('setting_install', 'setting_accept') "
-        "ORDER BY id"
-    )
-    for event, detail in rows:
-        try:
-            d = json.loads(detail)
-            version = str(d["version"])
-        except (ValueError, TypeError, KeyError, RecursionError):
-            continue
-        if event == "setting_install" and d.get("pending"):
-            continue
-        if version not in out:
-            out.append(version)
-    return out
+    A library that cannot be read back is one line (InputError), never a silent fall-back
+    to the active library's figures (its beyond-use time may be longer).
+    """
+    h = _walk(log)
+    settings = {v: stored_setting(log, v) for v in h.ran if v != h.active}
+    pinned = {
+        bag_n: settings[v].beyond_use_h
+        for bag_n, v in h.made_under.items()
+        if v is not None and v != h.active
+    }
+    return settings, pinned
 
 
 def stored_setting(log: EventLog, version: str) -> DrugSetting:

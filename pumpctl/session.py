@@ -302,10 +302,9 @@ def _open(
         timeout = ne.safe_timeout_s
         poll_s = max(min(timeout / 3.0, 2.0), 0.5) if timeout else 2.0
     ctl = Controller(clock, driver, log, setting, model=model, poll_s=poll_s)
-    ctl.beyond_use_h_by_bag.update(library.beyond_use_by_bag(log))
-    for version in library.run_versions(log):  # builds made under a library since replaced
-        if version not in ctl.settings_by_version:
-            ctl.settings_by_version[version] = library.stored_setting(log, version)
+    earlier, pinned = library.earlier_libraries(log)  # builds and bags keep theirs
+    ctl.settings_by_version.update(earlier)
+    ctl.beyond_use_h_by_bag.update(pinned)
     resumed = restore(ctl) if programmed else None
     return Session(clock, log, setting, model, driver, ctl, resumed, new_run=not programmed)
 
