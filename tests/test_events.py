@@ -28,16 +28,23 @@ def test_every_event_kind_is_a_string_value():
     assert EventKind.ALARM == "alarm" and EventKind("gap_end") is EventKind.GAP_END
 
 
-def test_restart_after_replacement_titration_and_alarm_shows_the_same_state(tmp_path, setting, lvp):
+def _bag_one_spiked_on_sqlite(tmp_path, setting, lvp):
+    """A controller logging to SQLite, its order programmed and bag 1 delivered and spiked."""
     db = tmp_path / "run.db"
     log = EventLog(db)
     log.install_setting(setting, "biomed")
     rig = Rig(setting, lvp)
-    clock, driver = rig.clock, rig.driver
-    ctl = Controller(clock, driver, log, setting, model=lvp)
+    ctl = Controller(rig.clock, rig.driver, log, setting, model=lvp)
     assert ctl.program(rig.order(), "md1") is None
     assert ctl.bag_compounded("ph") is None and ctl.bag_delivered("tech") is None
-    driver.world("connect_bag", ctl.next_bag.content_ml, ctl.next_bag.real_conc_mg_per_ml, "b1")
+    nb = ctl.next_bag
+    rig.driver.world("connect_bag", nb.content_ml, nb.real_conc_mg_per_ml, "b1")
+    return db, log, rig, ctl
+
+
+def test_restart_after_replacement_titration_and_alarm_shows_the_same_state(tmp_path, setting, lvp):
+    db, log, rig, ctl = _bag_one_spiked_on_sqlite(tmp_path, setting, lvp)
+    clock, driver = rig.clock, rig.driver
     assert ctl.prime("rn1", True) is None and ctl.primed("rn1") is None
     assert ctl.start("rn1") is None
     clock.advance(6 * 3600)  # the watchdog requests bag 2 at T-lead
@@ -188,15 +195,8 @@ def test_light_protection_confirmed_at_the_prime_survives_a_restart(
 ):
     """Killed (SIGKILL: no close) while priming, or primed and not yet started: the
     resumed controller hangs bag 1 as light-protected, as the nurse confirmed at the prime."""
-    db = tmp_path / "run.db"
-    log = EventLog(db)
-    log.install_setting(setting, "biomed")
-    rig = Rig(setting, lvp)
+    db, log, rig, ctl = _bag_one_spiked_on_sqlite(tmp_path, setting, lvp)
     clock, driver = rig.clock, rig.driver
-    ctl = Controller(clock, driver, log, setting, model=lvp)
-    assert ctl.program(rig.order(), "md1") is None
-    assert ctl.bag_compounded("ph") is None and ctl.bag_delivered("tech") is None
-    driver.world("connect_bag", ctl.next_bag.content_ml, ctl.next_bag.real_conc_mg_per_ml, "b1")
     assert ctl.prime("rn1", light_protected=True) is None
     (prime,) = [e for e in log.events() if e.detail.get("trigger") == "prime"]
     assert prime.detail["light_protected"] is True
