@@ -27,7 +27,6 @@ SOFT_500 = ("upper_soft_mg_per_day = 2400", "upper_soft_mg_per_day = 500")
 SOFT_400 = ("upper_soft_mg_per_day = 2400", "upper_soft_mg_per_day = 400")
 HARD_03 = ("upper_hard_mg_per_kg_per_h = 2 ", "upper_hard_mg_per_kg_per_h = 0.3 ")
 BUD_10 = ("beyond_use_h = 12", "beyond_use_h = 10")
-ESCALATE_12 = ("escalate_min = 10 ", "escalate_min = 12 ")
 
 
 @pytest.fixture(autouse=True)
@@ -48,13 +47,19 @@ def order(dose: str) -> Order:
     return Order(Decimal(dose), Decimal(70), bag_ml=100)
 
 
+@pytest.fixture
+def rig(setting: DrugSetting, lvp: PumpModel) -> Rig:
+    """A controller infusing the 600 mg/day order on a simulated pump (bag 1 hung)."""
+    r = Rig(setting, lvp)
+    r.start_infusion("600")
+    return r
+
+
 # -- the controller switch ----------------------------------------------------------
 def test_use_setting_applies_to_titration_and_leads_and_leaves_the_infusion(
-    setting: DrugSetting, lvp: PumpModel
+    rig: Rig, setting: DrugSetting
 ) -> None:
-    rig = Rig(setting, lvp)
     ctl = rig.ctl
-    rig.start_infusion("600")
     rig.clock.advance(3600)
     new = variant(setting, limits={"upper_soft_mg_per_day": 700}, watchdog={"escalate_min": 12})
     rig.log.install_setting(new, "biomed", pending=True)
@@ -80,10 +85,8 @@ def test_use_setting_applies_to_titration_and_leads_and_leaves_the_infusion(
     assert titration.detail["build"]["setting_version"] == new.version
 
 
-def test_the_running_bag_escalates_at_the_new_lead(setting: DrugSetting, lvp: PumpModel) -> None:
-    rig = Rig(setting, lvp)
+def test_the_running_bag_escalates_at_the_new_lead(rig: Rig, setting: DrugSetting) -> None:
     ctl = rig.ctl
-    rig.start_infusion("600")
     rig.clock.advance(3600)
     end_s = ctl.s.projected_end_s
     assert end_s is not None
@@ -95,11 +98,9 @@ def test_the_running_bag_escalates_at_the_new_lead(setting: DrugSetting, lvp: Pu
 
 
 def test_bags_made_before_the_switch_keep_their_beyond_use_time(
-    setting: DrugSetting, lvp: PumpModel
+    rig: Rig, setting: DrugSetting
 ) -> None:
-    rig = Rig(setting, lvp)
     ctl = rig.ctl
-    rig.start_infusion("600")
     bag1 = ctl.current_bag
     assert bag1 is not None and bag1.compounded_s is not None
     new = variant(setting, handling={"beyond_use_h": 10})
@@ -114,9 +115,7 @@ def test_bags_made_before_the_switch_keep_their_beyond_use_time(
     assert ctl._beyond_use_s(bag2) == bag2.compounded_s + 10 * 3600.0
 
 
-def test_an_order_above_the_new_hard_limit_is_named(setting: DrugSetting, lvp: PumpModel) -> None:
-    rig = Rig(setting, lvp)
-    rig.start_infusion("600")
+def test_an_order_above_the_new_hard_limit_is_named(rig: Rig, setting: DrugSetting) -> None:
     new = variant(
         setting,
         limits={"upper_soft_mg_per_day": 400, "upper_hard_mg_per_kg_per_h": 0.3},
